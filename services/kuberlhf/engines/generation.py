@@ -1,0 +1,80 @@
+"""Generation engines: turn prompts into a RolloutBatch (token ids + the sampled tokens' log-probabilities).
+
+`HFGenerationEngine` uses Hugging Face `generate`. The vLLM engine (next issue) implements the same two
+methods: `generate(...) -> RolloutBatch` and `load_weights(state_dict)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from kuberlhf.algorithms import token_logprobs
+from kuberlhf.data.batch import RolloutBatch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    samples_per_prompt: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+
+
+class HFGenerationEngine:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], params: SamplingParams, seed: int) -> RolloutBatch:
+        """Sample `samples_per_prompt` completions per prompt; samples of a prompt are consecutive rows."""
+        torch.manual_seed(seed)
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True)
+        n = params.samples_per_prompt
+        prompt_ids = encoded.input_ids.repeat_interleave(n, dim=0)
+        prompt_mask = encoded.attention_mask.repeat_interleave(n, dim=0)
+        output = self.model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            do_sample=True,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=0,
+            max_new_tokens=params.max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        response_ids = output.sequences[:, prompt_ids.shape[1] :]
+        response_mask = _until_first_eos(response_ids, self.tokenizer.eos_token_id)
+        response_ids = torch.where(response_mask.bool(), response_ids, self.tokenizer.pad_token_id)
+        logits = torch.stack(output.logits, dim=1)
+        logprobs = token_logprobs(logits, response_ids, params.temperature) * response_mask
+        completions = [
+            self.tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
+            for ids, mask in zip(response_ids, response_mask)
+        ]
+        return RolloutBatch(
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            response_ids=response_ids,
+            response_mask=response_mask,
+            rollout_logprobs=logprobs,
+            prompts=[p for p in prompts for _ in range(n)],
+            completions=completions,
+        )
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state_dict, strict=True)
+
+
+def _until_first_eos(response_ids: torch.Tensor, eos_token_id: int | list[int]) -> torch.Tensor:
+    """1.0 for tokens up to and including the first EOS of each row, 0.0 after it."""
+    eos_ids = torch.as_tensor(eos_token_id if isinstance(eos_token_id, list) else [eos_token_id])
+    is_eos = torch.isin(response_ids, eos_ids).long()
+    eos_seen_before = is_eos.cumsum(dim=1) - is_eos
+    return (eos_seen_before == 0).float()

@@ -1,0 +1,22 @@
+"""User-facing errors: what is wrong, where, and how to fix it. The CLI prints these without a traceback."""
+
+
+class UserError(Exception):
+    """A mistake in the user's input (spec, data, reward function, environment) rather than a bug."""
+
+
+def user_error_in(error: BaseException) -> UserError | None:
+    """The UserError behind a Ray error (a task or actor constructor that raised one), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)
+        if isinstance(cause, UserError):
+            return UserError(str(cause.args[0]) if cause.args else str(cause))
+        if type(current) is UserError:
+            return current
+        current = cause if isinstance(cause, BaseException) else (
+            getattr(current, "creation_task_error", None) or current.__cause__
+        )
+    return None

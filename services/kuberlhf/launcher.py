@@ -1,0 +1,103 @@
+"""`kuberlhf run`: preflight, connect to Ray (the cluster at $RAY_ADDRESS or an embedded local one), start the
+role workers, train, save, summarise. Everything the job needs is checked before the first actor starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from kuberlhf.errors import UserError, user_error_in
+from kuberlhf.preflight import check_local_inputs
+from kuberlhf.spec import RLHFJob
+
+
+def run_job(job: RLHFJob, dashboard: bool = True) -> dict[str, Any]:
+    inputs = check_local_inputs(job)
+    check_prompt_lengths(inputs.policy_model, inputs.train, job.spec.data.max_prompt_tokens)
+
+    import ray
+
+    from kuberlhf.telemetry.run_log import StepDisplay, print_summary
+    from kuberlhf.trainers.online import train
+    from kuberlhf.workers.launch import start_workers
+
+    started = time.perf_counter()
+    display = StepDisplay(job.spec.training.steps, first_step=0)
+    with ray_session(job, dashboard) as where:
+        display.note(f"RLHFJob {job.metadata.name}: {job.spec.algorithm} on {where}")
+        workers = start_workers(job, inputs)
+        try:
+            result = train(job, workers, inputs.train, inputs.eval, display)
+        except ray.exceptions.RayError as err:
+            cause = user_error_in(err)
+            if cause is not None:
+                raise cause from None
+            raise
+        finally:
+            workers.shutdown()
+    summary = build_summary(job, result, time.perf_counter() - started)
+    Path(job.output_dir, "summary.json").write_text(json.dumps(summary, indent=2))
+    print_summary(summary, display.console)
+    return summary
+
+
+@contextmanager
+def ray_session(job: RLHFJob, dashboard: bool) -> Iterator[str]:
+    """Connect to $RAY_ADDRESS if set, else start an embedded Ray with this machine's CPUs."""
+    import ray
+
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p),
+           "TOKENIZERS_PARALLELISM": "false"}
+    metadata = {"rlhfjob": job.metadata.name, "namespace": job.metadata.namespace or ""}
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        context = ray.init(address=address, runtime_env={"env_vars": env}, namespace="kuberlhf",
+                           job_config=ray.job_config.JobConfig(metadata=metadata), log_to_driver=True)
+        where = f"Ray cluster {address}"
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local dashboard without a token
+        context = ray.init(num_cpus=os.cpu_count(), include_dashboard=dashboard, runtime_env={"env_vars": env},
+                           namespace="kuberlhf", job_config=ray.job_config.JobConfig(metadata=metadata),
+                           log_to_driver=True, configure_logging=False)
+        url = context.dashboard_url
+        where = "embedded local Ray" + (f", dashboard http://{url}" if url else "")
+    try:
+        yield where
+    finally:
+        ray.shutdown()
+
+
+def check_prompt_lengths(model: str, data: Any, max_prompt_tokens: int) -> None:
+    """Every prompt must fit in `data.maxPromptTokens`; the first one that does not is named by file:line."""
+    from kuberlhf.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    lengths = [len(ids) for ids in tokenizer(data.prompts).input_ids]
+    for index, length in enumerate(lengths):
+        if length > max_prompt_tokens:
+            raise UserError(f"{data.where(index)}: prompt is {length} tokens, longer than spec.data.maxPromptTokens "
+                            f"= {max_prompt_tokens}")
+
+
+def build_summary(job: RLHFJob, result: dict[str, Any], wall_seconds: float) -> dict[str, Any]:
+    records = [json.loads(line) for line in Path(result["metrics_file"]).read_text().splitlines()]
+    headline = {}
+    if records:
+        for key in ("reward/mean", "kl/sequence", "response_length/mean", "time/step"):
+            headline[key] = (records[0].get(key, 0.0), records[-1].get(key, 0.0))
+    return {
+        "job": job.metadata.name,
+        "algorithm": job.spec.algorithm,
+        "status": "succeeded",
+        "steps": job.spec.training.steps,
+        "wall_seconds": round(wall_seconds, 1),
+        "final_model": result["final_model"],
+        "metrics_file": result["metrics_file"],
+        "headline": headline,
+        "eval": result["eval"],
+    }

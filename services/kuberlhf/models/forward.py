@@ -1,0 +1,48 @@
+"""Forward passes over rollout batches, shared by the policy, reference and critic workers.
+
+A rollout row is [left-padded prompt | right-padded response]; the logits at position t predict token t+1,
+so response token j is predicted at position P - 1 + j. Position ids come from the attention mask so left
+padding does not shift positions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from kuberlhf.algorithms import entropy_from_logits, token_logprobs
+from kuberlhf.data.batch import RolloutBatch
+
+
+def sequence_inputs(batch: RolloutBatch) -> tuple[Tensor, Tensor, Tensor]:
+    """input_ids, attention_mask and position_ids of prompt + response."""
+    input_ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
+    attention_mask = torch.cat([batch.prompt_mask, batch.response_mask.to(batch.prompt_mask.dtype)], dim=1)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return input_ids, attention_mask, position_ids
+
+
+def response_logits(model: nn.Module, batch: RolloutBatch) -> Tensor:
+    """Logits [B, R, V] that predict each response token."""
+    input_ids, attention_mask, position_ids = sequence_inputs(batch)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    prompt_width = batch.prompt_ids.shape[1]
+    return logits[:, prompt_width - 1 : -1]
+
+
+def response_logprobs(
+    model: nn.Module, batch: RolloutBatch, temperature: float, with_entropy: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probabilities [B, R] of the response tokens (and their entropies) at the sampling temperature."""
+    logits = response_logits(model, batch)
+    logprobs = token_logprobs(logits, batch.response_ids, temperature)
+    entropy = entropy_from_logits(logits.detach(), temperature) if with_entropy else None
+    return logprobs, entropy
+
+
+def response_values(value_model: nn.Module, batch: RolloutBatch) -> Tensor:
+    """Values [B, R]: the value of the state before each response token."""
+    input_ids, attention_mask, position_ids = sequence_inputs(batch)
+    values = value_model(input_ids, attention_mask, position_ids)
+    prompt_width = batch.prompt_ids.shape[1]
+    return values[:, prompt_width - 1 : -1]

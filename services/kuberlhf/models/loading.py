@@ -1,0 +1,54 @@
+"""Load Hugging Face models and tokenizers for each role, with errors that name the role's spec field."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from kuberlhf.errors import UserError
+
+
+def load_tokenizer(path: str, padding_side: str = "left") -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with a pad token (EOS when the model has none) and the given padding side."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load a tokenizer from {path!r}: {err}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_causal_lm(path: str, field: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A causal LM for the policy, reference or rollout roles."""
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{field}: cannot load a causal language model from {path!r}: {err}") from None
+
+
+def load_reward_model(path: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A sequence-classification model with a single output (the reward)."""
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise UserError(f"spec.reward.model: cannot load a sequence-classification model from {path!r}: {err}") from None
+    if model.config.num_labels != 1:
+        raise UserError(
+            f"spec.reward.model: {path!r} has {model.config.num_labels} labels; a reward model has exactly 1"
+        )
+    return model
+
+
+def is_sequence_classifier(path: str) -> bool:
+    """Whether a model directory holds a sequence-classification model (e.g. a trained reward model)."""
+    architectures = AutoConfig.from_pretrained(path).architectures or []
+    return any(name.endswith("ForSequenceClassification") for name in architectures)

@@ -1,0 +1,80 @@
+"""Checks that run before any Ray actor starts: models exist, data files parse, the reward function
+imports. A bad job fails here in seconds, with a message naming the field, file or line.
+
+Returns the resolved inputs (absolute paths, loaded prompt datasets) so the run uses exactly what was checked.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from kuberlhf.data.prompts import PromptDataset, load_prompts
+from kuberlhf.errors import UserError
+from kuberlhf.reward_functions import import_reward_function
+from kuberlhf.spec import RLHFJob
+
+
+@dataclass
+class ResolvedInputs:
+    """What a checked job will use: models as absolute paths (or hub ids) and loaded datasets."""
+
+    policy_model: str
+    reference_model: str | None
+    reward_model: str | None
+    critic_model: str | None
+    train: PromptDataset
+    eval: PromptDataset | None
+
+
+def check_local_inputs(job: RLHFJob) -> ResolvedInputs:
+    """Check every file and import the job names; raise UserError on the first problem."""
+    spec = job.spec
+    policy = resolve_model(spec.policy.model, "spec.policy.model")
+    reference = resolve_model(spec.reference.model, "spec.reference.model") if spec.reference.model else policy
+    reward_model = resolve_model(spec.reward.model, "spec.reward.model") if spec.reward.model else None
+    if spec.reward.function:
+        import_reward_function(spec.reward.function)
+    critic = None
+    if spec.critic is not None:
+        critic = resolve_model(spec.critic.model, "spec.critic.model") if spec.critic.model else (reward_model or policy)
+    train = _load(spec.data.train, spec.data.prompt_field, "spec.data.train")
+    evaluation = _load(spec.data.eval, spec.data.prompt_field, "spec.data.eval") if spec.data.eval else None
+    if len(train) < spec.training.prompts_per_step:
+        raise UserError(
+            f"spec.training.promptsPerStep: {spec.training.prompts_per_step} prompts per step but "
+            f"{spec.data.train} has only {len(train)} rows"
+        )
+    return ResolvedInputs(
+        policy_model=policy,
+        reference_model=reference if spec.uses_reference else None,
+        reward_model=reward_model,
+        critic_model=critic,
+        train=train,
+        eval=evaluation,
+    )
+
+
+def resolve_model(name: str, field: str) -> str:
+    """An existing local model directory as an absolute path, or a hub id left as is.
+
+    Names that look like paths (`/x`, `./x`, `../x`, `~/x`) or that exist must be directories with a
+    config.json. Anything else is taken as a hub id; without network access set HF_HUB_OFFLINE=1 and the
+    loader reports a missing id when the job starts.
+    """
+    path = Path(name).expanduser()
+    looks_local = name.startswith(("/", "./", "../", "~")) or path.exists()
+    if not looks_local and name.count("/") <= 1 and os.environ.get("HF_HUB_OFFLINE") != "1":
+        return name
+    if not path.is_dir():
+        raise UserError(f"{field}: model directory {name!r} does not exist")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{field}: {name!r} is not a Hugging Face model directory (no config.json)")
+    return str(path.resolve())
+
+
+def _load(path: str, prompt_field: str, field: str) -> PromptDataset:
+    if not Path(path).is_file():
+        raise UserError(f"{field}: data file {path!r} does not exist")
+    return load_prompts(path, prompt_field)

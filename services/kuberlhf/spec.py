@@ -1,0 +1,351 @@
+"""The RLHFJob spec: the one source of truth for the CLI, the CRD schema and the docs.
+
+Every field is a pydantic field whose docstring becomes its description (CRD, docs page, `--help`).
+Field names are camelCase in YAML (they become the Kubernetes CRD). This module must stay light: it is
+imported by the operator, so it may import pydantic and the standard library only (no torch, no Ray).
+Checks that need the file system or Python imports (does the model directory exist?) live in
+`kuberlhf.preflight`, not here: a spec is valid or not regardless of the machine that reads it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "kuberlhf.io/v1alpha1"
+KIND = "RLHFJob"
+
+OnlineAlgorithm = Literal["ppo", "grpo", "rloo", "reinforce_pp"]
+ONLINE_ALGORITHMS: tuple[str, ...] = ("ppo", "grpo", "rloo", "reinforce_pp")
+GROUP_ALGORITHMS: tuple[str, ...] = ("grpo", "rloo")
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_CALLABLE_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class SpecModel(BaseModel):
+    """Base of every spec section: camelCase aliases, unknown fields rejected, docstrings as descriptions."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+        validate_default=True,
+    )
+
+
+class Metadata(SpecModel):
+    """Kubernetes object metadata (only the fields KubeRLHF reads)."""
+
+    name: str = Field(min_length=1, max_length=50)
+    """Job name: lowercase letters, digits and '-', at most 50 characters (it prefixes Ray actor names,
+    the RayJob and its pods)."""
+    namespace: str | None = None
+    """Kubernetes namespace (ignored by local runs)."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Labels copied onto the RayJob (for example `kueue.x-k8s.io/queue-name`)."""
+
+    @model_validator(mode="after")
+    def _name_is_dns_label(self) -> Metadata:
+        if not _DNS_LABEL.match(self.name):
+            raise ValueError(
+                f"name: must be lowercase letters, digits and '-', starting and ending with a letter or digit, "
+                f"got {self.name!r}"
+            )
+        return self
+
+
+class PolicySpec(SpecModel):
+    """The policy: the model being trained."""
+
+    model: str = Field(min_length=1)
+    """A local Hugging Face model directory (config.json + weights + tokenizer), or a hub id where the
+    machine has access. Relative paths are relative to the working directory of `kuberlhf run`."""
+
+
+class ReferenceSpec(SpecModel):
+    """The frozen reference model the KL penalty measures against."""
+
+    model: str | None = None
+    """Model directory or hub id. Default: the policy's initial weights."""
+
+
+class CriticSpec(SpecModel):
+    """The value model (PPO only)."""
+
+    model: str | None = None
+    """Model directory or hub id to initialise the critic from: a sequence-classification model (its score
+    head becomes the value head) or a causal LM (a fresh value head). Default: the reward model when
+    `reward.model` is set, else the policy."""
+    learning_rate: float | None = Field(default=None, gt=0)
+    """Critic learning rate. Default: `training.learningRate`."""
+
+
+class RewardSpec(SpecModel):
+    """Where rewards come from: exactly one of `model` or `function`."""
+
+    model: str | None = None
+    """A sequence-classification model directory (one logit: the reward) scoring prompt + completion."""
+    function: str | None = None
+    """A Python callable `package.module:name` with signature
+    `fn(prompts: list[str], completions: list[str], **columns) -> list[float]`, where `columns` are the
+    dataset's other fields for those rows (for example `answer`). Importable from the working directory
+    or PYTHONPATH."""
+    batch_size: int = Field(default=64, ge=1)
+    """Sequences per forward pass of the reward model."""
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> RewardSpec:
+        given = [name for name in ("model", "function") if getattr(self, name)]
+        if len(given) != 1:
+            got = " and ".join(given) if given else "neither"
+            raise ValueError(f"set exactly one of model or function, got {got}")
+        if self.function and not _CALLABLE_PATH.match(self.function):
+            raise ValueError(
+                f"function: must look like 'package.module:callable', got {self.function!r}"
+            )
+        return self
+
+
+class DataSpec(SpecModel):
+    """Prompt datasets (JSON lines, one object per line)."""
+
+    train: str = Field(min_length=1)
+    """Training prompts: a .jsonl file whose rows have a `prompt` string; other fields are passed to the
+    reward function as columns."""
+    eval: str | None = None
+    """Held-out prompts in the same format, scored every `training.evalEverySteps` steps and at the end."""
+    prompt_field: str = "prompt"
+    """Name of the prompt field in each row."""
+    max_prompt_tokens: int = Field(default=512, ge=1)
+    """Longest prompt in tokens; a longer prompt is an error naming its file and line."""
+
+
+class RolloutSpec(SpecModel):
+    """How the policy samples completions."""
+
+    engine: Literal["hf"] = "hf"
+    """Generation engine: `hf` (Hugging Face `generate`)."""
+    workers: int = Field(default=1, ge=1)
+    """Rollout workers; prompts are split across them."""
+    samples_per_prompt: int = Field(default=4, ge=1)
+    """Completions sampled per prompt (the group size of GRPO and RLOO)."""
+    max_new_tokens: int = Field(default=64, ge=1)
+    """Longest completion in tokens."""
+    temperature: float = Field(default=1.0, gt=0)
+    """Sampling temperature; training log-probabilities use the same temperature."""
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    """Nucleus sampling: keep the smallest set of tokens whose probability adds up to topP."""
+
+
+class KLSpec(SpecModel):
+    """The KL regulariser that keeps the policy near the reference model."""
+
+    coef: float = Field(default=0.05, ge=0)
+    """KL coefficient (beta). 0 turns the KL term off and no reference model is loaded."""
+    estimator: Literal["k1", "k2", "k3"] | None = None
+    """Per-token KL estimator (Schulman 2020): k1 = log(pi/ref), k2 = (log ratio)^2/2, k3 = ratio - 1 -
+    log ratio. Default: k1 as a reward penalty, k3 as a loss term."""
+    penalty: Literal["reward", "loss"] | None = None
+    """Where the KL enters: subtracted from the token rewards (`reward`, InstructGPT PPO, RLOO,
+    REINFORCE++) or added to the policy loss (`loss`, GRPO). Default: `loss` for grpo, else `reward`."""
+    target: float | None = Field(default=None, gt=0)
+    """Target KL per sequence for the adaptive controller (Ziegler et al. 2019); unset = fixed coef."""
+    horizon: int = Field(default=10000, ge=1)
+    """Adaptive controller horizon in samples."""
+
+
+class TrainingSpec(SpecModel):
+    """Optimisation settings."""
+
+    steps: int = Field(default=100, ge=1)
+    """Policy updates (each: sample, score, update)."""
+    prompts_per_step: int = Field(default=16, ge=1)
+    """Prompts sampled from the train set per step; the batch is promptsPerStep x samplesPerPrompt."""
+    learning_rate: float = Field(default=1e-6, gt=0)
+    """Policy AdamW learning rate."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW weight decay."""
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    """Gradient norm clipping."""
+    epochs_per_step: int = Field(default=1, ge=1)
+    """Passes over each step's batch (PPO epochs)."""
+    mini_batch_size: int | None = Field(default=None, ge=1)
+    """Sequences per optimiser step; must divide the batch. Default: the whole batch (one update per epoch)."""
+    seed: int = 0
+    """Seed for prompt order, sampling and initialisation."""
+    kl: KLSpec = Field(default_factory=KLSpec)
+    """KL regulariser settings."""
+    clip_ratio_low: float = Field(default=0.2, gt=0, lt=1)
+    """PPO clip: the ratio is clipped below at 1 - clipRatioLow."""
+    clip_ratio_high: float = Field(default=0.2, gt=0)
+    """PPO clip: the ratio is clipped above at 1 + clipRatioHigh (raise it for DAPO's clip-higher)."""
+    dual_clip: float | None = Field(default=None, gt=1)
+    """Dual-clip PPO (Ye et al. 2020): bound the loss of negative-advantage tokens at dualClip x |A|."""
+    value_clip: float | None = Field(default=0.2, gt=0)
+    """Clip the critic's new values to old +- valueClip (PPO only); null turns it off."""
+    gamma: float = Field(default=1.0, ge=0, le=1)
+    """Discount factor (GAE, REINFORCE++)."""
+    gae_lambda: float = Field(default=0.95, ge=0, le=1)
+    """GAE lambda (PPO)."""
+    scale_rewards: bool = True
+    """GRPO: divide group-centred rewards by the group's standard deviation (false = Dr. GRPO)."""
+    eval_every_steps: int = Field(default=0, ge=0)
+    """Score `data.eval` every N steps (0 = only at the end)."""
+
+
+class RoleResources(SpecModel):
+    """Resources of one role's workers."""
+
+    workers: int = Field(default=1, ge=1)
+    """Ray actors of this role."""
+    cpus: float = Field(default=1.0, gt=0)
+    """CPUs per worker (also its torch thread count, at least 1)."""
+    gpus: float = Field(default=0.0, ge=0)
+    """GPUs per worker (fractions share a GPU)."""
+
+
+class ResourcesSpec(SpecModel):
+    """Where the roles run."""
+
+    placement: Literal["colocate", "separate"] = "colocate"
+    """`colocate`: all roles share one set of placement-group bundles (they share CPUs/GPUs);
+    `separate`: each role gets bundles of its own."""
+    policy: RoleResources = Field(default_factory=RoleResources)
+    """Policy trainer workers."""
+    reference: RoleResources = Field(default_factory=RoleResources)
+    """Reference model workers."""
+    reward: RoleResources = Field(default_factory=RoleResources)
+    """Reward model / reward function workers."""
+    critic: RoleResources = Field(default_factory=RoleResources)
+    """Critic workers (PPO)."""
+    rollout: RoleResources = Field(default_factory=RoleResources)
+    """Rollout (generation) workers; `rollout.workers` sets how many."""
+
+
+class CheckpointSpec(SpecModel):
+    """Periodic checkpoints."""
+
+    dir: str | None = None
+    """Checkpoint directory. Default: `<output.dir>/checkpoints`."""
+    every_steps: int = Field(default=0, ge=0)
+    """Save every N steps (0 = never)."""
+    keep: int = Field(default=2, ge=1)
+    """Newest checkpoints kept; older ones are deleted after a newer one is complete."""
+
+
+class OutputSpec(SpecModel):
+    """Where results go."""
+
+    dir: str = "runs/{name}"
+    """Output directory; `{name}` is replaced by metadata.name. Holds `final/` (a Hugging Face model
+    directory), `metrics.jsonl` and `summary.json`."""
+
+
+class RLHFJobSpec(SpecModel):
+    """What to train, on what data, with which algorithm and resources."""
+
+    algorithm: OnlineAlgorithm
+    """`ppo` (clipped policy loss, GAE with a critic, KL reward penalty), `grpo` (group-normalised
+    rewards, KL loss term), `rloo` (leave-one-out baseline) or `reinforce_pp` (batch-normalised returns)."""
+    policy: PolicySpec
+    """The model being trained."""
+    reference: ReferenceSpec = Field(default_factory=ReferenceSpec)
+    """The KL reference model."""
+    reward: RewardSpec
+    """Where rewards come from."""
+    critic: CriticSpec | None = None
+    """The value model (PPO only; created with defaults when omitted)."""
+    data: DataSpec
+    """Prompt datasets."""
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    """Sampling settings."""
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    """Optimisation settings."""
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    """Workers per role and placement."""
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    """Periodic checkpoints."""
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    """Where the final model and metrics go."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RLHFJobSpec:
+        if self.algorithm == "ppo" and self.critic is None:
+            self.critic = CriticSpec()
+        if self.algorithm != "ppo" and self.critic is not None:
+            raise ValueError(f"critic: only ppo uses a critic; remove it for {self.algorithm}")
+        n = self.rollout.samples_per_prompt
+        if self.algorithm in GROUP_ALGORITHMS and n < 2:
+            raise ValueError(
+                f"rollout.samplesPerPrompt: {self.algorithm} compares samples of the same prompt, "
+                f"needs at least 2, got {n}"
+            )
+        batch = self.batch_size
+        mini = self.training.mini_batch_size
+        if mini is not None and batch % mini != 0:
+            raise ValueError(
+                f"training.miniBatchSize: must divide promptsPerStep x samplesPerPrompt = {batch}, got {mini}"
+            )
+        if self.rollout.workers != self.resources.rollout.workers:
+            if self.resources.rollout.workers == 1:
+                self.resources.rollout.workers = self.rollout.workers
+            elif self.rollout.workers == 1:
+                self.rollout.workers = self.resources.rollout.workers
+            else:
+                raise ValueError(
+                    "rollout.workers and resources.rollout.workers disagree "
+                    f"({self.rollout.workers} vs {self.resources.rollout.workers}); set one of them"
+                )
+        return self
+
+    @property
+    def batch_size(self) -> int:
+        """Sequences per step: promptsPerStep x samplesPerPrompt."""
+        return self.training.prompts_per_step * self.rollout.samples_per_prompt
+
+    @property
+    def kl_penalty(self) -> Literal["reward", "loss"]:
+        """Where the KL term enters (resolves the algorithm's default)."""
+        if self.training.kl.penalty is not None:
+            return self.training.kl.penalty
+        return "loss" if self.algorithm == "grpo" else "reward"
+
+    @property
+    def kl_estimator(self) -> Literal["k1", "k2", "k3"]:
+        """The KL estimator (resolves the default for the penalty's placement)."""
+        if self.training.kl.estimator is not None:
+            return self.training.kl.estimator
+        return "k3" if self.kl_penalty == "loss" else "k1"
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether a reference model is needed (any KL at all)."""
+        return self.training.kl.coef > 0 or self.training.kl.target is not None
+
+
+class RLHFJob(SpecModel):
+    """An RLHF training job: `kubectl apply` it, or run it locally with `kuberlhf run`."""
+
+    api_version: Literal["kuberlhf.io/v1alpha1"] = Field(alias="apiVersion")
+    """Always `kuberlhf.io/v1alpha1`."""
+    kind: Literal["RLHFJob"]
+    """Always `RLHFJob`."""
+    metadata: Metadata
+    """Name (and namespace) of the job."""
+    spec: RLHFJobSpec
+    """What to train and how."""
+
+    @property
+    def output_dir(self) -> str:
+        """`spec.output.dir` with `{name}` filled in."""
+        return self.spec.output.dir.replace("{name}", self.metadata.name)
+
+    @property
+    def checkpoint_dir(self) -> str:
+        """`spec.checkpoint.dir`, defaulting to `<output dir>/checkpoints`."""
+        return self.spec.checkpoint.dir or f"{self.output_dir}/checkpoints"

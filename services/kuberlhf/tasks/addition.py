@@ -1,0 +1,266 @@
+"""The "addition" task: a tiny verifiable task on which RL visibly helps.
+
+A prompt is ``"23+45="``; the correct completion is the decimal sum (``"68"``) followed by EOS. The reward is
+exact match, so it is cheap, deterministic and needs no reward model: the right shape for testing PPO / GRPO
+plumbing end to end on a CPU.
+
+Why it suits RL tests: a tiny Llama (:func:`kuberlhf.models.tiny.build_tiny_llama`) learns the task quickly,
+and a short supervised warm-up (:func:`warmup_sft`) leaves it *partially* solved: its greedy answer is often
+right but sampling at temperature 1 still spreads probability over wrong digits. RL on exact-match reward
+sharpens that distribution, so held-out *sampled* accuracy rises within a few dozen steps — a visible,
+fast signal that the whole loop (generation, reward, advantages, policy update, weight sync) works.
+Train and eval rows share no ``(a, b)`` pair, so the eval set measures generalisation, not memorisation.
+
+``python -m kuberlhf.tasks.addition OUT_DIR`` builds the demo assets (warmed-up model directory,
+``train.jsonl``, ``eval.jsonl``) and prints the held-out sampled and greedy accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ALPHABET = "0123456789+="
+
+# Operand ranges (inclusive): a two-digit number plus a one- or two-digit number; sums go up to 198, so an
+# answer is at most 3 digits + EOS = 4 new tokens.
+A_RANGE = (10, 99)
+B_RANGE = (0, 99)
+
+DEFAULT_N_TRAIN = 4000
+DEFAULT_N_EVAL = 256
+DEFAULT_SFT_STEPS = 800
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def make_addition_rows(seed: int, n_train: int, n_eval: int) -> tuple[list[dict], list[dict]]:
+    """``n_train`` training rows and ``n_eval`` held-out rows ``{"prompt": "23+45=", "answer": "68"}``.
+
+    The two sets are drawn without replacement from all ``(a, b)`` pairs, so they share no pair.
+    """
+    pairs = [(a, b) for a in range(A_RANGE[0], A_RANGE[1] + 1) for b in range(B_RANGE[0], B_RANGE[1] + 1)]
+    if n_train + n_eval > len(pairs):
+        raise ValueError(f"n_train + n_eval = {n_train + n_eval} exceeds the {len(pairs)} distinct pairs")
+    random.Random(seed).shuffle(pairs)
+
+    def row(a: int, b: int) -> dict:
+        return {"prompt": f"{a}+{b}=", "answer": str(a + b)}
+
+    train = [row(a, b) for a, b in pairs[:n_train]]
+    evals = [row(a, b) for a, b in pairs[n_train : n_train + n_eval]]
+    return train, evals
+
+
+def write_jsonl(rows, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return path
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# --------------------------------------------------------------------------------------------- reward
+
+
+def exact_match_reward(prompts: list[str], completions: list[str], answer: list[str], **columns) -> list[float]:
+    """1.0 where ``completion.strip() == answer``, else 0.0 (``answer`` is the dataset column)."""
+    return [1.0 if str(c).strip() == str(a).strip() else 0.0 for c, a in zip(completions, answer)]
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def _generate_accuracy(
+    model, tokenizer, rows, *, samples_per_prompt: int, do_sample: bool, temperature: float,
+    max_new_tokens: int, seed: int, batch_size: int,
+) -> float:
+    if not rows:
+        return 0.0
+    prompts = [r["prompt"] for r in rows for _ in range(samples_per_prompt)]
+    answers = [r["answer"] for r in rows for _ in range(samples_per_prompt)]
+    was_training = model.training
+    model.eval()
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    completions: list[str] = []
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for i in range(0, len(prompts), batch_size):
+                enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True,
+                                add_special_tokens=False)
+                kwargs = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if do_sample \
+                    else dict(do_sample=False)
+                out = model.generate(
+                    input_ids=enc["input_ids"],
+                    attention_mask=enc["attention_mask"],
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    **kwargs,
+                )
+                new = out[:, enc["input_ids"].shape[1] :]
+                completions.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = old_side
+        model.train(was_training)
+    rewards = exact_match_reward(prompts, completions, answer=answers)
+    return sum(rewards) / len(rewards)
+
+
+def sampled_accuracy(model, tokenizer, rows, samples_per_prompt: int = 4, temperature: float = 1.0,
+                     max_new_tokens: int = 4, seed: int = 0, batch_size: int = 256) -> float:
+    """Mean exact-match reward of ``samples_per_prompt`` samples (temperature, top_p=1) per row.
+
+    Deterministic for a fixed ``seed``; the global torch RNG state is left untouched.
+    """
+    return _generate_accuracy(model, tokenizer, rows, samples_per_prompt=samples_per_prompt, do_sample=True,
+                              temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+                              batch_size=batch_size)
+
+
+def greedy_accuracy(model, tokenizer, rows, max_new_tokens: int = 4, batch_size: int = 256, **_ignored) -> float:
+    """Exact-match accuracy of greedy decoding (one completion per row)."""
+    return _generate_accuracy(model, tokenizer, rows, samples_per_prompt=1, do_sample=False, temperature=1.0,
+                              max_new_tokens=max_new_tokens, seed=0, batch_size=batch_size)
+
+
+# ------------------------------------------------------------------------------------------- warm-up
+
+
+def _sft_batch(tokenizer, rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded prompt+answer+EOS ids, attention mask, labels (-100 on prompt and padding)."""
+    seqs, labels = [], []
+    for r in rows:
+        p = tokenizer(r["prompt"], add_special_tokens=False).input_ids
+        c = tokenizer(r["answer"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        seqs.append(p + c)
+        labels.append([-100] * len(p) + c)
+    width = max(len(s) for s in seqs)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    lab = torch.tensor([l + [-100] * (width - len(l)) for l in labels])
+    return ids, mask, lab
+
+
+def warmup_sft(model, tokenizer, rows, steps: int, batch_size: int = 64, learning_rate: float = 1e-3,
+               seed: int = 0) -> list[float]:
+    """Plain supervised warm-up on prompt+answer+EOS, loss on the completion tokens only (AdamW,
+    constant learning rate). Returns the per-step loss; leaves the model in eval mode."""
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+    model.train()
+    losses: list[float] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(steps):
+            ids, mask, lab = _sft_batch(tokenizer, rng.sample(rows, min(batch_size, len(rows))))
+            loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            losses.append(float(loss.detach()))
+    model.eval()
+    return losses
+
+
+# -------------------------------------------------------------------------------------- demo assets
+
+
+def _asset_paths(out_dir: Path) -> dict:
+    return {"model": str(out_dir / "model"), "train": str(out_dir / "train.jsonl"),
+            "eval": str(out_dir / "eval.jsonl")}
+
+
+def _complete(out_dir: Path) -> bool:
+    return ((out_dir / "model" / "config.json").is_file() and (out_dir / "train.jsonl").is_file()
+            and (out_dir / "eval.jsonl").is_file())
+
+
+def build_demo_assets(out_dir: str | os.PathLike, seed: int = 0, sft_steps: int = DEFAULT_SFT_STEPS,
+                      n_train: int = DEFAULT_N_TRAIN, n_eval: int = DEFAULT_N_EVAL) -> dict:
+    """Build (once) a warmed-up tiny model and the train / eval JSONL files under ``out_dir``.
+
+    Idempotent: if ``model/config.json``, ``train.jsonl`` and ``eval.jsonl`` already exist nothing is
+    rewritten. Everything is written to a temporary sibling directory and renamed into place at the end,
+    the model directory last, so an interrupted build never looks complete.
+    Returns ``{"model": dir, "train": path, "eval": path}`` as strings.
+    """
+    from kuberlhf.models.tiny import build_char_tokenizer, build_tiny_llama, save_model_dir
+
+    out_dir = Path(out_dir).absolute()
+    if _complete(out_dir):
+        return _asset_paths(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        train, evals = make_addition_rows(seed, n_train, n_eval)
+        tok = build_char_tokenizer(ALPHABET)
+        model = build_tiny_llama(tok, seed=seed)
+        warmup_sft(model, tok, train, steps=sft_steps, seed=seed)
+        save_model_dir(model, tok, tmp / "model")
+        write_jsonl(train, tmp / "train.jsonl")
+        write_jsonl(evals, tmp / "eval.jsonl")
+
+        if _complete(out_dir):  # another process finished first
+            return _asset_paths(out_dir)
+        try:
+            os.rename(tmp, out_dir)  # atomic when out_dir does not exist yet
+        except OSError:
+            if _complete(out_dir):
+                return _asset_paths(out_dir)
+            # out_dir exists (empty or a leftover partial build): move the pieces in, the model last.
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for name in ("train.jsonl", "eval.jsonl"):
+                os.replace(tmp / name, out_dir / name)
+            if (out_dir / "model").exists():
+                shutil.rmtree(out_dir / "model")
+            os.rename(tmp / "model", out_dir / "model")
+        return _asset_paths(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m kuberlhf.tasks.addition", description=__doc__.split("\n")[0])
+    parser.add_argument("out_dir", help="directory for model/, train.jsonl, eval.jsonl")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sft-steps", type=int, default=DEFAULT_SFT_STEPS)
+    args = parser.parse_args(argv)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    paths = build_demo_assets(args.out_dir, seed=args.seed, sft_steps=args.sft_steps)
+    print(f"assets ready in {time.perf_counter() - t0:.1f}s: {json.dumps(paths)}")
+    tok = AutoTokenizer.from_pretrained(paths["model"])
+    model = AutoModelForCausalLM.from_pretrained(paths["model"])
+    rows = read_jsonl(paths["eval"])
+    print(f"held-out sampled accuracy (T=1, 4 samples): {sampled_accuracy(model, tok, rows, seed=args.seed):.3f}")
+    print(f"held-out greedy accuracy: {greedy_accuracy(model, tok, rows):.3f}")
+
+
+if __name__ == "__main__":
+    main()

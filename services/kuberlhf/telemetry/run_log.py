@@ -1,0 +1,95 @@
+"""What a run leaves on disk and on the terminal: metrics.jsonl (one line per step), a progress bar (rich,
+in a terminal) or a plain line per step (in logs), and the end-of-run summary."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+HEADLINE = ("reward/mean", "kl/sequence", "response_length/mean", "time/step")
+
+
+class PhaseTimer:
+    """Wall time of each named phase of a step: `with timer("generation"): ...`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.seconds[f"time/{phase}"] = self.seconds.get(f"time/{phase}", 0.0) + time.perf_counter() - started
+
+
+class MetricsFile:
+    """Appends one JSON object per step; on resume, drops lines past the resumed step first."""
+
+    def __init__(self, path: Path, resume_step: int = 0) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if resume_step and path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= resume_step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+class StepDisplay:
+    """A rich progress bar in a terminal; a plain line per step otherwise."""
+
+    def __init__(self, total_steps: int, first_step: int, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.interactive = self.console.is_terminal
+        self.total = total_steps
+        self.progress = Progress(
+            TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),
+            TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=self.console,
+        )
+        self.task = self.progress.add_task("train", total=total_steps, completed=first_step, stats="")
+
+    def __enter__(self) -> StepDisplay:
+        if self.interactive:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.interactive:
+            self.progress.stop()
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        stats = (f"reward {metrics.get('reward/mean', 0):.3f}  kl {metrics.get('kl/sequence', 0):.4f}  "
+                 f"len {metrics.get('response_length/mean', 0):.1f}  {metrics.get('time/step', 0):.2f}s/step")
+        if self.interactive:
+            self.progress.update(self.task, completed=step, stats=stats)
+        else:
+            print(f"step {step}/{self.total}  {stats}", file=sys.stderr, flush=True)
+
+    def note(self, message: str) -> None:
+        self.console.print(message)
+
+
+def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
+    """A short table: where the model went and the first/last values of the headline metrics."""
+    console = console or Console(stderr=True)
+    table = Table(title=f"RLHFJob {summary['job']} ({summary['algorithm']}) {summary['status']}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for key in ("steps", "wall_seconds", "final_model", "metrics_file"):
+        table.add_row(key, str(summary[key]))
+    for key, (first, last) in summary.get("headline", {}).items():
+        table.add_row(key, f"{first:.4g} -> {last:.4g}")
+    for key, value in summary.get("eval", {}).items():
+        table.add_row(key, f"{value:.4g}")
+    console.print(table)

@@ -1,0 +1,157 @@
+"""The online RL driver (PPO, GRPO, RLOO, REINFORCE++): one controller calling worker groups.
+
+Each step reads like a single-process program:
+  sample prompts -> generate -> {reference log-probs, rewards, values, old log-probs} concurrently
+  -> advantages (pure functions) -> policy (and critic) update concurrently -> sync weights to rollout
+  -> log, evaluate, checkpoint.
+Distribution lives in `workers/`, numerics in `algorithms/`; nothing here touches a model.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from kuberlhf.algorithms import adaptive_kl_coef
+from kuberlhf.data.batch import RolloutBatch
+from kuberlhf.data.prompts import PromptDataset
+from kuberlhf.data.sampler import PromptSampler
+from kuberlhf.engines.generation import SamplingParams
+from kuberlhf.spec import RLHFJob
+from kuberlhf.telemetry.run_log import MetricsFile, PhaseTimer, StepDisplay
+from kuberlhf.trainers import checkpoint
+from kuberlhf.trainers.experience import AdvantageConfig, make_experience
+from kuberlhf.workers.critic import CriticUpdateConfig
+from kuberlhf.workers.launch import RoleWorkers
+from kuberlhf.workers.policy import PolicyUpdateConfig
+
+
+def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_data: PromptDataset | None,
+          display: StepDisplay) -> dict[str, Any]:
+    spec, t = job.spec, job.spec.training
+    output_dir, checkpoint_dir = Path(job.output_dir), Path(job.checkpoint_dir)
+    sampling = SamplingParams(spec.rollout.samples_per_prompt, spec.rollout.max_new_tokens,
+                              spec.rollout.temperature, spec.rollout.top_p)
+    policy_config = PolicyUpdateConfig(
+        epochs=t.epochs_per_step, mini_batch_size=t.mini_batch_size, clip_low=t.clip_ratio_low,
+        clip_high=t.clip_ratio_high, dual_clip=t.dual_clip, temperature=spec.rollout.temperature,
+        kl_loss_coef=t.kl.coef if spec.kl_penalty == "loss" else 0.0, kl_estimator=spec.kl_estimator,
+    )
+    critic_config = CriticUpdateConfig(t.epochs_per_step, t.mini_batch_size, t.value_clip)
+    # With one epoch of one mini-batch, the update's own first forward pass *is* the old policy: skip a pass.
+    recompute_old_logprobs = t.epochs_per_step > 1 or (t.mini_batch_size or spec.batch_size) < spec.batch_size
+
+    sampler = PromptSampler(len(train_data), t.prompts_per_step, t.seed)
+    kl_coef, first_step = t.kl.coef, 1
+    resumed = checkpoint.newest_checkpoint(checkpoint_dir)
+    if resumed is not None:
+        state = checkpoint.read_trainer_state(resumed)
+        restore_workers(workers, resumed)
+        sampler.load_state(state["sampler"])
+        kl_coef, first_step = state["kl_coef"], state["step"] + 1
+        display.note(f"resuming from {resumed} (step {state['step']})")
+    metrics_file = MetricsFile(output_dir / "metrics.jsonl", resume_step=first_step - 1)
+    evals: dict[str, float] = {}
+    if eval_data is not None and first_step == 1:
+        evals["eval/reward_mean_start"] = evaluate(workers, eval_data, sampling, t.seed)
+
+    started = time.perf_counter()
+    with display:
+        for step in range(first_step, t.steps + 1):
+            timer, step_started = PhaseTimer(), time.perf_counter()
+            prompts, columns = train_data.select(sampler.next_indices())
+            columns = {name: [v for v in values for _ in range(sampling.samples_per_prompt)]
+                       for name, values in columns.items()}
+
+            with timer("generation"):
+                rollout: RolloutBatch = workers.rollout.map_batch("generate", prompts, sampling, t.seed * 100_003 + step).get()
+
+            with timer("scoring"):  # reference, reward, critic (and old policy) run concurrently
+                reference = workers.reference.map_batch("compute_logprobs", rollout, sampling.temperature) if workers.reference else None
+                rewards = workers.reward.map_batch("score", rollout, columns=columns)
+                values = workers.critic.map_batch("compute_values", rollout) if workers.critic else None
+                old = workers.policy.map_batch("compute_logprobs", rollout, sampling.temperature) if recompute_old_logprobs else None
+                ref_logprobs, scores = reference.get() if reference else None, rewards.get()
+                values, old_logprobs = values.get() if values else None, old.get() if old else None
+
+            advantage_config = AdvantageConfig(
+                algorithm=spec.algorithm, group_size=sampling.samples_per_prompt, kl_coef=kl_coef,
+                kl_penalty=spec.kl_penalty, kl_estimator=spec.kl_estimator, gamma=t.gamma,
+                gae_lambda=t.gae_lambda, scale_rewards=t.scale_rewards,
+            )
+            experience, metrics = make_experience(advantage_config, rollout, scores, ref_logprobs, old_logprobs, values)
+
+            with timer("training"):  # policy and critic update concurrently
+                policy_update = workers.policy.call("update", experience, policy_config)
+                critic_update = workers.critic.call("update", experience, critic_config) if workers.critic else None
+                metrics.update(policy_update.get())
+                metrics.update(critic_update.get() if critic_update else {})
+
+            with timer("weight_sync"):
+                weights = workers.policy.call("state_dict").refs[0]
+                workers.rollout.call("load_weights", weights).get()
+
+            if t.kl.target is not None:
+                kl_coef = adaptive_kl_coef(kl_coef, metrics["kl/sequence"], t.kl.target, t.kl.horizon, len(rollout))
+            if eval_data is not None and t.eval_every_steps and step % t.eval_every_steps == 0 and step < t.steps:
+                metrics["eval/reward_mean"] = evaluate(workers, eval_data, sampling, t.seed)
+            if spec.checkpoint.every_steps and step % spec.checkpoint.every_steps == 0:
+                with timer("checkpoint"):
+                    save_checkpoint(workers, checkpoint_dir, step, sampler, kl_coef, spec.checkpoint.keep)
+
+            metrics.update(timer.seconds)
+            metrics["time/step"] = time.perf_counter() - step_started
+            metrics_file.write({"step": step, **metrics})
+            display.update(step, metrics)
+
+    if eval_data is not None:
+        evals["eval/reward_mean_end"] = evaluate(workers, eval_data, sampling, t.seed)
+    final_model = save_final_model(workers, output_dir)
+    return {"final_model": str(final_model), "metrics_file": str(metrics_file.path), "eval": evals,
+            "train_seconds": time.perf_counter() - started, "first_step": first_step}
+
+
+def evaluate(workers: RoleWorkers, data: PromptDataset, sampling: SamplingParams, seed: int) -> float:
+    """Mean reward of sampled completions on held-out prompts (same sampling settings as training)."""
+    indices = list(range(len(data)))
+    prompts, columns = data.select(indices)
+    columns = {name: [v for v in values for _ in range(sampling.samples_per_prompt)] for name, values in columns.items()}
+    rollout = workers.rollout.map_batch("generate", prompts, sampling, -1 - seed).get()
+    return float(workers.reward.map_batch("score", rollout, columns=columns).get().mean())
+
+
+def save_checkpoint(workers: RoleWorkers, directory: Path, step: int, sampler: PromptSampler, kl_coef: float,
+                    keep: int) -> Path:
+    partial = checkpoint.partial_dir(directory, step)
+    pending = [workers.policy.call("save_state", str(partial / "policy.pt"))]
+    if workers.critic:
+        pending.append(workers.critic.call("save_state", str(partial / "critic.pt")))
+    for p in pending:
+        p.get()
+    return checkpoint.commit_checkpoint(partial, step, {"sampler": sampler.state(), "kl_coef": kl_coef}, keep)
+
+
+def restore_workers(workers: RoleWorkers, saved: Path) -> None:
+    pending = [workers.policy.call("load_state", str(saved / "policy.pt"))]
+    if workers.critic:
+        pending.append(workers.critic.call("load_state", str(saved / "critic.pt")))
+    for p in pending:
+        p.get()
+    workers.rollout.call("load_weights", workers.policy.call("state_dict").refs[0]).get()
+
+
+def save_final_model(workers: RoleWorkers, output_dir: Path) -> Path:
+    """Write output_dir/final atomically: a complete new model replaces the old one only once written."""
+    final, partial = output_dir / "final", output_dir / ".final.partial"
+    workers.policy.call("save_pretrained", str(partial)).get()
+    if final.exists():
+        previous = output_dir / ".final.previous"
+        final.rename(previous)
+        partial.rename(final)
+        import shutil
+
+        shutil.rmtree(previous)
+    else:
+        partial.rename(final)
+    return final

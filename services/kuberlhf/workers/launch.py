@@ -1,0 +1,91 @@
+"""Start a job's workers: one placement group, then each role's actors, named `<job>-<role>-<rank>` so the
+Ray dashboard shows which job and role an actor serves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ray
+
+from kuberlhf.errors import UserError, user_error_in
+from kuberlhf.preflight import ResolvedInputs
+from kuberlhf.spec import RLHFJob
+from kuberlhf.workers.critic import CriticWorker
+from kuberlhf.workers.group import WorkerGroup
+from kuberlhf.workers.placement import create_placement_group, plan_placement
+from kuberlhf.workers.policy import PolicyWorker
+from kuberlhf.workers.reference import ReferenceWorker
+from kuberlhf.workers.reward import RewardWorker
+from kuberlhf.workers.rollout import RolloutWorker
+
+NAMESPACE = "kuberlhf"
+
+
+@dataclass
+class RoleWorkers:
+    policy: WorkerGroup
+    rollout: WorkerGroup
+    reward: WorkerGroup
+    reference: WorkerGroup | None
+    critic: WorkerGroup | None
+    placement_group: object
+
+    def groups(self) -> list[WorkerGroup]:
+        return [g for g in (self.policy, self.rollout, self.reward, self.reference, self.critic) if g is not None]
+
+    def shutdown(self) -> None:
+        for group in self.groups():
+            group.kill()
+        ray.util.remove_placement_group(self.placement_group)
+
+
+def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
+    spec = job.spec
+    for role in ("policy", "critic"):
+        if getattr(spec.resources, role).workers != 1:
+            raise UserError(
+                f"spec.resources.{role}.workers: multi-rank training needs the DeepSpeed worker groups, "
+                "which this version does not have yet; set 1"
+            )
+    roles = ["policy", "rollout", "reward"]
+    roles += ["reference"] if inputs.reference_model else []
+    roles += ["critic"] if inputs.critic_model else []
+    bundles, plan = plan_placement(spec.resources, roles)
+    group = create_placement_group(bundles, separate=spec.resources.placement == "separate")
+    seed, t = spec.training.seed, spec.training
+
+    def start(role: str, cls: type, *args: object) -> WorkerGroup:
+        cpus = getattr(spec.resources, role).cpus
+        actors = []
+        for rank, where in enumerate(plan[role]):
+            remote = ray.remote(cls).options(name=f"{job.metadata.name}-{role}-{rank}", namespace=NAMESPACE,
+                                             **where.options(group))
+            extra = {"rank": rank} if cls is RolloutWorker else {}
+            actors.append(remote.remote(*args, cpus=cpus, seed=seed + rank, **extra))
+        return WorkerGroup(role, actors)
+
+    critic_lr = spec.critic.learning_rate if spec.critic and spec.critic.learning_rate else t.learning_rate
+    workers = RoleWorkers(
+        policy=start("policy", PolicyWorker, inputs.policy_model, t.learning_rate, t.weight_decay, t.max_grad_norm),
+        rollout=start("rollout", RolloutWorker, inputs.policy_model),
+        reward=start("reward", RewardWorker, inputs.reward_model, spec.reward.function, spec.reward.batch_size),
+        reference=start("reference", ReferenceWorker, inputs.reference_model) if inputs.reference_model else None,
+        critic=start("critic", CriticWorker, inputs.critic_model, critic_lr, t.weight_decay, t.max_grad_norm)
+        if inputs.critic_model else None,
+        placement_group=group,
+    )
+    wait_until_ready(workers)
+    return workers
+
+
+def wait_until_ready(workers: RoleWorkers) -> None:
+    """Block until every actor has loaded its model; a user error in a constructor surfaces here."""
+    refs = [actor.__ray_ready__.remote() for g in workers.groups() for actor in g.actors]
+    try:
+        ray.get(refs)
+    except ray.exceptions.RayActorError as err:
+        workers.shutdown()
+        cause = user_error_in(err)
+        if cause is not None:
+            raise cause from None
+        raise

@@ -1,0 +1,75 @@
+"""Placement: where each role's actors run, through one Ray placement group per job.
+
+- `colocate`: roles share bundles. Bundle i holds rank i of every role; its size is the largest request among
+  them, and each actor asks for its share of it, so colocated roles take turns on the same CPUs/GPUs.
+- `separate`: every (role, rank) gets a bundle of its own, spread across nodes where the cluster has several.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from kuberlhf.errors import UserError
+from kuberlhf.spec import ResourcesSpec, RoleResources
+
+
+@dataclass(frozen=True)
+class ActorPlacement:
+    """Ray options for one actor: its bundle and the resources it asks for."""
+
+    bundle_index: int
+    num_cpus: float
+    num_gpus: float
+
+    def options(self, group: PlacementGroup) -> dict:
+        return {
+            "num_cpus": self.num_cpus,
+            "num_gpus": self.num_gpus,
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=self.bundle_index),
+        }
+
+
+def plan_placement(resources: ResourcesSpec, roles: list[str]) -> tuple[list[dict[str, float]], dict[str, list[ActorPlacement]]]:
+    """Bundles and per-actor placements for the roles a job uses (pure: no Ray calls)."""
+    specs: dict[str, RoleResources] = {role: getattr(resources, role) for role in roles}
+    if resources.placement == "separate":
+        bundles, plan = [], {}
+        for role, spec in specs.items():
+            plan[role] = []
+            for _ in range(spec.workers):
+                plan[role].append(ActorPlacement(len(bundles), spec.cpus, spec.gpus))
+                bundles.append(_bundle(spec.cpus, spec.gpus))
+        return bundles, plan
+    ranks = max(spec.workers for spec in specs.values())
+    bundles, plan = [], {role: [] for role in roles}
+    for rank in range(ranks):
+        sharing = [role for role, spec in specs.items() if spec.workers > rank]
+        cpus = max(specs[role].cpus for role in sharing)
+        gpus = max(specs[role].gpus for role in sharing)
+        bundles.append(_bundle(cpus, gpus))
+        for role in sharing:
+            plan[role].append(ActorPlacement(rank, cpus / len(sharing), gpus / len(sharing)))
+    return bundles, plan
+
+
+def create_placement_group(bundles: list[dict[str, float]], separate: bool, timeout_s: float = 60.0) -> PlacementGroup:
+    """Reserve the bundles; fail with the numbers when the cluster cannot hold them."""
+    group = placement_group(bundles, strategy="SPREAD" if separate else "PACK")
+    ready, _ = ray.wait([group.ready()], timeout=timeout_s)
+    if not ready:
+        ray.util.remove_placement_group(group)
+        wanted = {key: sum(b.get(key, 0) for b in bundles) for key in ("CPU", "GPU")}
+        raise UserError(
+            f"spec.resources: the job needs {wanted['CPU']:g} CPUs and {wanted['GPU']:g} GPUs in {len(bundles)} "
+            f"bundles, but the Ray cluster has {ray.cluster_resources().get('CPU', 0):g} CPUs and "
+            f"{ray.cluster_resources().get('GPU', 0):g} GPUs; lower resources.*.cpus/gpus/workers"
+        )
+    return group
+
+
+def _bundle(cpus: float, gpus: float) -> dict[str, float]:
+    return {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}

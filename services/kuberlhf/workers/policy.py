@@ -1,0 +1,102 @@
+"""The policy role: holds the trained causal LM and its optimizer; computes log-probs and applies PPO-style
+updates. The loss is `algorithms.ppo_policy_loss` (+ `algorithms.kl_loss` when the KL is a loss term)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kuberlhf.algorithms import kl_loss, masked_mean, ppo_policy_loss
+from kuberlhf.data.batch import Experience, RolloutBatch
+from kuberlhf.engines.training import TorchTrainingEngine
+from kuberlhf.models.forward import response_logprobs
+from kuberlhf.models.loading import load_causal_lm, load_tokenizer
+from kuberlhf.workers.common import configure_process, mean_metrics, minibatches
+
+
+@dataclass(frozen=True)
+class PolicyUpdateConfig:
+    epochs: int
+    mini_batch_size: int | None
+    clip_low: float
+    clip_high: float
+    dual_clip: float | None
+    temperature: float
+    kl_loss_coef: float  # 0 unless the KL is a loss term (GRPO)
+    kl_estimator: str
+
+
+class PolicyWorker:
+    def __init__(self, model_path: str, learning_rate: float, weight_decay: float, max_grad_norm: float,
+                 cpus: float, seed: int) -> None:
+        configure_process(cpus, seed)
+        self.seed = seed
+        self.tokenizer = load_tokenizer(model_path)
+        self.model = load_causal_lm(model_path, "spec.policy.model")
+        self.engine = TorchTrainingEngine(self.model, learning_rate, weight_decay, max_grad_norm)
+        self.updates = 0
+
+    @torch.no_grad()
+    def compute_logprobs(self, batch: RolloutBatch, temperature: float) -> torch.Tensor:
+        self.model.eval()
+        logprobs, _ = response_logprobs(self.model, batch, temperature)
+        return logprobs * batch.response_mask
+
+    def update(self, experience: Experience, config: PolicyUpdateConfig) -> dict[str, float]:
+        """`config.epochs` passes of clipped policy-gradient updates over the experience."""
+        self.model.train()
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(self.seed + self.updates)
+        history = []
+        for _ in range(config.epochs):
+            for indices in minibatches(len(experience), config.mini_batch_size, generator):
+                history.append(self._minibatch_step(experience.select(indices), config))
+        self.updates += 1
+        metrics = mean_metrics(history)
+        metrics["policy/lr"] = self.engine.learning_rate
+        metrics["time/policy_update"] = time.perf_counter() - started
+        return metrics
+
+    def _minibatch_step(self, experience: Experience, config: PolicyUpdateConfig) -> dict[str, float]:
+        batch, mask = experience.rollout, experience.rollout.response_mask
+        logprobs, entropy = response_logprobs(self.model, batch, config.temperature, with_entropy=True)
+        old_logprobs = experience.old_logprobs if experience.old_logprobs is not None else logprobs.detach()
+        loss, stats = ppo_policy_loss(
+            logprobs, old_logprobs, experience.advantages, mask,
+            clip_low=config.clip_low, clip_high=config.clip_high, dual_clip=config.dual_clip,
+        )
+        metrics = {"policy/pg_loss": float(loss)}
+        if config.kl_loss_coef > 0 and experience.ref_logprobs is not None:
+            kl = kl_loss(logprobs, experience.ref_logprobs, mask, config.kl_estimator)
+            loss = loss + config.kl_loss_coef * kl
+            metrics["policy/kl_loss"] = float(kl)
+        grad_norm = self.engine.optimizer_step(loss)
+        metrics.update({
+            "policy/loss": float(loss),
+            "policy/grad_norm": grad_norm,
+            "policy/entropy": float(masked_mean(entropy, mask)),
+            "policy/clip_fraction": float(stats["clip_fraction"]),
+            "policy/approx_kl": float(stats["approx_kl"]),
+        })
+        return metrics
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Current weights, for syncing into the rollout engines."""
+        return {name: tensor.detach() for name, tensor in self.model.state_dict().items()}
+
+    def save_pretrained(self, path: str) -> str:
+        """Write a Hugging Face model directory (safetensors + tokenizer)."""
+        self.model.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+        return path
+
+    def save_state(self, path: str) -> None:
+        torch.save({"engine": self.engine.state_dict(), "updates": self.updates}, Path(path))
+
+    def load_state(self, path: str) -> None:
+        state = torch.load(Path(path), weights_only=False)
+        self.engine.load_state_dict(state["engine"])
+        self.updates = state["updates"]

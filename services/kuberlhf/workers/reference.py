@@ -1,0 +1,22 @@
+"""The reference role: a frozen copy of the initial policy; computes the log-probs the KL term compares against."""
+
+from __future__ import annotations
+
+import torch
+
+from kuberlhf.data.batch import RolloutBatch
+from kuberlhf.models.forward import response_logprobs
+from kuberlhf.models.loading import load_causal_lm
+from kuberlhf.workers.common import configure_process
+
+
+class ReferenceWorker:
+    def __init__(self, model_path: str, cpus: float, seed: int) -> None:
+        configure_process(cpus, seed)
+        self.model = load_causal_lm(model_path, "spec.reference.model").eval()
+        self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def compute_logprobs(self, batch: RolloutBatch, temperature: float) -> torch.Tensor:
+        logprobs, _ = response_logprobs(self.model, batch, temperature)
+        return logprobs * batch.response_mask
