@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create or refresh .venv with kuberlhf and everything the runtime and the tests need.
+# Idempotent: does nothing when .venv already matches pyproject.toml (a stamp file holds its hash).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+stamp=".venv/.kuberlhf-installed"
+want="$(sha256sum pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+echo "setting up .venv (first run: a few minutes)" >&2
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# torch first and pinned: 2.13.0 is the CPU build on these machines; an unpinned torch pulls CUDA wheels.
+.venv/bin/python -m pip install --quiet "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install --quiet -e ".[runtime,operator,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import torch, transformers, ray, kuberlhf" || { echo "bootstrap: install failed" >&2; exit 1; }
+echo "$want" > "$stamp"

@@ -1,0 +1,97 @@
+"""The kuberlhf command line: exit codes and messages for users (no tracebacks for their mistakes)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from kuberlhf.cli import main
+
+JOB = """\
+apiVersion: kuberlhf.io/v1alpha1
+kind: RLHFJob
+metadata: {{name: demo}}
+spec:
+  algorithm: grpo
+  policy: {{model: {model}}}
+  reward: {{function: "{function}"}}
+  data: {{train: {train}}}
+  training: {{promptsPerStep: 1}}
+"""
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "train.jsonl").write_text('{"prompt": "hi"}\n')
+    (tmp_path / "rewards.py").write_text("def f(prompts, completions, **c):\n    return [0.0] * len(completions)\n")
+    return tmp_path
+
+
+def write_job(path, model="./model", function="rewards:f", train="train.jsonl"):
+    path.write_text(JOB.format(model=model, function=function, train=train))
+    return str(path)
+
+
+def test_validate_accepts_a_good_job(workspace, capsys):
+    assert main(["validate", write_job(workspace / "job.yaml")]) == 0
+    assert "job.yaml: ok (grpo, 100 steps)" in capsys.readouterr().out
+
+
+def test_validate_reports_a_missing_model_directory(workspace, capsys):
+    assert main(["validate", write_job(workspace / "job.yaml", model="./missing")]) == 1
+    assert "spec.policy.model: model directory './missing' does not exist" in capsys.readouterr().err
+
+
+def test_validate_reports_a_missing_data_file(workspace, capsys):
+    assert main(["validate", write_job(workspace / "job.yaml", train="nope.jsonl")]) == 1
+    assert "spec.data.train: data file 'nope.jsonl' does not exist" in capsys.readouterr().err
+
+
+def test_validate_reports_a_reward_function_that_does_not_import(workspace, capsys):
+    assert main(["validate", write_job(workspace / "job.yaml", function="rewards:g")]) == 1
+    assert "spec.reward.function: module 'rewards' has no attribute 'g'" in capsys.readouterr().err
+
+
+def test_schema_only_skips_file_checks(workspace):
+    assert main(["validate", "--schema-only", write_job(workspace / "job.yaml", model="./missing")]) == 0
+
+
+def test_validate_checks_every_file_and_fails_if_any_fails(workspace, capsys):
+    good = write_job(workspace / "good.yaml")
+    bad = write_job(workspace / "bad.yaml", train="nope.jsonl")
+    assert main(["validate", good, bad]) == 1
+    captured = capsys.readouterr()
+    assert "good.yaml: ok" in captured.out and "nope.jsonl" in captured.err
+
+
+def test_run_with_an_invalid_override_exits_1_without_traceback(workspace):
+    job = write_job(workspace / "job.yaml")
+    result = subprocess.run(
+        [sys.executable, "-m", "kuberlhf.cli", "run", job, "--set", "spec.training.learningRate=-1"],
+        capture_output=True, text=True, cwd=workspace,
+    )
+    assert result.returncode == 1
+    assert "spec.training.learningRate: must be > 0, got -1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_with_a_bad_data_row_stops_before_ray_starts(workspace):
+    (workspace / "train.jsonl").write_text('{"prompt": "ok"}\n{"prompt": \n')
+    result = subprocess.run([sys.executable, "-m", "kuberlhf.cli", "run", write_job(workspace / "job.yaml")],
+                            capture_output=True, text=True, cwd=workspace)
+    assert result.returncode == 1
+    assert "train.jsonl:2: invalid JSON" in result.stderr
+    assert "Traceback" not in result.stderr and "Ray" not in result.stderr
+
+
+def test_help_describes_every_command(capsys):
+    for command in ("run", "validate", "demo-assets"):
+        with pytest.raises(SystemExit) as exited:
+            main([command, "--help"])
+        assert exited.value.code == 0
+        assert "usage: kuberlhf " + command in capsys.readouterr().out
