@@ -55,7 +55,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     if not sep or not key:
         raise UserError(f"--set {override!r}: expected PATH=VALUE, for example spec.training.steps=50")
     try:
-        value = yaml.safe_load(value_text) if value_text else ""
+        value = yaml.safe_load(value_text) if value_text else None  # `key=` is null, as `key:` in YAML
     except yaml.YAMLError:
         value = value_text
     parts = key.split(".")

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import zlib
 import shutil
 import tempfile
 import time
@@ -81,6 +82,13 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 def exact_match_reward(prompts: list[str], completions: list[str], answer: list[str], **columns) -> list[float]:
     """1.0 where ``completion.strip() == answer``, else 0.0 (``answer`` is the dataset column)."""
     return [1.0 if str(c).strip() == str(a).strip() else 0.0 for c, a in zip(completions, answer)]
+
+
+def random_reward(prompts: list[str], completions: list[str], **columns) -> list[float]:
+    """A control: 1.0 or 0.0 at random, unrelated to the completion (seeded by the texts, so repeatable).
+
+    Training on it must not raise accuracy; if it does, the improvement elsewhere is not from the reward."""
+    return [float(zlib.crc32(f"{p}|{c}|{i}".encode()) % 2) for i, (p, c) in enumerate(zip(prompts, completions))]
 
 
 # ----------------------------------------------------------------------------------------- evaluation

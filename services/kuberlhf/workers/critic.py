@@ -49,7 +49,7 @@ class CriticWorker:
                 loss, stats = value_loss(values, part.old_values, part.returns, part.rollout.response_mask,
                                          clip_range=config.value_clip)
                 grad_norm = self.engine.optimizer_step(loss)
-                history.append({"critic/value_loss": float(loss), "critic/grad_norm": grad_norm,
+                history.append({"critic/value_loss": float(loss.detach()), "critic/grad_norm": grad_norm,
                                 "critic/value_clip_fraction": float(stats["value_clip_fraction"])})
         self.updates += 1
         metrics = mean_metrics(history)

@@ -68,14 +68,14 @@ class PolicyWorker:
             logprobs, old_logprobs, experience.advantages, mask,
             clip_low=config.clip_low, clip_high=config.clip_high, dual_clip=config.dual_clip,
         )
-        metrics = {"policy/pg_loss": float(loss)}
+        metrics = {"policy/pg_loss": float(loss.detach())}
         if config.kl_loss_coef > 0 and experience.ref_logprobs is not None:
             kl = kl_loss(logprobs, experience.ref_logprobs, mask, config.kl_estimator)
             loss = loss + config.kl_loss_coef * kl
-            metrics["policy/kl_loss"] = float(kl)
+            metrics["policy/kl_loss"] = float(kl.detach())
         grad_norm = self.engine.optimizer_step(loss)
         metrics.update({
-            "policy/loss": float(loss),
+            "policy/loss": float(loss.detach()),
             "policy/grad_norm": grad_norm,
             "policy/entropy": float(masked_mean(entropy, mask)),
             "policy/clip_fraction": float(stats["clip_fraction"]),

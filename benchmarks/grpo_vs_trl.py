@@ -1,0 +1,588 @@
+#!/usr/bin/env python
+"""GRPO with KubeRLHF vs TRL's ``GRPOTrainer``: step wall time and held-out accuracy, side by side.
+
+Both trainers start from the same checkpoint (the SFT-warmed tiny Llama of ``kuberlhf.tasks.addition``), train on
+the same ``train.jsonl`` with the same exact-match reward, batch shape and hyper-parameters, and both final models
+are scored afterwards by this script with the same function (``sampled_accuracy``: ``eval.jsonl``, temperature 1,
+top-p 1, 4 samples per prompt, fixed seed), as is the shared start checkpoint.
+
+Runs, one after the other (never concurrently):
+
+* **ours**: ``kuberlhf.launcher.run_job`` on an embedded local Ray, resources left at their defaults: one rollout,
+  one policy and one reward actor colocated in one bundle, each actor pinned to ``torch.set_num_threads(1)``.
+  Step time = ``time/step`` of ``metrics.jsonl`` (generation + scoring + update + weight sync).
+* **TRL, 1 thread** and **TRL, 2 threads**: ``GRPOTrainer`` in a fresh subprocess each (``OMP_NUM_THREADS`` /
+  ``MKL_NUM_THREADS`` in its environment and ``torch.set_num_threads`` at start, so settings cannot leak).
+  Step time = ``on_step_begin`` -> ``on_step_end`` of a ``TrainerCallback`` (generation + reward + loss + backward
+  + clip + optimizer step; the trainer's logging after ``on_step_end`` is not counted).
+
+Reported: median and mean step time over the steps after the first ``WARMUP_STEPS`` (2), the ratios ours / TRL,
+the start accuracy and each run's final accuracy. Results go to ``--out`` (JSON) and a Markdown table next to it
+(same name, ``.md``). This is a benchmark, not a test: nothing here is asserted and CI does not run it.
+
+How each knob maps (P = --prompts-per-step, G = --samples, M = --max-new-tokens):
+
+=====================  ================================================  ============================================
+knob                   KubeRLHF RLHFJob (spec.*)                          TRL GRPOConfig
+=====================  ================================================  ============================================
+algorithm              algorithm: grpo                                   GRPOTrainer
+batch                  training.promptsPerStep=P, rollout.samplesPer-    per_device_train_batch_size=P*G,
+                       Prompt=G (batch P*G sequences)                    num_generations=G, gradient_accumulation_
+                                                                         steps=1 (=> steps_per_generation=1,
+                                                                         generation_batch_size=P*G: P prompts x G)
+updates per step       epochsPerStep=1, miniBatchSize unset (one         num_iterations=1 (one optimizer step per
+                       optimizer step on the whole batch)                generation, old log-probs = detached new)
+steps                  training.steps                                    max_steps
+sampling               rollout.maxNewTokens=M, temperature=1, topP=1,    max_completion_length=M, temperature=1,
+                       (HF generate, top_k=0 hard-coded)                 top_p=1, top_k=0 (0 disables top-k in TRL
+                                                                         1.16), min_p=None, repetition_penalty=1
+prompt tokens          tokenizer(prompts) (plain text; the char          plain-text "prompt" column is not
+                       tokenizer adds no BOS/EOS)                        conversational => no chat template,
+                                                                         processing_class(text=prompts), same ids
+advantages             (r - mean_g) / (std_g + 1e-6), unbiased std,      scale_rewards="group": (r - mean_g) /
+                       training.scaleRewards=true                        (std_g + 1e-4), unbiased std
+policy loss            PPO clip 0.2/0.2 (clipRatioLow/High), token-      loss_type="dapo" (token sum / active tokens
+                       mean over all response tokens of the batch        of the whole generation batch; = "bnpo"
+                                                                         here), epsilon=0.2, epsilon_high=0.2,
+                                                                         importance_sampling_level="token"
+KL                     training.kl.coef=beta (k3 in the loss for grpo;   beta (k3 per token in the loss);
+                       0 => no reference model loaded)                   use_bias_correction_kl=False (ours has no
+                                                                         ratio factor); 0 => no reference model
+optimizer              torch.optim.AdamW(lr, betas (0.9, 0.999),         optim="adamw_torch", learning_rate,
+                       eps 1e-8, weightDecay=0), constant lr,            adam_beta1/2=0.9/0.999, adam_epsilon=1e-8,
+                       maxGradNorm=1.0                                   weight_decay=0, lr_scheduler_type=
+                                                                         "constant", warmup_steps=0, max_grad_norm=1
+precision / memory     float32, no gradient checkpointing                use_cpu=True, bf16=False, fp16=False,
+                                                                         gradient_checkpointing=False (TRL's
+                                                                         default is True)
+truncation             truncated completions stay in the loss            mask_truncated_completions=False
+seed                   training.seed                                     seed
+no evaluation / ckpt   data.eval unset, evalEverySteps=0,                eval_strategy="no", save_strategy="no"
+                       checkpoint.everySteps=0
+=====================  ================================================  ============================================
+
+Known differences that remain (none changes the algorithm):
+
+* Prompt order and sampling RNG streams differ (KubeRLHF's ``PromptSampler`` and per-step generation seeds vs TRL's
+  ``RepeatSampler`` and the global torch RNG), so the two see different prompts and samples for the same seed.
+* Advantage epsilon 1e-6 vs 1e-4; with 0/1 rewards and G=4 a non-zero group std is >= 0.5, so < 0.02% apart.
+* KubeRLHF passes position ids from the attention mask in the training forward pass; TRL does not, so left-padded
+  rows are shifted by a constant, which RoPE attention does not see (equal up to float rounding).
+* KubeRLHF generates with a separate rollout copy of the model (weights synced after each update) in another
+  process; TRL generates with the trained model in-process. Both are on-policy.
+* Threads: ours pins each actor to 1 thread; phases (generate, score, update) mostly run one after the other,
+  so TRL with 1 thread is the like-for-like comparison and TRL with 2 threads shows what TRL gets from both cores.
+
+Run: ``.venv/bin/python benchmarks/grpo_vs_trl.py`` (a few minutes with the defaults on 2 CPU cores; keep the
+machine otherwise idle, the step times are wall-clock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+WARMUP_STEPS = 2
+REWARD_FUNCTION = "kuberlhf.tasks.addition:exact_match_reward"
+EVAL_SAMPLES = 4
+EVAL_TEMPERATURE = 1.0
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="GRPO with KubeRLHF vs TRL's GRPOTrainer on the addition task: step time and accuracy.")
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps of each run (default 30)")
+    parser.add_argument("--prompts-per-step", type=int, default=16, help="prompts per step, P (default 16)")
+    parser.add_argument("--samples", type=int, default=4, help="completions per prompt, G (default 4)")
+    parser.add_argument("--max-new-tokens", type=int, default=4,
+                        help="longest completion; addition answers are <= 3 digits + EOS (default 4)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3,
+                        help="AdamW learning rate (default 1e-3, as examples/ppo-tiny.yaml)")
+    parser.add_argument("--beta", type=float, default=0.0,
+                        help="KL coefficient (default 0, TRL's default: no reference model in either)")
+    parser.add_argument("--trl-threads", type=int, nargs="+", default=[1, 2],
+                        help="torch thread counts of the TRL runs, one subprocess each (default 1 2)")
+    parser.add_argument("--assets", default=".cache/bench-assets",
+                        help="demo assets directory, built with build_demo_assets if missing")
+    parser.add_argument("--out", default="benchmarks/results/grpo_vs_trl.json",
+                        help="results JSON; the Markdown table goes next to it with a .md suffix")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep-work", action="store_true", help="keep the temporary run directories")
+    parser.add_argument("--trl-worker", help=argparse.SUPPRESS)  # internal: run one TRL configuration
+    args = parser.parse_args(argv)
+    if args.trl_worker is None:
+        if args.samples < 2:
+            parser.error("--samples: GRPO needs at least 2 completions per prompt")
+        for name in ("steps", "prompts_per_step", "max_new_tokens"):
+            if getattr(args, name) < 1:
+                parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    return args
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def step_stats(seconds: list[float]) -> dict[str, Any]:
+    """Median / mean of the per-step times after the warm-up steps (all steps if there are too few)."""
+    skip = WARMUP_STEPS if len(seconds) > WARMUP_STEPS else 0
+    kept = seconds[skip:]
+    return {
+        "steps_timed": len(kept),
+        "warmup_steps_excluded": skip,
+        "median_s": statistics.median(kept) if kept else None,
+        "mean_s": statistics.fmean(kept) if kept else None,
+        "per_step_s": [round(s, 4) for s in seconds],
+    }
+
+
+def git_info() -> dict[str, Any]:
+    def git(*cmd: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def machine_info() -> dict[str, Any]:
+    import ray
+    import torch
+    import transformers
+    import trl
+
+    cpu_model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        nproc = len(os.sched_getaffinity(0))
+    except AttributeError:
+        nproc = os.cpu_count()
+    return {
+        "nproc": nproc,
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_default_threads": torch.get_num_threads(),
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "ray": ray.__version__,
+    }
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------- KubeRLHF
+
+
+def build_job(args: argparse.Namespace, assets: dict[str, str], output_dir: Path) -> dict[str, Any]:
+    """The RLHFJob (camelCase, as YAML would give it) equivalent to the TRL configuration."""
+    return {
+        "apiVersion": "kuberlhf.io/v1alpha1",
+        "kind": "RLHFJob",
+        "metadata": {"name": "bench-grpo-vs-trl"},
+        "spec": {
+            "algorithm": "grpo",
+            "policy": {"model": assets["model"]},
+            "reward": {"function": REWARD_FUNCTION},
+            "data": {"train": assets["train"]},  # no eval: this script scores the final model itself
+            "rollout": {
+                "samplesPerPrompt": args.samples,
+                "maxNewTokens": args.max_new_tokens,
+                "temperature": 1.0,
+                "topP": 1.0,
+            },
+            "training": {
+                "steps": args.steps,
+                "promptsPerStep": args.prompts_per_step,
+                "learningRate": args.learning_rate,
+                "weightDecay": 0.0,
+                "maxGradNorm": 1.0,
+                "epochsPerStep": 1,
+                "seed": args.seed,
+                "kl": {"coef": args.beta},
+                "clipRatioLow": 0.2,
+                "clipRatioHigh": 0.2,
+                "scaleRewards": True,
+                "evalEverySteps": 0,
+            },
+            "checkpoint": {"everySteps": 0},
+            "output": {"dir": str(output_dir)},
+        },
+    }
+
+
+def run_ours(args: argparse.Namespace, assets: dict[str, str], work: Path) -> dict[str, Any]:
+    from kuberlhf.jobfile import validate_job
+    from kuberlhf.launcher import run_job
+
+    raw = build_job(args, assets, work / "ours")
+    job = validate_job(raw, source="benchmarks/grpo_vs_trl.py")
+    started = time.perf_counter()
+    summary = run_job(job, dashboard=False)
+    wall = time.perf_counter() - started
+    records = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines() if line.strip()]
+    records.sort(key=lambda r: r["step"])
+    step_s = [r["time/step"] for r in records]
+    gen_score_s = [r.get("time/generation", 0.0) + r.get("time/scoring", 0.0) for r in records]
+    train_s = [r.get("time/training", 0.0) for r in records]
+    rewards = [r.get("reward/mean") for r in records]
+    return {
+        "name": "kuberlhf",
+        "threads": "1 per Ray actor (rollout, policy, reward; resources defaults)",
+        "job": raw,
+        "step_time": step_stats(step_s),
+        "generation_scoring_time": step_stats(gen_score_s),
+        "training_time": step_stats(train_s),
+        "train_reward_mean_per_step": rewards,
+        "total_wall_s": round(wall, 2),
+        "total_wall_note": "run_job: Ray start, actor start-up, training, final save",
+        "final_model": summary["final_model"],
+    }
+
+
+# ------------------------------------------------------------------------------------------------ TRL
+
+
+def trl_config_kwargs(cfg: dict[str, Any], output_dir: str) -> dict[str, Any]:
+    """GRPOConfig keyword arguments equivalent to the KubeRLHF job (see the module docstring)."""
+    return dict(
+        output_dir=output_dir,
+        # batch: P prompts x G samples, one optimizer step per generation
+        per_device_train_batch_size=cfg["prompts_per_step"] * cfg["samples"],
+        num_generations=cfg["samples"],
+        gradient_accumulation_steps=1,
+        num_iterations=1,
+        max_steps=cfg["steps"],
+        # sampling
+        max_completion_length=cfg["max_new_tokens"],
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        min_p=None,
+        repetition_penalty=1.0,
+        # loss: token mean over the whole batch of the clipped surrogate, group-std-scaled advantages
+        loss_type="dapo",
+        scale_rewards="group",
+        epsilon=0.2,
+        epsilon_high=0.2,
+        importance_sampling_level="token",
+        mask_truncated_completions=False,
+        top_entropy_quantile=1.0,
+        beta=cfg["beta"],
+        use_bias_correction_kl=False,
+        # optimizer: torch AdamW defaults, constant learning rate
+        learning_rate=cfg["learning_rate"],
+        optim="adamw_torch",
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        # precision / device
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        # data / bookkeeping
+        seed=cfg["seed"],
+        shuffle_dataset=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        disable_tqdm=True,
+    )
+
+
+def run_trl(cfg: dict[str, Any], threads: int, work: Path) -> dict[str, Any]:
+    """Run one TRL configuration in a fresh Python process with its own thread settings."""
+    run_dir = work / f"trl-{threads}t"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "worker-config.json"
+    config_path.write_text(json.dumps({**cfg, "threads": threads, "run_dir": str(run_dir)}))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               TOKENIZERS_PARALLELISM="false")
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--trl-worker", str(config_path)],
+                          cwd=REPO, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"TRL run with {threads} thread(s) failed (exit {proc.returncode})")
+    result = json.loads((run_dir / "worker-result.json").read_text())
+    result["process_wall_s"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def trl_worker(config_path: str) -> None:
+    """Child process: train with GRPOTrainer, time each step, save the final model, write worker-result.json."""
+    cfg = json.loads(Path(config_path).read_text())
+    threads = int(cfg["threads"])
+    import torch
+
+    torch.set_num_threads(threads)
+
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from kuberlhf.tasks.addition import exact_match_reward, read_jsonl
+
+    run_dir = Path(cfg["run_dir"])
+    started = time.perf_counter()
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.step_s: list[float] = []
+            self._t0 = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.step_s.append(time.perf_counter() - self._t0)
+
+    class TimedGRPOTrainer(GRPOTrainer):
+        """Also times generation + reward scoring (everything before the loss) of each step."""
+
+        def __init__(self, *a, **kw) -> None:
+            self.gen_score_s: list[float] = []
+            super().__init__(*a, **kw)
+
+        def _generate_and_score_completions(self, inputs):
+            t0 = time.perf_counter()
+            out = super()._generate_and_score_completions(inputs)
+            if self.model.training:
+                self.gen_score_s.append(time.perf_counter() - t0)
+            return out
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
+    model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)
+    rows = read_jsonl(cfg["train"])
+    train_dataset = datasets.Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows])
+    config = GRPOConfig(**trl_config_kwargs(cfg, str(run_dir / "trainer")))
+    timer = StepTimer()
+    trainer = TimedGRPOTrainer(
+        model=model,
+        reward_funcs=[exact_match_reward],
+        args=config,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        callbacks=[timer],
+    )
+    trained = time.perf_counter()
+    trainer.train()
+    train_wall = time.perf_counter() - trained
+    final = run_dir / "final"
+    trainer.save_model(str(final))
+    tokenizer.save_pretrained(str(final))
+    rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
+    gen_score = trainer.gen_score_s
+    result = {
+        "name": f"trl-{threads}t",
+        "threads": threads,
+        "torch_threads_seen": torch.get_num_threads(),
+        "grpo_config": {k: v for k, v in trl_config_kwargs(cfg, "").items() if k != "output_dir"},
+        "step_time": step_stats(timer.step_s),
+        "generation_scoring_time": step_stats(gen_score),
+        "training_time": step_stats([s - g for s, g in zip(timer.step_s, gen_score)]),
+        "train_reward_mean_per_step": rewards,
+        "total_wall_s": round(time.perf_counter() - started, 2),
+        "total_wall_note": "subprocess body: load model and data, build trainer, train, save",
+        "train_wall_s": round(train_wall, 2),
+        "final_model": str(final),
+    }
+    (run_dir / "worker-result.json").write_text(json.dumps(result, indent=2))
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+
+
+def evaluate_models(models: dict[str, str], eval_rows: list[dict], args: argparse.Namespace) -> dict[str, float]:
+    """Held-out sampled accuracy of each model directory, all with the same function, settings and seed."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kuberlhf.tasks.addition import sampled_accuracy
+
+    scores = {}
+    for name, path in models.items():
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        scores[name] = sampled_accuracy(model, tokenizer, eval_rows, samples_per_prompt=EVAL_SAMPLES,
+                                        temperature=EVAL_TEMPERATURE, max_new_tokens=args.max_new_tokens,
+                                        seed=args.seed)
+    return scores
+
+
+# -------------------------------------------------------------------------------------------- reports
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    cfg, runs = results["config"], results["runs"]
+    ours = runs["kuberlhf"]["step_time"]["median_s"]
+    lines = [
+        "# GRPO: KubeRLHF vs TRL GRPOTrainer",
+        "",
+        f"Generated by `{results['command']}` at {results['timestamp']} "
+        f"(commit `{(results['git']['commit'] or 'unknown')[:12]}`"
+        f"{', dirty tree' if results['git']['dirty'] else ''}).",
+        f"Machine: {results['machine']['nproc']} CPU cores ({results['machine']['cpu_model']}), torch "
+        f"{results['machine']['torch']}, TRL {results['machine']['trl']}, transformers "
+        f"{results['machine']['transformers']}; load average before/after: {results['load_average']['before']} / "
+        f"{results['load_average']['after']}.",
+        f"Task: addition, {cfg['steps']} steps x {cfg['prompts_per_step']} prompts x {cfg['samples']} samples, "
+        f"max {cfg['max_new_tokens']} new tokens, lr {cfg['learning_rate']:g}, beta {cfg['beta']:g}, "
+        f"seed {cfg['seed']}. Step times exclude the first {WARMUP_STEPS} steps.",
+        f"Accuracy: held-out sampled exact match (eval.jsonl, T={EVAL_TEMPERATURE:g}, {EVAL_SAMPLES} samples); "
+        f"start checkpoint: **{_fmt(results['accuracy']['start'])}**.",
+        "",
+        "| run | torch threads | median step (s) | mean step (s) | median gen+score (s) | ours / this (median) "
+        "| final accuracy |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, run in runs.items():
+        threads = "1 per actor" if name == "kuberlhf" else str(run["threads"])
+        median = run["step_time"]["median_s"]
+        ratio = "1.00" if name == "kuberlhf" else _fmt(ours / median if ours and median else None, 2)
+        lines.append(
+            f"| {name} | {threads} | {_fmt(median)} | {_fmt(run['step_time']['mean_s'])} "
+            f"| {_fmt(run['generation_scoring_time']['median_s'])} | {ratio} "
+            f"| {_fmt(results['accuracy']['final'][name])} |"
+        )
+    lines += ["", "Ratio < 1: KubeRLHF's step is faster. Not CI-gated; see `benchmarks/README.md`.", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.trl_worker:
+        trl_worker(args.trl_worker)
+        return
+
+    os.chdir(REPO)
+    out_json = Path(args.out).absolute()
+    out_md = out_json.with_suffix(".md")
+    load_before = load_average()
+
+    from kuberlhf.tasks.addition import build_demo_assets, read_jsonl
+
+    assets_existed = (Path(args.assets) / "model" / "config.json").is_file()
+    t0 = time.perf_counter()
+    assets = build_demo_assets(args.assets, seed=args.seed)
+    assets_build_s = None if assets_existed else round(time.perf_counter() - t0, 1)
+    eval_rows = read_jsonl(assets["eval"])
+
+    config = {
+        "steps": args.steps,
+        "prompts_per_step": args.prompts_per_step,
+        "samples": args.samples,
+        "batch_sequences": args.prompts_per_step * args.samples,
+        "max_new_tokens": args.max_new_tokens,
+        "learning_rate": args.learning_rate,
+        "beta": args.beta,
+        "seed": args.seed,
+        "trl_threads": args.trl_threads,
+        "warmup_steps_excluded": WARMUP_STEPS,
+        "eval": {"rows": len(eval_rows), "samples_per_prompt": EVAL_SAMPLES, "temperature": EVAL_TEMPERATURE,
+                 "top_p": 1.0, "max_new_tokens": args.max_new_tokens, "seed": args.seed},
+        "assets": {**assets, "built_now_s": assets_build_s},
+    }
+    worker_cfg = {
+        "model": assets["model"], "train": assets["train"], "steps": args.steps,
+        "prompts_per_step": args.prompts_per_step, "samples": args.samples, "max_new_tokens": args.max_new_tokens,
+        "learning_rate": args.learning_rate, "beta": args.beta, "seed": args.seed,
+    }
+
+    work = Path(tempfile.mkdtemp(prefix="grpo_vs_trl-"))
+    try:
+        runs: dict[str, dict[str, Any]] = {}
+        print(f"== KubeRLHF GRPO ({args.steps} steps) ==", flush=True)
+        runs["kuberlhf"] = run_ours(args, assets, work)
+        for threads in args.trl_threads:
+            print(f"== TRL GRPOTrainer, {threads} thread(s) ({args.steps} steps) ==", flush=True)
+            runs[f"trl-{threads}t"] = run_trl(worker_cfg, threads, work)
+
+        print("== held-out sampled accuracy ==", flush=True)
+        scores = evaluate_models({"start": assets["model"], **{n: r["final_model"] for n, r in runs.items()}},
+                                 eval_rows, args)
+    finally:
+        if args.keep_work:
+            print(f"run directories kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    ours = runs["kuberlhf"]["step_time"]["median_s"]
+    ratios = {}
+    for name, run in runs.items():
+        if name == "kuberlhf":
+            continue
+        theirs = run["step_time"]["median_s"]
+        ratios[f"kuberlhf/{name}"] = ours / theirs if ours and theirs else None
+        run.pop("final_model", None)
+    runs["kuberlhf"].pop("final_model", None)
+
+    results = {
+        "benchmark": "grpo_vs_trl",
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "argv": sys.argv,
+        "git": git_info(),
+        "machine": machine_info(),
+        "load_average": {"before": load_before, "after": load_average()},
+        "config": config,
+        "median_step_ratio": ratios,
+        "accuracy": {"start": scores["start"], "final": {n: scores[n] for n in runs}},
+        "runs": runs,
+    }
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown_table(results)
+    out_md.write_text(table)
+    print()
+    print(table)
+    print(f"wrote {out_json} and {out_md}")
+
+
+if __name__ == "__main__":
+    main()

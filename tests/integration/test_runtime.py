@@ -1,0 +1,71 @@
+"""The runtime on a real (embedded) Ray: named role actors in one placement group, checkpoints that resume to
+exactly the same weights, and user errors from inside actors reported without a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kuberlhf.jobfile import load_job
+
+from .conftest import EXAMPLES, run_example
+
+pytestmark = pytest.mark.slow
+
+
+def test_roles_are_named_actors_in_one_placement_group(assets, tmp_path):
+    import ray
+
+    from kuberlhf.launcher import ray_session
+    from kuberlhf.preflight import check_local_inputs
+    from kuberlhf.workers.launch import start_workers
+
+    job = load_job(EXAMPLES / "ppo-tiny.yaml", [f"spec.policy.model={assets['model']}",
+                                                f"spec.data.train={assets['train']}",
+                                                f"spec.data.eval={assets['eval']}"])
+    with ray_session(job, dashboard=False):
+        workers = start_workers(job, check_local_inputs(job))
+        try:
+            names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+            assert {"ppo-tiny-policy-0", "ppo-tiny-rollout-0", "ppo-tiny-reward-0", "ppo-tiny-reference-0",
+                    "ppo-tiny-critic-0"} <= names
+            table = ray.util.placement_group_table(workers.placement_group)
+            assert table["state"] == "CREATED" and table["bundles"] == {0: {"CPU": 1.0}}
+        finally:
+            workers.shutdown()
+
+
+def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(assets, tmp_path):
+    settings = ("spec.training.steps=6", "spec.checkpoint.everySteps=3", "spec.checkpoint.keep=1")
+    straight = run_example("ppo-tiny", assets, tmp_path / "straight", *settings)
+    run_example("ppo-tiny", assets, tmp_path / "resumed", *settings[1:], "spec.training.steps=3")
+    resumed = run_example("ppo-tiny", assets, tmp_path / "resumed", *settings)
+    checkpoints = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir())
+    assert checkpoints == ["step-00000006"]  # keep=1: the step-3 checkpoint was pruned after step 6 was whole
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+    a = load_file(f"{straight['final_model']}/model.safetensors")
+    b = load_file(f"{resumed['final_model']}/model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_reward_function_error_inside_an_actor_is_a_clear_user_error(assets, tmp_path):
+    (tmp_path / "broken_reward.py").write_text(
+        "def reward(prompts, completions, **columns):\n    return [1.0] * (len(completions) - 1)\n")
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text((EXAMPLES / "grpo-tiny.yaml").read_text())
+    result = subprocess.run(
+        [sys.executable, "-m", "kuberlhf.cli", "run", str(job_file), "--no-dashboard",
+         "--set", f"spec.policy.model={assets['model']}", "--set", f"spec.data.train={assets['train']}",
+         "--set", "spec.data.eval=", "--set", "spec.reward.function=broken_reward:reward",
+         "--set", f"spec.output.dir={tmp_path / 'out'}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == "error: reward function broken_reward:reward returned 127 values for 128 completions"
