@@ -13,7 +13,30 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from kuberlhf.errors import UserError
+
 STATE_FILE = "trainer_state.json"
+
+
+def find_resume_point(checkpoint_dir: str | Path, output_dir: str | Path, total_steps: int) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh start; refuses to start over on top of a finished
+    run (its final model would be replaced) or to resume past the requested number of steps."""
+    newest = newest_checkpoint(checkpoint_dir)
+    if newest is None:
+        final = Path(output_dir) / "final"
+        if final.exists():
+            raise UserError(
+                f"{final} holds the model of an earlier run and {checkpoint_dir} has no checkpoint to resume from; "
+                "choose another spec.output.dir, or move the old run away"
+            )
+        return None
+    step = read_trainer_state(newest)["step"]
+    if step > total_steps:
+        raise UserError(
+            f"spec.training.steps: the newest checkpoint {newest} is at step {step}, past the {total_steps} steps "
+            "asked for; raise spec.training.steps or choose another spec.checkpoint.dir"
+        )
+    return newest
 
 
 def checkpoint_name(step: int) -> str:

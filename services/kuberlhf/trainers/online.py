@@ -28,7 +28,7 @@ from kuberlhf.workers.policy import PolicyUpdateConfig
 
 
 def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_data: PromptDataset | None,
-          display: StepDisplay) -> dict[str, Any]:
+          display: StepDisplay, resume_from: Path | None = None) -> dict[str, Any]:
     spec, t = job.spec, job.spec.training
     output_dir, checkpoint_dir = Path(job.output_dir), Path(job.checkpoint_dir)
     sampling = SamplingParams(spec.rollout.samples_per_prompt, spec.rollout.max_new_tokens,
@@ -44,13 +44,12 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
 
     sampler = PromptSampler(len(train_data), t.prompts_per_step, t.seed)
     kl_coef, first_step = t.kl.coef, 1
-    resumed = checkpoint.newest_checkpoint(checkpoint_dir)
-    if resumed is not None:
-        state = checkpoint.read_trainer_state(resumed)
-        restore_workers(workers, resumed)
+    if resume_from is not None:
+        state = checkpoint.read_trainer_state(resume_from)
+        restore_workers(workers, resume_from)
         sampler.load_state(state["sampler"])
         kl_coef, first_step = state["kl_coef"], state["step"] + 1
-        display.note(f"resuming from {resumed} (step {state['step']})")
+        display.note(f"resuming from {resume_from} (step {state['step']})")
     metrics_file = MetricsFile(output_dir / "metrics.jsonl", resume_step=first_step - 1)
     evals: dict[str, float] = {}
     if eval_data is not None and first_step == 1:

@@ -1,0 +1,30 @@
+"""Placement plans (pure): which bundle each role's actors use and what they ask for."""
+
+from __future__ import annotations
+
+from kuberlhf.spec import ResourcesSpec
+from kuberlhf.workers.placement import ActorPlacement, plan_placement
+
+ROLES = ["policy", "rollout", "reward"]
+
+
+def test_colocated_roles_share_one_bundle_and_split_it():
+    bundles, plan = plan_placement(ResourcesSpec(), ROLES)
+    assert bundles == [{"CPU": 1.0}]
+    assert plan["policy"] == [ActorPlacement(0, 1 / 3, 0.0)]
+    assert sum(p[0].num_cpus for p in plan.values()) == 1.0
+
+
+def test_colocated_bundle_is_as_large_as_the_largest_request():
+    resources = ResourcesSpec.model_validate({"policy": {"cpus": 2, "gpus": 1}, "rollout": {"workers": 2}})
+    bundles, plan = plan_placement(resources, ROLES)
+    assert bundles == [{"CPU": 2.0, "GPU": 1.0}, {"CPU": 1.0}]
+    assert plan["rollout"] == [ActorPlacement(0, 2 / 3, 1 / 3), ActorPlacement(1, 1.0, 0.0)]
+
+
+def test_separate_placement_gives_every_actor_its_own_bundle():
+    resources = ResourcesSpec.model_validate({"placement": "separate", "rollout": {"workers": 2, "gpus": 1}})
+    bundles, plan = plan_placement(resources, ROLES)
+    assert bundles == [{"CPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}, {"CPU": 1.0}]
+    assert [p.bundle_index for p in plan["rollout"]] == [1, 2]
+    assert plan["reward"] == [ActorPlacement(3, 1.0, 0.0)]
