@@ -1,4 +1,4 @@
-"""The `kuberlhf` command line: run, validate, demo-assets.
+"""The `kuberlhf` command line: run, validate, demo-assets, spec-docs.
 
 User mistakes (a bad field, a missing file, a reward function that fails) print one clear message and exit
 with code 1, without a traceback; bugs keep their traceback. Heavy imports (torch, Ray) happen only in the
@@ -69,7 +69,20 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("dir", help="output directory")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=_demo_assets)
+    docs = commands.add_parser(
+        "spec-docs",
+        help="print the RLHFJob field reference (Markdown)",
+        description="Print the field reference generated from the spec (the source of docs/spec.md).",
+    )
+    docs.set_defaults(handler=_spec_docs)
     return parser
+
+
+def _spec_docs(args: argparse.Namespace) -> int:
+    from kuberlhf.spec_docs import render_spec_markdown
+
+    print(render_spec_markdown(), end="")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -56,7 +56,7 @@ def ray_session(job: RLHFJob, dashboard: bool) -> Iterator[str]:
     env = {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p),
            "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", _accelerator()),
            "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-    metadata = {"rlhfjob": job.metadata.name, "namespace": job.metadata.namespace or ""}
+    metadata = {"rlhfjob": job.metadata.name, "namespace": job.metadata.namespace or "", **job.metadata.labels}
     address = os.environ.get("RAY_ADDRESS")
     if address:
         context = ray.init(address=address, runtime_env={"env_vars": env}, namespace="kuberlhf",

@@ -47,7 +47,7 @@ class Metadata(SpecModel):
     namespace: str | None = None
     """Kubernetes namespace (ignored by local runs)."""
     labels: dict[str, str] = Field(default_factory=dict)
-    """Labels copied onto the RayJob (for example `kueue.x-k8s.io/queue-name`)."""
+    """Labels of the job (recorded in the Ray job's metadata of local runs)."""
 
     @model_validator(mode="after")
     def _name_is_dns_label(self) -> Metadata:
@@ -228,7 +228,9 @@ class ResourcesSpec(SpecModel):
 
 
 class CheckpointSpec(SpecModel):
-    """Periodic checkpoints."""
+    """Periodic checkpoints: trained roles' weights and optimizer state, prompt position, KL coefficient.
+    `kuberlhf run` resumes from the newest complete checkpoint in `dir` and then sees the same batches as an
+    uninterrupted run."""
 
     dir: str | None = None
     """Checkpoint directory. Default: `<output.dir>/checkpoints`."""

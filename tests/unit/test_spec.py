@@ -152,3 +152,12 @@ def test_every_field_has_a_description():
 
     walk(RLHFJob, "")
     assert undocumented == []
+
+
+def test_checked_in_spec_reference_matches_the_spec():
+    from pathlib import Path
+
+    from kuberlhf.spec_docs import render_spec_markdown
+
+    checked_in = Path(__file__).resolve().parents[2] / "docs" / "spec.md"
+    assert checked_in.read_text() == render_spec_markdown(), "regenerate: kuberlhf spec-docs > docs/spec.md"
