@@ -75,7 +75,7 @@ Known differences that remain (none changes the algorithm):
   Two threads on tiny tensors are very sensitive to other load on the machine (a busy second core can make that
   run tens of times slower), so read the 2-thread number only from a run on an idle machine.
 
-Learning rate: the default 1e-4 is not the PPO example's 1e-3. With one AdamW step per batch of P*G = 64
+Learning rate: the default 1e-4 is examples/grpo-tiny.yaml's, not the PPO example's 1e-3. With one AdamW step per batch of P*G = 64
 sequences, 1e-3 (Adam's first steps move every weight by ~lr) drives both trainers' sampled reward from ~0.4 to 0
 within one or two steps, which makes the accuracy column meaningless; at 1e-4 both improve on the start checkpoint.
 
@@ -118,8 +118,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=4,
                         help="longest completion; addition answers are <= 3 digits + EOS (default 4)")
     parser.add_argument("--learning-rate", type=float, default=1e-4,
-                        help="AdamW learning rate (default 1e-4; 1e-3, the PPO example's, collapses both "
-                             "trainers' accuracy to ~0 within a few GRPO steps at this batch size)")
+                        help="AdamW learning rate (default 1e-4, as examples/grpo-tiny.yaml; 1e-3, the PPO "
+                             "example's, collapses both trainers' accuracy to ~0 within a few steps)")
     parser.add_argument("--beta", type=float, default=0.0,
                         help="KL coefficient (default 0, TRL's default: no reference model in either)")
     parser.add_argument("--trl-threads", type=int, nargs="+", default=[1, 2],
@@ -212,7 +212,8 @@ def load_average() -> list[float] | None:
 # ------------------------------------------------------------------------------------------- KubeRLHF
 
 
-def build_job(args: argparse.Namespace, assets: dict[str, str], output_dir: Path) -> dict[str, Any]:
+def build_job(args: argparse.Namespace, assets: dict[str, str], output_dir: Path,
+              one_step_off_policy: bool = False) -> dict[str, Any]:
     """The RLHFJob (camelCase, as YAML would give it) equivalent to the TRL configuration."""
     return {
         "apiVersion": "kuberlhf.io/v1alpha1",
@@ -228,6 +229,7 @@ def build_job(args: argparse.Namespace, assets: dict[str, str], output_dir: Path
                 "maxNewTokens": args.max_new_tokens,
                 "temperature": 1.0,
                 "topP": 1.0,
+                "oneStepOffPolicy": one_step_off_policy,
             },
             "training": {
                 "steps": args.steps,
@@ -249,11 +251,12 @@ def build_job(args: argparse.Namespace, assets: dict[str, str], output_dir: Path
     }
 
 
-def run_ours(args: argparse.Namespace, assets: dict[str, str], work: Path) -> dict[str, Any]:
+def run_ours(args: argparse.Namespace, assets: dict[str, str], work: Path, one_step_off_policy: bool) -> dict[str, Any]:
     from kuberlhf.jobfile import validate_job
     from kuberlhf.launcher import run_job
 
-    raw = build_job(args, assets, work / "ours")
+    name = "kuberlhf-1off" if one_step_off_policy else "kuberlhf"
+    raw = build_job(args, assets, work / name, one_step_off_policy)
     job = validate_job(raw, source="benchmarks/grpo_vs_trl.py")
     started = time.perf_counter()
     summary = run_job(job, dashboard=False)
@@ -265,8 +268,9 @@ def run_ours(args: argparse.Namespace, assets: dict[str, str], work: Path) -> di
     train_s = [r.get("time/training", 0.0) for r in records]
     rewards = [r.get("reward/mean") for r in records]
     return {
-        "name": "kuberlhf",
+        "name": name,
         "threads": "1 per Ray actor (rollout, policy, reward; resources defaults)",
+        "one_step_off_policy": one_step_off_policy,
         "job": raw,
         "step_time": step_stats(step_s),
         "generation_scoring_time": step_stats(gen_score_s),
@@ -464,7 +468,6 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 def markdown_table(results: dict[str, Any]) -> str:
     cfg, runs = results["config"], results["runs"]
-    ours = runs["kuberlhf"]["step_time"]["median_s"]
     lines = [
         "# GRPO: KubeRLHF vs TRL GRPOTrainer",
         "",
@@ -481,20 +484,20 @@ def markdown_table(results: dict[str, Any]) -> str:
         f"Accuracy: held-out sampled exact match (eval.jsonl, T={EVAL_TEMPERATURE:g}, {EVAL_SAMPLES} samples); "
         f"start checkpoint: **{_fmt(results['accuracy']['start'])}**.",
         "",
-        "| run | torch threads | median step (s) | mean step (s) | median gen+score (s) | ours / this (median) "
-        "| final accuracy |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| run | torch threads | median step (s) | mean step (s) | median gen+score (s) | final accuracy |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for name, run in runs.items():
-        threads = "1 per actor" if name == "kuberlhf" else str(run["threads"])
-        median = run["step_time"]["median_s"]
-        ratio = "1.00" if name == "kuberlhf" else _fmt(ours / median if ours and median else None, 2)
+        threads = str(run["threads"]) if name.startswith("trl") else "1 per actor"
         lines.append(
-            f"| {name} | {threads} | {_fmt(median)} | {_fmt(run['step_time']['mean_s'])} "
-            f"| {_fmt(run['generation_scoring_time']['median_s'])} | {ratio} "
-            f"| {_fmt(results['accuracy']['final'][name])} |"
+            f"| {name} | {threads} | {_fmt(run['step_time']['median_s'])} | {_fmt(run['step_time']['mean_s'])} "
+            f"| {_fmt(run['generation_scoring_time']['median_s'])} | {_fmt(results['accuracy']['final'][name])} |"
         )
-    lines += ["", "Ratio < 1: KubeRLHF's step is faster. Not CI-gated; see `benchmarks/README.md`.", ""]
+    lines += ["", "| step-time ratio (median) | value |", "|---|---:|"]
+    lines += [f"| {pair} | {_fmt(value, 2)} |" for pair, value in results["median_step_ratio"].items()]
+    lines += ["", "Ratio < 1: KubeRLHF's step is faster. `kuberlhf` is synchronous (on-policy, like TRL); "
+              "`kuberlhf-1off` samples the next batch while the current one trains (`rollout.oneStepOffPolicy`). "
+              "Not CI-gated; see `benchmarks/README.md`.", ""]
     return "\n".join(lines)
 
 
@@ -545,7 +548,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         runs: dict[str, dict[str, Any]] = {}
         print(f"== KubeRLHF GRPO ({args.steps} steps) ==", flush=True)
-        runs["kuberlhf"] = run_ours(args, assets, work)
+        runs["kuberlhf"] = run_ours(args, assets, work, one_step_off_policy=False)
+        print(f"== KubeRLHF GRPO, one-step off-policy ({args.steps} steps) ==", flush=True)
+        runs["kuberlhf-1off"] = run_ours(args, assets, work, one_step_off_policy=True)
         for threads in args.trl_threads:
             print(f"== TRL GRPOTrainer, {threads} thread(s) ({args.steps} steps) ==", flush=True)
             runs[f"trl-{threads}t"] = run_trl(worker_cfg, threads, work)
@@ -559,15 +564,15 @@ def main(argv: list[str] | None = None) -> None:
         else:
             shutil.rmtree(work, ignore_errors=True)
 
-    ours = runs["kuberlhf"]["step_time"]["median_s"]
     ratios = {}
-    for name, run in runs.items():
-        if name == "kuberlhf":
-            continue
-        theirs = run["step_time"]["median_s"]
-        ratios[f"kuberlhf/{name}"] = ours / theirs if ours and theirs else None
+    for mine in ("kuberlhf", "kuberlhf-1off"):
+        ours = runs[mine]["step_time"]["median_s"]
+        for name, run in runs.items():
+            if name.startswith("trl"):
+                theirs = run["step_time"]["median_s"]
+                ratios[f"{mine}/{name}"] = ours / theirs if ours and theirs else None
+    for run in runs.values():
         run.pop("final_model", None)
-    runs["kuberlhf"].pop("final_model", None)
 
     results = {
         "benchmark": "grpo_vs_trl",

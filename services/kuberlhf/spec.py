@@ -140,6 +140,10 @@ class RolloutSpec(SpecModel):
     """Sampling temperature; training log-probabilities use the same temperature."""
     top_p: float = Field(default=1.0, gt=0, le=1)
     """Nucleus sampling: keep the smallest set of tokens whose probability adds up to topP."""
+    one_step_off_policy: bool = False
+    """Sample step t+1's completions while step t trains (generation and training overlap on different
+    workers). Each batch then comes from the policy one update old; the PPO ratio is taken against the
+    sampling policy's own log-probs, which corrects for it. Resume is exact only with this off."""
 
 
 class KLSpec(SpecModel):

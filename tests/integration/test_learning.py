@@ -58,8 +58,9 @@ def test_run_writes_a_loadable_model_metrics_and_summary(assets, tmp_path):
     records = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     for key in ("reward/mean", "kl/sequence", "policy/entropy", "response_length/mean", "policy/loss",
-                "time/step", "time/generation", "time/scoring", "time/training", "time/weight_sync"):
+                "time/step", "time/generation", "time/scoring", "time/training", "time/policy_update"):
         assert all(key in r for r in records), key
+    assert all("time/weight_load" in r for r in records[1:])  # the previous update's sync
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     assert model.num_parameters() > 0
     assert (tmp_path / "final" / "tokenizer.json").is_file()

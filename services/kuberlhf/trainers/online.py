@@ -4,6 +4,8 @@ Each step reads like a single-process program:
   sample prompts -> generate -> {reference log-probs, rewards, values, old log-probs} concurrently
   -> advantages (pure functions) -> policy (and critic) update concurrently -> sync weights to rollout
   -> log, evaluate, checkpoint.
+The next step's generation is queued right behind the weight sync, so no driver round trip sits between
+them; with `rollout.oneStepOffPolicy` it starts before the update instead and overlaps with training.
 Distribution lives in `workers/`, numerics in `algorithms/`; nothing here touches a model.
 """
 
@@ -23,6 +25,7 @@ from kuberlhf.telemetry.run_log import MetricsFile, PhaseTimer, StepDisplay
 from kuberlhf.trainers import checkpoint
 from kuberlhf.trainers.experience import AdvantageConfig, make_experience
 from kuberlhf.workers.critic import CriticUpdateConfig
+from kuberlhf.workers.group import Pending
 from kuberlhf.workers.launch import RoleWorkers
 from kuberlhf.workers.policy import PolicyUpdateConfig
 
@@ -39,8 +42,11 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
         kl_loss_coef=t.kl.coef if spec.kl_penalty == "loss" else 0.0, kl_estimator=spec.kl_estimator,
     )
     critic_config = CriticUpdateConfig(t.epochs_per_step, t.mini_batch_size, t.value_clip)
+    one_step_off_policy = spec.rollout.one_step_off_policy
     # With one epoch of one mini-batch, the update's own first forward pass *is* the old policy: skip a pass.
-    recompute_old_logprobs = t.epochs_per_step > 1 or (t.mini_batch_size or spec.batch_size) < spec.batch_size
+    # Off-policy by one step, the sampling engine's own log-probs are the old policy's: no pass either.
+    recompute_old_logprobs = not one_step_off_policy and (
+        t.epochs_per_step > 1 or (t.mini_batch_size or spec.batch_size) < spec.batch_size)
 
     sampler = PromptSampler(len(train_data), t.prompts_per_step, t.seed)
     kl_coef, first_step = t.kl.coef, 1
@@ -55,16 +61,27 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
     if eval_data is not None and first_step == 1:
         evals["eval/reward_mean_start"] = evaluate(workers, eval_data, sampling, t.seed)
 
+    def start_generation(step: int) -> tuple[Pending, dict[str, list], dict[str, int]]:
+        """Send step `step`'s prompts to the rollout workers; returns at once."""
+        prompts, columns = train_data.select(sampler.next_indices())
+        pending = workers.rollout.map_batch("generate", prompts, sampling, t.seed * 100_003 + step)
+        return pending, repeat_rows(columns, sampling.samples_per_prompt), sampler.state()
+
     started = time.perf_counter()
+    next_generation = start_generation(first_step)
+    weights_synced: Pending | None = None
+    metrics_of_last_sync: dict[str, float] = {}
     with display:
         for step in range(first_step, t.steps + 1):
             timer, step_started = PhaseTimer(), time.perf_counter()
-            prompts, columns = train_data.select(sampler.next_indices())
-            columns = {name: [v for v in values for _ in range(sampling.samples_per_prompt)]
-                       for name, values in columns.items()}
 
             with timer("generation"):
-                rollout: RolloutBatch = workers.rollout.map_batch("generate", prompts, sampling, t.seed * 100_003 + step).get()
+                pending, columns, sampler_state = next_generation
+                rollout: RolloutBatch = pending.get()
+            if weights_synced is not None:  # done by now: the rollout worker loads weights before it samples
+                metrics_of_last_sync = {"time/weight_load": weights_synced.get()}
+            if one_step_off_policy and step < t.steps:  # the next batch samples while this one trains
+                next_generation = start_generation(step + 1)
 
             with timer("scoring"):  # reference, reward, critic (and old policy) run concurrently
                 reference = workers.reference.map_batch("compute_logprobs", rollout, sampling.temperature) if workers.reference else None
@@ -73,6 +90,8 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
                 old = workers.policy.map_batch("compute_logprobs", rollout, sampling.temperature) if recompute_old_logprobs else None
                 ref_logprobs, scores = reference.get() if reference else None, rewards.get()
                 values, old_logprobs = values.get() if values else None, old.get() if old else None
+            if one_step_off_policy:  # the ratio is taken against the policy that sampled the batch
+                old_logprobs = rollout.rollout_logprobs
 
             advantage_config = AdvantageConfig(
                 algorithm=spec.algorithm, group_size=sampling.samples_per_prompt, kl_coef=kl_coef,
@@ -81,15 +100,15 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
             )
             experience, metrics = make_experience(advantage_config, rollout, scores, ref_logprobs, old_logprobs, values)
 
-            with timer("training"):  # policy and critic update concurrently
+            metrics.update(metrics_of_last_sync)
+            with timer("training"):  # policy and critic update concurrently; the weight sync is queued behind
                 policy_update = workers.policy.call("update", experience, policy_config)
                 critic_update = workers.critic.call("update", experience, critic_config) if workers.critic else None
+                weights_synced = workers.rollout.call("load_weights", workers.policy.call("state_dict").refs[0])
+                if not one_step_off_policy and step < t.steps:  # queued behind the sync: samples with new weights
+                    next_generation = start_generation(step + 1)
                 metrics.update(policy_update.get())
                 metrics.update(critic_update.get() if critic_update else {})
-
-            with timer("weight_sync"):
-                weights = workers.policy.call("state_dict").refs[0]
-                workers.rollout.call("load_weights", weights).get()
 
             if t.kl.target is not None:
                 kl_coef = adaptive_kl_coef(kl_coef, metrics["kl/sequence"], t.kl.target, t.kl.horizon, len(rollout))
@@ -97,13 +116,15 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
                 metrics["eval/reward_mean"] = evaluate(workers, eval_data, sampling, t.seed)
             if spec.checkpoint.every_steps and step % spec.checkpoint.every_steps == 0:
                 with timer("checkpoint"):
-                    save_checkpoint(workers, checkpoint_dir, step, sampler, kl_coef, spec.checkpoint.keep)
+                    save_checkpoint(workers, checkpoint_dir, step, sampler_state, kl_coef, spec.checkpoint.keep)
 
             metrics.update(timer.seconds)
             metrics["time/step"] = time.perf_counter() - step_started
             metrics_file.write({"step": step, **metrics})
             display.update(step, metrics)
 
+    if weights_synced is not None:
+        weights_synced.get()  # surface a failed last sync
     if eval_data is not None:
         evals["eval/reward_mean_end"] = evaluate(workers, eval_data, sampling, t.seed)
     final_model = save_final_model(workers, output_dir)
@@ -111,16 +132,20 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
             "train_seconds": time.perf_counter() - started, "first_step": first_step}
 
 
+def repeat_rows(columns: dict[str, list], times: int) -> dict[str, list]:
+    """Each prompt's column values once per sample (samples of a prompt are consecutive rows)."""
+    return {name: [value for value in values for _ in range(times)] for name, values in columns.items()}
+
+
 def evaluate(workers: RoleWorkers, data: PromptDataset, sampling: SamplingParams, seed: int) -> float:
     """Mean reward of sampled completions on held-out prompts (same sampling settings as training)."""
-    indices = list(range(len(data)))
-    prompts, columns = data.select(indices)
-    columns = {name: [v for v in values for _ in range(sampling.samples_per_prompt)] for name, values in columns.items()}
+    prompts, columns = data.select(list(range(len(data))))
+    columns = repeat_rows(columns, sampling.samples_per_prompt)
     rollout = workers.rollout.map_batch("generate", prompts, sampling, -1 - seed).get()
     return float(workers.reward.map_batch("score", rollout, columns=columns).get().mean())
 
 
-def save_checkpoint(workers: RoleWorkers, directory: Path, step: int, sampler: PromptSampler, kl_coef: float,
+def save_checkpoint(workers: RoleWorkers, directory: Path, step: int, sampler_state: dict[str, int], kl_coef: float,
                     keep: int) -> Path:
     partial = checkpoint.partial_dir(directory, step)
     pending = [workers.policy.call("save_state", str(partial / "policy.pt"))]
@@ -128,7 +153,7 @@ def save_checkpoint(workers: RoleWorkers, directory: Path, step: int, sampler: P
         pending.append(workers.critic.call("save_state", str(partial / "critic.pt")))
     for p in pending:
         p.get()
-    return checkpoint.commit_checkpoint(partial, step, {"sampler": sampler.state(), "kl_coef": kl_coef}, keep)
+    return checkpoint.commit_checkpoint(partial, step, {"sampler": sampler_state, "kl_coef": kl_coef}, keep)
 
 
 def restore_workers(workers: RoleWorkers, saved: Path) -> None:
