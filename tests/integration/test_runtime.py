@@ -3,6 +3,7 @@ exactly the same weights, and user errors from inside actors reported without a 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -31,8 +32,8 @@ def test_roles_are_named_actors_in_one_placement_group(assets, tmp_path):
         workers = start_workers(job, check_local_inputs(job))
         try:
             names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
-            assert {"ppo-tiny-policy-0", "ppo-tiny-rollout-0", "ppo-tiny-reward-0", "ppo-tiny-reference-0",
-                    "ppo-tiny-critic-0"} <= names
+            assert {"ppo-tiny-policy-0", "ppo-tiny-rollout-0", "ppo-tiny-reference-0", "ppo-tiny-critic-0"} <= names
+            assert "ppo-tiny-reward-0" not in names  # a reward function runs inside the rollout workers
             table = ray.util.placement_group_table(workers.placement_group)
             assert table["state"] == "CREATED" and table["bundles"] == {0: {"CPU": 1.0}}
         finally:
@@ -69,3 +70,22 @@ def test_reward_function_error_inside_an_actor_is_a_clear_user_error(assets, tmp
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last == "error: reward function broken_reward:reward returned 127 values for 128 completions"
+
+
+def test_ppo_with_a_reward_model_and_a_critic_initialised_from_it(assets, tmp_path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(assets["model"])
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    reward_dir = tmp_path / "reward-model"
+    LlamaForSequenceClassification(config).save_pretrained(reward_dir)
+    tokenizer.save_pretrained(reward_dir)
+
+    summary = run_example("ppo-tiny", assets, tmp_path / "out", "spec.training.steps=2", "spec.reward.function=",
+                          f"spec.reward.model={reward_dir}")
+    records = [json.loads(line) for line in open(summary["metrics_file"])]
+    assert len(records) == 2
+    assert records[0]["reward/std"] > 0  # the model scores completions differently
+    assert records[0]["critic/values_mean"] != 0  # the value head started from the reward model's score head

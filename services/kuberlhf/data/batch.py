@@ -24,6 +24,7 @@ class RolloutBatch:
     rollout_logprobs: Tensor  # [B, R] log-probabilities of the sampled tokens under the rollout engine
     prompts: list[str]
     completions: list[str]
+    scores: Tensor | None = None  # [B] rewards, when a reward function scored the batch where it was sampled
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
@@ -48,6 +49,7 @@ class RolloutBatch:
             rollout_logprobs=_pad_cat([p.rollout_logprobs for p in parts], left=False),
             prompts=[text for p in parts for text in p.prompts],
             completions=[text for p in parts for text in p.completions],
+            scores=torch.cat([p.scores for p in parts]) if all(p.scores is not None for p in parts) else None,
         )
 
     def response_lengths(self) -> Tensor:

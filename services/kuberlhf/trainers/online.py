@@ -1,7 +1,8 @@
 """The online RL driver (PPO, GRPO, RLOO, REINFORCE++): one controller calling worker groups.
 
 Each step reads like a single-process program:
-  sample prompts -> generate -> {reference log-probs, rewards, values, old log-probs} concurrently
+  sample prompts -> generate (+ reward function) -> {reference log-probs, reward model, values, old log-probs}
+  concurrently
   -> advantages (pure functions) -> policy (and critic) update concurrently -> sync weights to rollout
   -> log, evaluate, checkpoint.
 The next step's generation is queued right behind the weight sync, so no driver round trip sits between
@@ -61,11 +62,11 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
     if eval_data is not None and first_step == 1:
         evals["eval/reward_mean_start"] = evaluate(workers, eval_data, sampling, t.seed)
 
-    def start_generation(step: int) -> tuple[Pending, dict[str, list], dict[str, int]]:
+    def start_generation(step: int) -> tuple[Pending, dict[str, int]]:
         """Send step `step`'s prompts to the rollout workers; returns at once."""
         prompts, columns = train_data.select(sampler.next_indices())
-        pending = workers.rollout.map_batch("generate", prompts, sampling, t.seed * 100_003 + step)
-        return pending, repeat_rows(columns, sampling.samples_per_prompt), sampler.state()
+        pending = workers.rollout.map_batch("generate", prompts, sampling, t.seed * 100_003 + step, columns=columns)
+        return pending, sampler.state()
 
     started = time.perf_counter()
     next_generation = start_generation(first_step)
@@ -76,19 +77,20 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
             timer, step_started = PhaseTimer(), time.perf_counter()
 
             with timer("generation"):
-                pending, columns, sampler_state = next_generation
+                pending, sampler_state = next_generation
                 rollout: RolloutBatch = pending.get()
             if weights_synced is not None:  # done by now: the rollout worker loads weights before it samples
                 metrics_of_last_sync = {"time/weight_load": weights_synced.get()}
             if one_step_off_policy and step < t.steps:  # the next batch samples while this one trains
                 next_generation = start_generation(step + 1)
 
-            with timer("scoring"):  # reference, reward, critic (and old policy) run concurrently
+            with timer("scoring"):  # reference, reward model, critic (and old policy) run concurrently
                 reference = workers.reference.map_batch("compute_logprobs", rollout, sampling.temperature) if workers.reference else None
-                rewards = workers.reward.map_batch("score", rollout, columns=columns)
+                rewards = workers.reward.map_batch("score", rollout) if workers.reward else None
                 values = workers.critic.map_batch("compute_values", rollout) if workers.critic else None
                 old = workers.policy.map_batch("compute_logprobs", rollout, sampling.temperature) if recompute_old_logprobs else None
-                ref_logprobs, scores = reference.get() if reference else None, rewards.get()
+                ref_logprobs = reference.get() if reference else None
+                scores = rewards.get() if rewards else rollout.scores  # a reward function scored it at sampling
                 values, old_logprobs = values.get() if values else None, old.get() if old else None
             if one_step_off_policy:  # the ratio is taken against the policy that sampled the batch
                 old_logprobs = rollout.rollout_logprobs
@@ -132,17 +134,12 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
             "train_seconds": time.perf_counter() - started, "first_step": first_step}
 
 
-def repeat_rows(columns: dict[str, list], times: int) -> dict[str, list]:
-    """Each prompt's column values once per sample (samples of a prompt are consecutive rows)."""
-    return {name: [value for value in values for _ in range(times)] for name, values in columns.items()}
-
-
 def evaluate(workers: RoleWorkers, data: PromptDataset, sampling: SamplingParams, seed: int) -> float:
     """Mean reward of sampled completions on held-out prompts (same sampling settings as training)."""
     prompts, columns = data.select(list(range(len(data))))
-    columns = repeat_rows(columns, sampling.samples_per_prompt)
-    rollout = workers.rollout.map_batch("generate", prompts, sampling, -1 - seed).get()
-    return float(workers.reward.map_batch("score", rollout, columns=columns).get().mean())
+    rollout = workers.rollout.map_batch("generate", prompts, sampling, -1 - seed, columns=columns).get()
+    scores = workers.reward.map_batch("score", rollout).get() if workers.reward else rollout.scores
+    return float(scores.mean())
 
 
 def save_checkpoint(workers: RoleWorkers, directory: Path, step: int, sampler_state: dict[str, int], kl_coef: float,

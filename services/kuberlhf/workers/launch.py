@@ -25,7 +25,7 @@ NAMESPACE = "kuberlhf"
 class RoleWorkers:
     policy: WorkerGroup
     rollout: WorkerGroup
-    reward: WorkerGroup
+    reward: WorkerGroup | None  # None: a reward function, run by the rollout workers
     reference: WorkerGroup | None
     critic: WorkerGroup | None
     placement_group: object
@@ -47,7 +47,8 @@ def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
                 f"spec.resources.{role}.workers: multi-rank training needs the DeepSpeed worker groups, "
                 "which this version does not have yet; set 1"
             )
-    roles = ["policy", "rollout", "reward"]
+    roles = ["policy", "rollout"]
+    roles += ["reward"] if inputs.reward_model else []
     roles += ["reference"] if inputs.reference_model else []
     roles += ["critic"] if inputs.critic_model else []
     bundles, plan = plan_placement(spec.resources, roles)
@@ -67,8 +68,8 @@ def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
     critic_lr = spec.critic.learning_rate if spec.critic and spec.critic.learning_rate else t.learning_rate
     workers = RoleWorkers(
         policy=start("policy", PolicyWorker, inputs.policy_model, t.learning_rate, t.weight_decay, t.max_grad_norm),
-        rollout=start("rollout", RolloutWorker, inputs.policy_model),
-        reward=start("reward", RewardWorker, inputs.reward_model, spec.reward.function, spec.reward.batch_size),
+        rollout=start("rollout", RolloutWorker, inputs.policy_model, spec.reward.function),
+        reward=start("reward", RewardWorker, inputs.reward_model, spec.reward.batch_size) if inputs.reward_model else None,
         reference=start("reference", ReferenceWorker, inputs.reference_model) if inputs.reference_model else None,
         critic=start("critic", CriticWorker, inputs.critic_model, critic_lr, t.weight_decay, t.max_grad_norm)
         if inputs.critic_model else None,

@@ -1,29 +1,41 @@
 """The rollout role: a generation engine that samples completions and receives the policy's weights after
-each update."""
+each update. A reward *function* (not a model) scores the completions right here, where they are sampled."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
 from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.engines.generation import HFGenerationEngine, SamplingParams
 from kuberlhf.models.loading import load_causal_lm, load_tokenizer
+from kuberlhf.reward_functions import call_reward_function, import_reward_function
 from kuberlhf.workers.common import configure_process
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, cpus: float, seed: int, rank: int = 0) -> None:
+    def __init__(self, model_path: str, reward_function: str | None, cpus: float, seed: int, rank: int = 0) -> None:
         configure_process(cpus, seed)
         self.rank = rank
+        self.reward_function_name = reward_function
+        self.reward_function = import_reward_function(reward_function) if reward_function else None
         model = load_causal_lm(model_path, "spec.policy.model")
         model.requires_grad_(False)
         self.engine = HFGenerationEngine(model, load_tokenizer(model_path))
 
-    def generate(self, prompts: list[str], params: SamplingParams, seed: int) -> RolloutBatch:
-        """Sample completions; each rank draws from its own stream of the step's seed."""
-        return self.engine.generate(prompts, params, seed * 1009 + self.rank)
+    def generate(self, prompts: list[str], columns: dict[str, list[Any]], params: SamplingParams, seed: int) -> RolloutBatch:
+        """Sample completions (each rank from its own stream of the step's seed) and, with a reward function,
+        score them; `columns` are the data file's other fields, one value per prompt."""
+        batch = self.engine.generate(prompts, params, seed * 1009 + self.rank)
+        if self.reward_function is not None:
+            n = params.samples_per_prompt  # samples of a prompt are consecutive rows
+            per_completion = {name: [v for v in values for _ in range(n)] for name, values in columns.items()}
+            scores = call_reward_function(self.reward_function, self.reward_function_name, batch.prompts,
+                                          batch.completions, per_completion)
+            batch.scores = torch.tensor(scores, dtype=torch.float32)
+        return batch
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> float:
         """Replace the engine's weights; returns the seconds it took."""
