@@ -212,8 +212,12 @@ def load_average() -> list[float] | None:
 # ------------------------------------------------------------------------------------------- KubeRLHF
 
 
+# Our runs: (name, rollout.oneStepOffPolicy, torch threads of the rollout and policy actors).
+OURS = (("kuberlhf", False, 1), ("kuberlhf-2t", False, 2), ("kuberlhf-1off", True, 1))
+
+
 def build_job(args: argparse.Namespace, assets: dict[str, str], output_dir: Path,
-              one_step_off_policy: bool = False) -> dict[str, Any]:
+              one_step_off_policy: bool = False, threads: int = 1) -> dict[str, Any]:
     """The RLHFJob (camelCase, as YAML would give it) equivalent to the TRL configuration."""
     return {
         "apiVersion": "kuberlhf.io/v1alpha1",
@@ -245,18 +249,21 @@ def build_job(args: argparse.Namespace, assets: dict[str, str], output_dir: Path
                 "scaleRewards": True,
                 "evalEverySteps": 0,
             },
+            # The rollout and policy actors compute one after the other in synchronous mode, so each may use
+            # all `threads` cores (colocated in one bundle of `threads` CPUs).
+            "resources": {"policy": {"cpus": threads}, "rollout": {"cpus": threads}},
             "checkpoint": {"everySteps": 0},
             "output": {"dir": str(output_dir)},
         },
     }
 
 
-def run_ours(args: argparse.Namespace, assets: dict[str, str], work: Path, one_step_off_policy: bool) -> dict[str, Any]:
+def run_ours(args: argparse.Namespace, assets: dict[str, str], work: Path, name: str, one_step_off_policy: bool,
+             threads: int) -> dict[str, Any]:
     from kuberlhf.jobfile import validate_job
     from kuberlhf.launcher import run_job
 
-    name = "kuberlhf-1off" if one_step_off_policy else "kuberlhf"
-    raw = build_job(args, assets, work / name, one_step_off_policy)
+    raw = build_job(args, assets, work / name, one_step_off_policy, threads)
     job = validate_job(raw, source="benchmarks/grpo_vs_trl.py")
     started = time.perf_counter()
     summary = run_job(job, dashboard=False)
@@ -269,7 +276,7 @@ def run_ours(args: argparse.Namespace, assets: dict[str, str], work: Path, one_s
     rewards = [r.get("reward/mean") for r in records]
     return {
         "name": name,
-        "threads": "1 per Ray actor (rollout, policy, reward; resources defaults)",
+        "threads": f"{threads} per rollout/policy actor",
         "one_step_off_policy": one_step_off_policy,
         "job": raw,
         "step_time": step_stats(step_s),
@@ -488,16 +495,18 @@ def markdown_table(results: dict[str, Any]) -> str:
         "|---|---|---:|---:|---:|---:|",
     ]
     for name, run in runs.items():
-        threads = str(run["threads"]) if name.startswith("trl") else "1 per actor"
+        threads = str(run["threads"])
         lines.append(
             f"| {name} | {threads} | {_fmt(run['step_time']['median_s'])} | {_fmt(run['step_time']['mean_s'])} "
             f"| {_fmt(run['generation_scoring_time']['median_s'])} | {_fmt(results['accuracy']['final'][name])} |"
         )
     lines += ["", "| step-time ratio (median) | value |", "|---|---:|"]
     lines += [f"| {pair} | {_fmt(value, 2)} |" for pair, value in results["median_step_ratio"].items()]
-    lines += ["", "Ratio < 1: KubeRLHF's step is faster. `kuberlhf` is synchronous (on-policy, like TRL); "
-              "`kuberlhf-1off` samples the next batch while the current one trains (`rollout.oneStepOffPolicy`). "
-              "Not CI-gated; see `benchmarks/README.md`.", ""]
+    lines += ["", "Ratio < 1: KubeRLHF's step is faster. `kuberlhf` (1 thread per actor) and `kuberlhf-2t` (2 threads "
+              "for the rollout and policy actors, which take turns) are synchronous and on-policy like TRL: compare "
+              "them with `trl-1t` and `trl-2t`. `kuberlhf-1off` samples the next batch while the current one trains "
+              "(`rollout.oneStepOffPolicy`; 1 thread each, the two overlap on the 2 cores). Not CI-gated; see "
+              "`benchmarks/README.md`.", ""]
     return "\n".join(lines)
 
 
@@ -547,10 +556,9 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="grpo_vs_trl-"))
     try:
         runs: dict[str, dict[str, Any]] = {}
-        print(f"== KubeRLHF GRPO ({args.steps} steps) ==", flush=True)
-        runs["kuberlhf"] = run_ours(args, assets, work, one_step_off_policy=False)
-        print(f"== KubeRLHF GRPO, one-step off-policy ({args.steps} steps) ==", flush=True)
-        runs["kuberlhf-1off"] = run_ours(args, assets, work, one_step_off_policy=True)
+        for name, off_policy, threads in OURS:
+            print(f"== KubeRLHF GRPO: {name} ({args.steps} steps) ==", flush=True)
+            runs[name] = run_ours(args, assets, work, name, off_policy, threads)
         for threads in args.trl_threads:
             print(f"== TRL GRPOTrainer, {threads} thread(s) ({args.steps} steps) ==", flush=True)
             runs[f"trl-{threads}t"] = run_trl(worker_cfg, threads, work)
@@ -565,7 +573,7 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(work, ignore_errors=True)
 
     ratios = {}
-    for mine in ("kuberlhf", "kuberlhf-1off"):
+    for mine, _, _ in OURS:
         ours = runs[mine]["step_time"]["median_s"]
         for name, run in runs.items():
             if name.startswith("trl"):
