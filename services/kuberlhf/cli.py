@@ -41,8 +41,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "cluster at $RAY_ADDRESS, or on an embedded local Ray when RAY_ADDRESS is unset.",
     )
     run.add_argument("file", help="RLHFJob YAML file")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
-                     help="override a field by its dotted path, e.g. --set spec.training.steps=50 (repeatable)")
+    _add_overrides(run)
     run.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=True,
                      help="start the Ray dashboard with the embedded Ray (default: on)")
     run.set_defaults(handler=_run)
@@ -54,8 +53,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "model directories, data files and reward function exist on this machine.",
     )
     validate.add_argument("files", nargs="+", help="RLHFJob YAML files")
-    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
-                          help="override a field by its dotted path (repeatable)")
+    _add_overrides(validate)
     validate.add_argument("--schema-only", action="store_true",
                           help="check the spec only, not the files it names (for jobs meant for a cluster)")
     validate.set_defaults(handler=_validate)
@@ -76,6 +74,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     docs.set_defaults(handler=_spec_docs)
     return parser
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                        help="override a field by its dotted path, e.g. --set spec.training.steps=50 (repeatable; "
+                        "the value is read as YAML, `PATH=` sets null)")
 
 
 def _spec_docs(args: argparse.Namespace) -> int:

@@ -1,12 +1,13 @@
 """Training engines: own a model's optimizer and apply one optimizer step per call.
 
 `TorchTrainingEngine` is plain torch AdamW with gradient clipping, single process. The DeepSpeed ZeRO engine
-(next issue) implements the same methods: `optimizer_step(loss) -> grad_norm`, `state_dict()`,
-`load_state_dict()`.
+(next issue) implements the same methods: `optimizer_step(loss) -> grad_norm`, `save(path, **extra)`,
+`load(path) -> extra`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,3 +39,14 @@ class TorchTrainingEngine:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+    def save(self, path: str | Path, **extra: Any) -> None:
+        """Model and optimizer state (plus the caller's own counters) to one file."""
+        torch.save({"engine": self.state_dict(), **extra}, Path(path))
+
+    def load(self, path: str | Path) -> dict[str, Any]:
+        """Restore what `save` wrote; returns the caller's extras. Tensors and plain values only
+        (`weights_only`): a checkpoint cannot run code when it is loaded."""
+        state = torch.load(Path(path), weights_only=True)
+        self.load_state_dict(state.pop("engine"))
+        return state

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -94,9 +93,7 @@ class PolicyWorker:
         return path
 
     def save_state(self, path: str) -> None:
-        torch.save({"engine": self.engine.state_dict(), "updates": self.updates}, Path(path))
+        self.engine.save(path, updates=self.updates)
 
     def load_state(self, path: str) -> None:
-        state = torch.load(Path(path), weights_only=False)
-        self.engine.load_state_dict(state["engine"])
-        self.updates = state["updates"]
+        self.updates = self.engine.load(path)["updates"]
