@@ -4,6 +4,7 @@ exactly the same weights, and user errors from inside actors reported without a 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -89,3 +90,22 @@ def test_ppo_with_a_reward_model_and_a_critic_initialised_from_it(assets, tmp_pa
     assert len(records) == 2
     assert records[0]["reward/std"] > 0  # the model scores completions differently
     assert records[0]["critic/values_mean"] != 0  # the value head started from the reward model's score head
+
+
+def test_run_uses_the_ray_cluster_at_ray_address(assets, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    address = cluster.address
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "kuberlhf.cli", "run", str(EXAMPLES / "grpo-tiny.yaml"),
+             "--set", f"spec.policy.model={assets['model']}", "--set", f"spec.data.train={assets['train']}",
+             "--set", "spec.data.eval=", "--set", "spec.training.steps=2", "--set", f"spec.output.dir={tmp_path}"],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": address},
+        )
+    finally:
+        cluster.shutdown()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"grpo on Ray cluster {address}" in result.stderr
+    assert (tmp_path / "final" / "config.json").is_file()
