@@ -118,6 +118,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _demo_assets(args: argparse.Namespace) -> int:
+    from kuberlhf.quiet import quiet_libraries
+
+    quiet_libraries()
     from kuberlhf.tasks.addition import build_demo_assets
 
     paths = build_demo_assets(args.dir, seed=args.seed)

@@ -13,11 +13,13 @@ from typing import Any, Iterator
 
 from kuberlhf.errors import UserError, user_error_in
 from kuberlhf.preflight import check_local_inputs
+from kuberlhf.quiet import quiet_libraries
 from kuberlhf.spec import RLHFJob
 from kuberlhf.trainers.checkpoint import find_resume_point
 
 
 def run_job(job: RLHFJob, dashboard: bool = True) -> dict[str, Any]:
+    quiet_libraries()
     inputs = check_local_inputs(job)
     check_prompt_lengths(inputs.policy_model, inputs.train, job.spec.data.max_prompt_tokens)
     resume_from = find_resume_point(job.checkpoint_dir, job.output_dir, job.spec.training.steps)
@@ -54,8 +56,7 @@ def ray_session(job: RLHFJob, dashboard: bool) -> Iterator[str]:
     import ray
 
     env = {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p),
-           "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", _accelerator()),
-           "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+           "DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}  # set by quiet_libraries in the driver
     metadata = {"rlhfjob": job.metadata.name, "namespace": job.metadata.namespace or "", **job.metadata.labels}
     address = os.environ.get("RAY_ADDRESS")
     if address:
@@ -73,13 +74,6 @@ def ray_session(job: RLHFJob, dashboard: bool) -> Iterator[str]:
         yield where
     finally:
         ray.shutdown()
-
-
-def _accelerator() -> str:
-    """DeepSpeed's accelerator name; set explicitly so it does not warn while guessing on CPU machines."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def check_prompt_lengths(model: str, data: Any, max_prompt_tokens: int) -> None:

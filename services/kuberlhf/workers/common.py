@@ -7,14 +7,13 @@ import os
 
 import torch
 
+from kuberlhf.quiet import quiet_libraries
+
 
 def configure_process(cpus: float, seed: int) -> int:
     """Pin torch to the worker's CPU share (several actors share a machine), seed it, and keep library
     chatter (load reports, progress bars) out of the job log; returns the thread count."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_libraries()
     threads = max(1, math.floor(cpus))
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
