@@ -166,7 +166,7 @@ def git_info() -> dict[str, Any]:
         return out.stdout.strip() if out.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")  # not our own output
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
