@@ -12,6 +12,7 @@ Distribution lives in `workers/`, numerics in `algorithms/`; nothing here touche
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -170,8 +171,6 @@ def save_final_model(workers: RoleWorkers, output_dir: Path) -> Path:
         previous = output_dir / ".final.previous"
         final.rename(previous)
         partial.rename(final)
-        import shutil
-
         shutil.rmtree(previous)
     else:
         partial.rename(final)
