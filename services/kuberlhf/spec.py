@@ -130,8 +130,6 @@ class RolloutSpec(SpecModel):
 
     engine: Literal["hf"] = "hf"
     """Generation engine: `hf` (Hugging Face `generate`)."""
-    workers: int = Field(default=1, ge=1)
-    """Rollout workers; prompts are split across them."""
     samples_per_prompt: int = Field(default=4, ge=1)
     """Completions sampled per prompt (the group size of GRPO and RLOO)."""
     max_new_tokens: int = Field(default=64, ge=1)
@@ -228,7 +226,7 @@ class ResourcesSpec(SpecModel):
     critic: RoleResources = Field(default_factory=RoleResources)
     """Critic workers (PPO)."""
     rollout: RoleResources = Field(default_factory=RoleResources)
-    """Rollout (generation) workers; `rollout.workers` sets how many."""
+    """Rollout (generation) workers; prompts are split across them."""
 
 
 class CheckpointSpec(SpecModel):
@@ -297,16 +295,6 @@ class RLHFJobSpec(SpecModel):
             raise ValueError(
                 f"training.miniBatchSize: must divide promptsPerStep x samplesPerPrompt = {batch}, got {mini}"
             )
-        if self.rollout.workers != self.resources.rollout.workers:
-            if self.resources.rollout.workers == 1:
-                self.resources.rollout.workers = self.rollout.workers
-            elif self.rollout.workers == 1:
-                self.rollout.workers = self.resources.rollout.workers
-            else:
-                raise ValueError(
-                    "rollout.workers and resources.rollout.workers disagree "
-                    f"({self.rollout.workers} vs {self.resources.rollout.workers}); set one of them"
-                )
         return self
 
     @property

@@ -92,7 +92,7 @@ def test_ppo_with_a_reward_model_and_a_critic_initialised_from_it(assets, tmp_pa
     assert records[0]["critic/values_mean"] != 0  # the value head started from the reward model's score head
 
 
-def test_run_uses_the_ray_cluster_at_ray_address(assets, tmp_path):
+def test_run_on_the_ray_cluster_at_ray_address_with_two_rollout_and_reference_workers(assets, tmp_path):
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
@@ -101,7 +101,8 @@ def test_run_uses_the_ray_cluster_at_ray_address(assets, tmp_path):
         result = subprocess.run(
             [sys.executable, "-m", "kuberlhf.cli", "run", str(EXAMPLES / "grpo-tiny.yaml"),
              "--set", f"spec.policy.model={assets['model']}", "--set", f"spec.data.train={assets['train']}",
-             "--set", "spec.data.eval=", "--set", "spec.training.steps=2", "--set", f"spec.output.dir={tmp_path}"],
+             "--set", "spec.data.eval=", "--set", "spec.training.steps=2", "--set", f"spec.output.dir={tmp_path}",
+             "--set", "spec.resources.rollout.workers=2", "--set", "spec.resources.reference.workers=2"],
             capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": address},
         )
     finally:
@@ -109,3 +110,5 @@ def test_run_uses_the_ray_cluster_at_ray_address(assets, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"grpo on Ray cluster {address}" in result.stderr
     assert (tmp_path / "final" / "config.json").is_file()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and records[1]["kl/sequence"] != 0  # both halves came back and were scored
