@@ -229,6 +229,7 @@ def build_job(args: argparse.Namespace, assets: dict[str, str], output_dir: Path
             "reward": {"function": REWARD_FUNCTION},
             "data": {"train": assets["train"]},  # no eval: this script scores the final model itself
             "rollout": {
+                "engine": "hf",  # TRL's GRPOTrainer samples with HF generate too
                 "samplesPerPrompt": args.samples,
                 "maxNewTokens": args.max_new_tokens,
                 "temperature": 1.0,

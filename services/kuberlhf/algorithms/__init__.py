@@ -13,7 +13,14 @@ from .advantages import (
     rloo_advantages,
 )
 from .kl import adaptive_kl_coef, kl_penalized_token_rewards, kl_penalty
-from .losses import entropy_from_logits, kl_loss, ppo_policy_loss, token_logprobs, value_loss
+from .losses import (
+    entropy_from_logits,
+    kl_loss,
+    ppo_policy_loss,
+    token_logprobs,
+    truncated_importance_weights,
+    value_loss,
+)
 from .masked import masked_mean, masked_var, masked_whiten
 
 __all__ = [
@@ -30,6 +37,7 @@ __all__ = [
     "reinforce_pp_advantages",
     "broadcast_to_tokens",
     "token_logprobs",
+    "truncated_importance_weights",
     "entropy_from_logits",
     "ppo_policy_loss",
     "value_loss",

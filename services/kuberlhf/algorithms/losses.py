@@ -74,6 +74,7 @@ def ppo_policy_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     dual_clip: float | None = None,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     r"""PPO clipped surrogate loss (Schulman et al. 2017), optionally dual-clipped (Ye et al.
     2020, "Mastering Complex Control in MOBA Games with Deep RL"):
@@ -102,6 +103,9 @@ def ppo_policy_loss(
         * ``dual_clip_fraction``: fraction of real tokens where the dual clip is active
           (0 when ``dual_clip`` is None).
 
+    ``token_weights`` (optional, detached) multiply each token's loss before the mean, e.g. the
+    truncated importance weights of :func:`truncated_importance_weights`.
+
     Raises:
         ValueError: ``dual_clip`` given and not > 1, or clip ranges out of range.
     """
@@ -124,6 +128,8 @@ def ppo_policy_loss(
         per_token = torch.where(dual_active, dual_bound, per_token)
     else:
         dual_active = torch.zeros_like(real)
+    if token_weights is not None:  # e.g. truncated importance weights; constants, no gradient through them
+        per_token = per_token * torch.where(real, token_weights.detach().to(per_token.dtype), zero)
     loss = masked_mean(per_token, mask)
     with torch.no_grad():
         neg_log_ratio = -log_ratio.detach()
@@ -204,3 +210,21 @@ def kl_loss(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, estimator: KLE
     zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
     kl = kl_penalty(torch.where(real, logprobs, zero), torch.where(real, ref_logprobs.to(logprobs.dtype), zero), estimator)
     return masked_mean(kl, mask)
+
+
+def truncated_importance_weights(
+    trainer_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, cap: float
+) -> Tensor:
+    r"""Truncated importance sampling weights for the train-inference mismatch (Yao et al. 2025, "Your
+    efficient RL framework secretly brings you off-policy RL training"):
+
+    .. math::
+        w_t = \min\left(\frac{\pi_{train}(x_t)}{\pi_{rollout}(x_t)},\; C\right)
+
+    where the tokens were sampled by the rollout engine (vLLM) and :math:`\pi_{train}` is the trainer's
+    probability of the same token under the same weights. Detached; 0 at padding. Only the upper side is
+    truncated, as in the paper.
+    """
+    real = mask.bool()
+    log_ratio = torch.where(real, trainer_logprobs.detach() - rollout_logprobs.detach(), torch.zeros_like(trainer_logprobs))
+    return torch.where(real, torch.exp(log_ratio).clamp(max=cap), torch.zeros_like(log_ratio))

@@ -57,7 +57,7 @@ def build_tiny_llama(
     tokenizer,
     hidden_size: int = 64,
     num_layers: int = 2,
-    num_heads: int = 4,
+    num_heads: int = 2,  # head_dim 32: the smallest vLLM's CPU attention supports
     intermediate_size: int = 128,
     max_position_embeddings: int = 64,
     seed: int = 0,

@@ -38,7 +38,7 @@ B_RANGE = (0, 99)
 
 DEFAULT_N_TRAIN = 4000
 DEFAULT_N_EVAL = 256
-DEFAULT_SFT_STEPS = 800
+DEFAULT_SFT_STEPS = 1200
 
 
 # ----------------------------------------------------------------------------------------------- data

@@ -42,6 +42,7 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
         epochs=t.epochs_per_step, mini_batch_size=t.mini_batch_size, clip_low=t.clip_ratio_low,
         clip_high=t.clip_ratio_high, dual_clip=t.dual_clip, temperature=spec.rollout.temperature,
         kl_loss_coef=t.kl.coef if spec.kl_penalty == "loss" else 0.0, kl_estimator=spec.kl_estimator,
+        is_cap=t.is_correction.cap if t.is_correction else None,
     )
     critic_config = CriticUpdateConfig(t.epochs_per_step, t.mini_batch_size, t.value_clip)
     one_step_off_policy = spec.rollout.one_step_off_policy

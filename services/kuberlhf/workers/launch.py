@@ -68,7 +68,8 @@ def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
     critic_lr = spec.critic.learning_rate if spec.critic and spec.critic.learning_rate else t.learning_rate
     workers = RoleWorkers(
         policy=start("policy", PolicyWorker, inputs.policy_model, t.learning_rate, t.weight_decay, t.max_grad_norm),
-        rollout=start("rollout", RolloutWorker, inputs.policy_model, spec.reward.function),
+        rollout=start("rollout", RolloutWorker, inputs.policy_model, spec.reward.function, inputs.rollout_engine,
+                      spec.data.max_prompt_tokens + spec.rollout.max_new_tokens, spec.rollout.tensor_parallel_size),
         reward=start("reward", RewardWorker, inputs.reward_model, spec.reward.batch_size) if inputs.reward_model else None,
         reference=start("reference", ReferenceWorker, inputs.reference_model) if inputs.reference_model else None,
         critic=start("critic", CriticWorker, inputs.critic_model, critic_lr, t.weight_decay, t.max_grad_norm)

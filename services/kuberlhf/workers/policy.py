@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kuberlhf.algorithms import kl_loss, masked_mean, ppo_policy_loss
+from kuberlhf.algorithms import kl_loss, kl_penalty, masked_mean, ppo_policy_loss, truncated_importance_weights
 from kuberlhf.data.batch import Experience, RolloutBatch
 from kuberlhf.engines.training import TorchTrainingEngine
 from kuberlhf.models.forward import response_logprobs
@@ -26,6 +26,7 @@ class PolicyUpdateConfig:
     temperature: float
     kl_loss_coef: float  # 0 unless the KL is a loss term (GRPO)
     kl_estimator: str
+    is_cap: float | None = None  # truncated importance sampling against the rollout engine's log-probs
 
 
 class PolicyWorker:
@@ -63,11 +64,18 @@ class PolicyWorker:
         batch, mask = experience.rollout, experience.rollout.response_mask
         logprobs, entropy = response_logprobs(self.model, batch, config.temperature, with_entropy=True)
         old_logprobs = experience.old_logprobs if experience.old_logprobs is not None else logprobs.detach()
+        weights = None
+        if config.is_cap is not None:
+            weights = truncated_importance_weights(old_logprobs, batch.rollout_logprobs, mask, config.is_cap)
         loss, stats = ppo_policy_loss(
             logprobs, old_logprobs, experience.advantages, mask,
-            clip_low=config.clip_low, clip_high=config.clip_high, dual_clip=config.dual_clip,
+            clip_low=config.clip_low, clip_high=config.clip_high, dual_clip=config.dual_clip, token_weights=weights,
         )
-        metrics = {"policy/pg_loss": float(loss.detach())}
+        # Train-inference mismatch: KL(rollout engine || trainer) on the sampled tokens (k3, samples of the engine).
+        mismatch = masked_mean(kl_penalty(batch.rollout_logprobs, old_logprobs, "k3"), mask)
+        metrics = {"policy/pg_loss": float(loss.detach()), "rollout/mismatch_kl": float(mismatch)}
+        if weights is not None:
+            metrics["rollout/is_weight_mean"] = float(masked_mean(weights, mask))
         if config.kl_loss_coef > 0 and experience.ref_logprobs is not None:
             kl = kl_loss(logprobs, experience.ref_logprobs, mask, config.kl_estimator)
             loss = loss + config.kl_loss_coef * kl

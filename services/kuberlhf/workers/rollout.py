@@ -3,6 +3,7 @@ each update. A reward *function* (not a model) scores the completions right here
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -16,14 +17,23 @@ from kuberlhf.workers.common import configure_process
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, reward_function: str | None, cpus: float, seed: int, rank: int = 0) -> None:
-        configure_process(cpus, seed)
+    def __init__(self, model_path: str, reward_function: str | None, engine: str, max_model_len: int,
+                 tensor_parallel_size: int, cpus: float, seed: int, rank: int = 0) -> None:
+        threads = configure_process(cpus, seed)
         self.rank = rank
         self.reward_function_name = reward_function
         self.reward_function = import_reward_function(reward_function) if reward_function else None
-        model = load_causal_lm(model_path, "spec.policy.model")
-        model.requires_grad_(False)
-        self.engine = HFGenerationEngine(model, load_tokenizer(model_path))
+        tokenizer = load_tokenizer(model_path)
+        if engine == "vllm":
+            from kuberlhf.engines.vllm_engine import VLLMGenerationEngine
+
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # this actor's CPU share, not all cores
+            self.engine = VLLMGenerationEngine(model_path, tokenizer, seed, max_model_len, tensor_parallel_size)
+            torch.set_num_threads(threads)
+        else:
+            model = load_causal_lm(model_path, "spec.policy.model")
+            model.requires_grad_(False)
+            self.engine = HFGenerationEngine(model, tokenizer)
 
     def generate(self, prompts: list[str], columns: dict[str, list[Any]], params: SamplingParams, seed: int) -> RolloutBatch:
         """Sample completions (each rank from its own stream of the step's seed) and, with a reward function,

