@@ -1,0 +1,69 @@
+"""Placement on a simulated two-node Ray cluster (`ray.cluster_utils.Cluster`): `separate` spreads the roles'
+bundles over both nodes and each actor runs on its bundle's node; `colocate` keeps every role on one node."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from kuberlhf.jobfile import load_job
+from kuberlhf.preflight import check_local_inputs
+from kuberlhf.workers.launch import start_workers
+
+from .conftest import EXAMPLES
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    cluster.add_node(num_cpus=2)
+    ray.init(address=cluster.address)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def actor_nodes(workers) -> dict[str, str]:
+    """`role-rank` -> the node id its actor runs on."""
+    where = {}
+    for group in workers.groups():
+        for rank, actor in enumerate(group.actors):
+            node = ray.get(actor.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
+            where[f"{group.role}-{rank}"] = node
+    return where
+
+
+def start(assets, placement: str):
+    job = load_job(EXAMPLES / "ppo-tiny.yaml", [
+        f"spec.policy.model={assets['model']}", f"spec.data.train={assets['train']}", "spec.data.eval=",
+        "spec.rollout.engine=hf", f"spec.resources.placement={placement}",
+    ])
+    return start_workers(job, check_local_inputs(job))
+
+
+def test_separate_placement_spreads_roles_over_both_nodes(two_nodes, assets):
+    workers = start(assets, "separate")
+    try:
+        nodes = actor_nodes(workers)
+        bundles = ray.util.placement_group_table(workers.placement_group)["bundles_to_node_id"]
+        assert len(bundles) == 4  # policy, rollout, reference, critic: one bundle each
+        assert len(set(bundles.values())) == 2
+        assert len(set(nodes.values())) == 2
+        assert nodes["policy-0"] == bundles[0] and nodes["rollout-0"] == bundles[1]  # each actor on its bundle
+    finally:
+        workers.shutdown()
+
+
+def test_colocated_roles_share_one_node(two_nodes, assets):
+    workers = start(assets, "colocate")
+    try:
+        bundles = ray.util.placement_group_table(workers.placement_group)["bundles_to_node_id"]
+        assert len(bundles) == 1
+        assert set(actor_nodes(workers).values()) == {bundles[0]}
+    finally:
+        workers.shutdown()
