@@ -209,6 +209,18 @@ class TrainingSpec(SpecModel):
     """GAE lambda (PPO)."""
     scale_rewards: bool = True
     """GRPO: divide group-centred rewards by the group's standard deviation (false = Dr. GRPO)."""
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    """DeepSpeed ZeRO stage for the trained roles (policy, critic): 1 shards optimizer state, 2 also
+    gradients, 3 also parameters across the role's workers. 0 with one worker is plain PyTorch; roles with
+    several workers always train with DeepSpeed (stage 0 = plain data parallel)."""
+    offload_optimizer: bool = False
+    """ZeRO-Offload: keep optimizer state in CPU memory (DeepSpeed's CPU Adam; compiled on first use)."""
+    offload_params: bool = False
+    """ZeRO-Infinity parameter offload to CPU memory (needs zeroStage 3)."""
+    bf16: bool = False
+    """Train in bfloat16 under DeepSpeed (GPUs, or CPUs with AVX512-BF16; float32 otherwise)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
     is_correction: ISCorrectionSpec | None = None
     """Correct the train-inference mismatch with truncated importance sampling; null = off."""
     eval_every_steps: int = Field(default=0, ge=0)
@@ -310,6 +322,16 @@ class RLHFJobSpec(SpecModel):
             raise ValueError(
                 f"training.miniBatchSize: must divide promptsPerStep x samplesPerPrompt = {batch}, got {mini}"
             )
+        if self.training.offload_params and self.training.zero_stage != 3:
+            raise ValueError(f"training.offloadParams: needs training.zeroStage 3, got {self.training.zero_stage}")
+        for role in ("policy", "critic"):
+            ranks = getattr(self.resources, role).workers
+            per_update = mini if mini is not None else batch
+            if ranks > 1 and per_update % ranks != 0:
+                raise ValueError(
+                    f"resources.{role}.workers: each update's {per_update} sequences are split evenly over the "
+                    f"{role}'s workers; {per_update} is not divisible by {ranks}"
+                )
         return self
 
     @property

@@ -1,17 +1,51 @@
 """Training engines: own a model's optimizer and apply one optimizer step per call.
 
-`TorchTrainingEngine` is plain torch AdamW with gradient clipping, single process. The DeepSpeed ZeRO engine
-(next issue) implements the same methods: `optimizer_step(loss) -> grad_norm`, `save(path, **extra)`,
-`load(path) -> extra`.
+`TorchTrainingEngine` is plain torch AdamW with gradient clipping, single process. `DeepSpeedTrainingEngine`
+(engines/deepspeed_engine.py) implements the same methods for ZeRO worker groups:
+`optimizer_step(loss) -> grad_norm`, `full_state_dict()`, `save(dir, **extra)`, `load(dir) -> extra`.
+`make_training_engine` picks one from a `TrainingSetup`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """How a trained role's engine is built (from spec.training and the role's worker count)."""
+
+    learning_rate: float
+    weight_decay: float
+    max_grad_norm: float
+    zero_stage: int = 0
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    micro_batch_size: int = 1
+
+    def uses_deepspeed(self, world_size: int) -> bool:
+        return world_size > 1 or self.zero_stage > 0 or self.offload_optimizer or self.offload_params
+
+
+def make_training_engine(model: nn.Module, setup: TrainingSetup, world_size: int) -> Any:
+    """Plain torch for a single rank without ZeRO, else DeepSpeed (the process group must be up already)."""
+    if setup.gradient_checkpointing:
+        target = getattr(model, "backbone", model)
+        target.gradient_checkpointing_enable()
+    if not setup.uses_deepspeed(world_size):
+        return TorchTrainingEngine(model, setup.learning_rate, setup.weight_decay, setup.max_grad_norm)
+    from kuberlhf.engines.deepspeed_engine import DeepSpeedTrainingEngine
+
+    return DeepSpeedTrainingEngine(model, setup.learning_rate, setup.weight_decay, setup.max_grad_norm,
+                                   setup.zero_stage, setup.micro_batch_size, setup.offload_optimizer,
+                                   setup.offload_params, setup.bf16)
 
 
 class TorchTrainingEngine:
@@ -40,13 +74,17 @@ class TorchTrainingEngine:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
 
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: tensor.detach() for name, tensor in self.model.state_dict().items()}
+
     def save(self, path: str | Path, **extra: Any) -> None:
-        """Model and optimizer state (plus the caller's own counters) to one file."""
-        torch.save({"engine": self.state_dict(), **extra}, Path(path))
+        """Model and optimizer state (plus the caller's own counters) into directory `path`."""
+        Path(path).mkdir(parents=True, exist_ok=True)
+        torch.save({"engine": self.state_dict(), **extra}, Path(path) / "engine.pt")
 
     def load(self, path: str | Path) -> dict[str, Any]:
         """Restore what `save` wrote; returns the caller's extras. Tensors and plain values only
         (`weights_only`): a checkpoint cannot run code when it is loaded."""
-        state = torch.load(Path(path), weights_only=True)
+        state = torch.load(Path(path) / "engine.pt", weights_only=True)
         self.load_state_dict(state.pop("engine"))
         return state

@@ -39,12 +39,14 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
     sampling = SamplingParams(spec.rollout.samples_per_prompt, spec.rollout.max_new_tokens,
                               spec.rollout.temperature, spec.rollout.top_p)
     policy_config = PolicyUpdateConfig(
-        epochs=t.epochs_per_step, mini_batch_size=t.mini_batch_size, clip_low=t.clip_ratio_low,
+        epochs=t.epochs_per_step, mini_batch_size=per_rank(t.mini_batch_size, spec.resources.policy.workers),
+        clip_low=t.clip_ratio_low,
         clip_high=t.clip_ratio_high, dual_clip=t.dual_clip, temperature=spec.rollout.temperature,
         kl_loss_coef=t.kl.coef if spec.kl_penalty == "loss" else 0.0, kl_estimator=spec.kl_estimator,
         is_cap=t.is_correction.cap if t.is_correction else None,
     )
-    critic_config = CriticUpdateConfig(t.epochs_per_step, t.mini_batch_size, t.value_clip)
+    critic_config = CriticUpdateConfig(t.epochs_per_step, per_rank(t.mini_batch_size, spec.resources.critic.workers),
+                                       t.value_clip)
     one_step_off_policy = spec.rollout.one_step_off_policy
     # With one epoch of one mini-batch, the update's own first forward pass *is* the old policy: skip a pass.
     # Off-policy by one step, the sampling engine's own log-probs are the old policy's: no pass either.
@@ -106,8 +108,8 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
 
             metrics.update(metrics_of_last_sync)
             with timer("training"):  # policy and critic update concurrently; the weight sync is queued behind
-                policy_update = workers.policy.call("update", experience, policy_config)
-                critic_update = workers.critic.call("update", experience, critic_config) if workers.critic else None
+                policy_update = workers.policy.map_batch("update", experience, policy_config)
+                critic_update = workers.critic.map_batch("update", experience, critic_config) if workers.critic else None
                 weights_synced = workers.rollout.call("load_weights", workers.policy.call("state_dict").refs[0])
                 if not one_step_off_policy and step < t.steps:  # queued behind the sync: samples with new weights
                     next_generation = start_generation(step + 1)
@@ -136,6 +138,11 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
             "train_seconds": time.perf_counter() - started, "first_step": first_step}
 
 
+def per_rank(mini_batch_size: int | None, ranks: int) -> int | None:
+    """Each rank's share of a mini-batch (the spec guarantees it divides)."""
+    return mini_batch_size // ranks if mini_batch_size else None
+
+
 def evaluate(workers: RoleWorkers, data: PromptDataset, sampling: SamplingParams, seed: int) -> float:
     """Mean reward of sampled completions on held-out prompts (same sampling settings as training)."""
     prompts, columns = data.select(list(range(len(data))))
@@ -147,18 +154,18 @@ def evaluate(workers: RoleWorkers, data: PromptDataset, sampling: SamplingParams
 def save_checkpoint(workers: RoleWorkers, directory: Path, step: int, sampler_state: dict[str, int], kl_coef: float,
                     keep: int) -> Path:
     partial = checkpoint.partial_dir(directory, step)
-    pending = [workers.policy.call("save_state", str(partial / "policy.pt"))]
+    pending = [workers.policy.call("save_state", str(partial / "policy"))]
     if workers.critic:
-        pending.append(workers.critic.call("save_state", str(partial / "critic.pt")))
+        pending.append(workers.critic.call("save_state", str(partial / "critic")))
     for p in pending:
         p.get()
     return checkpoint.commit_checkpoint(partial, step, {"sampler": sampler_state, "kl_coef": kl_coef}, keep)
 
 
 def restore_workers(workers: RoleWorkers, saved: Path) -> None:
-    pending = [workers.policy.call("load_state", str(saved / "policy.pt"))]
+    pending = [workers.policy.call("load_state", str(saved / "policy"))]
     if workers.critic:
-        pending.append(workers.critic.call("load_state", str(saved / "critic.pt")))
+        pending.append(workers.critic.call("load_state", str(saved / "critic")))
     for p in pending:
         p.get()
     workers.rollout.call("load_weights", workers.policy.call("state_dict").refs[0]).get()

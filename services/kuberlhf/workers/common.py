@@ -32,3 +32,44 @@ def mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
     """Average each metric over mini-batch updates."""
     keys = history[0].keys() if history else []
     return {key: sum(h[key] for h in history) / len(history) for key in keys}
+
+
+def free_address() -> tuple[str, int]:
+    """This node's IP and a free TCP port: where rank 0 of a worker group hosts its process group."""
+    import socket
+
+    import ray
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("", 0))
+        port = probe.getsockname()[1]
+    return ray.util.get_node_ip_address(), port
+
+
+class TrainedRole:
+    """What the policy and critic workers share: joining the group's process group and building the engine."""
+
+    model: torch.nn.Module
+    engine: object
+    rank: int = 0
+    world_size: int = 1
+
+    def master_address(self) -> tuple[str, int]:
+        return free_address()
+
+    def setup_training(self, setup: object, rank: int, world_size: int, master_addr: str, master_port: int) -> None:
+        """Join the group (DeepSpeed) or stay single-process (plain torch), then build the training engine."""
+        from kuberlhf.engines.training import make_training_engine
+
+        self.rank, self.world_size = rank, world_size
+        if setup.uses_deepspeed(world_size):
+            from kuberlhf.engines.deepspeed_engine import init_distributed
+
+            init_distributed(rank, world_size, master_addr, master_port)
+        self.engine = make_training_engine(self.model, setup, world_size)
+
+    def save_state(self, path: str) -> None:
+        self.engine.save(path, updates=self.updates)
+
+    def load_state(self, path: str) -> None:
+        self.updates = self.engine.load(path)["updates"]

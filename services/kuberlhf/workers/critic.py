@@ -9,10 +9,9 @@ import torch
 
 from kuberlhf.algorithms import value_loss
 from kuberlhf.data.batch import Experience, RolloutBatch
-from kuberlhf.engines.training import TorchTrainingEngine
 from kuberlhf.models.forward import response_values
 from kuberlhf.models.value import ValueModel
-from kuberlhf.workers.common import configure_process, mean_metrics, minibatches
+from kuberlhf.workers.common import TrainedRole, configure_process, mean_metrics, minibatches
 
 
 @dataclass(frozen=True)
@@ -22,14 +21,12 @@ class CriticUpdateConfig:
     value_clip: float | None
 
 
-class CriticWorker:
-    def __init__(self, model_path: str, learning_rate: float, weight_decay: float, max_grad_norm: float,
-                 cpus: float, seed: int) -> None:
+class CriticWorker(TrainedRole):
+    def __init__(self, model_path: str, cpus: float, seed: int) -> None:
         configure_process(cpus, seed)
         self.seed = seed
         self.model = ValueModel.from_pretrained(model_path)
-        self.engine = TorchTrainingEngine(self.model, learning_rate, weight_decay, max_grad_norm)
-        self.updates = 0
+        self.updates = 0  # the engine comes with setup_training, once the group's process group is up
 
     @torch.no_grad()
     def compute_values(self, batch: RolloutBatch) -> torch.Tensor:
@@ -39,7 +36,7 @@ class CriticWorker:
     def update(self, experience: Experience, config: CriticUpdateConfig) -> dict[str, float]:
         self.model.train()
         started = time.perf_counter()
-        generator = torch.Generator().manual_seed(self.seed + 7919 + self.updates)
+        generator = torch.Generator().manual_seed(self.seed + 7919 + 1_000_003 * self.rank + self.updates)
         history = []
         for _ in range(config.epochs):
             for indices in minibatches(len(experience), config.mini_batch_size, generator):
@@ -55,8 +52,4 @@ class CriticWorker:
         metrics["time/critic_update"] = time.perf_counter() - started
         return metrics
 
-    def save_state(self, path: str) -> None:
-        self.engine.save(path, updates=self.updates)
 
-    def load_state(self, path: str) -> None:
-        self.updates = self.engine.load(path)["updates"]

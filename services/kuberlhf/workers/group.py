@@ -44,6 +44,9 @@ class WorkerGroup:
     def map_batch(self, method: str, batch: Any, *args: Any, columns: dict[str, list] | None = None) -> Pending:
         """Split `batch` (a list or a batch with `select`, and per-row `columns`) across ranks; `get()`
         concatenates what they return (tensors, or objects with a `concat` static method)."""
+        if len(self.actors) == 1:  # nothing to split
+            extra = (columns,) if columns is not None else ()
+            return Pending([getattr(self.actors[0], method).remote(batch, *extra, *args)], lambda results: results[0])
         parts = split_indices(len(batch), len(self.actors))
         refs = []
         for actor, indices in zip(self.actors, parts):
@@ -58,6 +61,8 @@ class WorkerGroup:
 
 
 def _concat(results: list[Any]) -> Any:
+    if isinstance(results[0], dict):  # per-rank metrics: their mean
+        return {key: sum(r[key] for r in results) / len(results) for key in results[0]}
     if isinstance(results[0], torch.Tensor):
         if results[0].dim() == 1:
             return torch.cat(results)

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import ray
 
-from kuberlhf.errors import UserError, user_error_in
+from kuberlhf.errors import user_error_in
 from kuberlhf.preflight import ResolvedInputs
-from kuberlhf.spec import RLHFJob
+from kuberlhf.engines.training import TrainingSetup
+from kuberlhf.spec import RLHFJob, RLHFJobSpec
 from kuberlhf.workers.critic import CriticWorker
 from kuberlhf.workers.group import WorkerGroup
 from kuberlhf.workers.placement import create_placement_group, plan_placement
@@ -41,12 +42,6 @@ class RoleWorkers:
 
 def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
     spec = job.spec
-    for role in ("policy", "critic"):
-        if getattr(spec.resources, role).workers != 1:
-            raise UserError(
-                f"spec.resources.{role}.workers: multi-rank training needs the DeepSpeed worker groups, "
-                "which this version does not have yet; set 1"
-            )
     roles = ["policy", "rollout"]
     roles += ["reward"] if inputs.reward_model else []
     roles += ["reference"] if inputs.reference_model else []
@@ -65,19 +60,46 @@ def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
             actors.append(remote.remote(*args, cpus=cpus, seed=seed + rank, **extra))
         return WorkerGroup(role, actors)
 
-    critic_lr = spec.critic.learning_rate if spec.critic and spec.critic.learning_rate else t.learning_rate
     workers = RoleWorkers(
-        policy=start("policy", PolicyWorker, inputs.policy_model, t.learning_rate, t.weight_decay, t.max_grad_norm),
+        policy=start("policy", PolicyWorker, inputs.policy_model),
         rollout=start("rollout", RolloutWorker, inputs.policy_model, spec.reward.function, inputs.rollout_engine,
                       spec.data.max_prompt_tokens + spec.rollout.max_new_tokens, spec.rollout.tensor_parallel_size),
         reward=start("reward", RewardWorker, inputs.reward_model, spec.reward.batch_size) if inputs.reward_model else None,
         reference=start("reference", ReferenceWorker, inputs.reference_model) if inputs.reference_model else None,
-        critic=start("critic", CriticWorker, inputs.critic_model, critic_lr, t.weight_decay, t.max_grad_norm)
-        if inputs.critic_model else None,
+        critic=start("critic", CriticWorker, inputs.critic_model) if inputs.critic_model else None,
         placement_group=group,
     )
     wait_until_ready(workers)
+    critic_lr = spec.critic.learning_rate if spec.critic and spec.critic.learning_rate else t.learning_rate
+    setups = [(workers.policy, training_setup(spec, t.learning_rate, "policy"))]
+    if workers.critic:
+        setups.append((workers.critic, training_setup(spec, critic_lr, "critic")))
+    try:  # every rank of a group joins its process group at once; groups are independent
+        ray.get([ref for group, setup in setups for ref in start_training_group(group, setup)])
+    except ray.exceptions.RayError as err:
+        workers.shutdown()
+        cause = user_error_in(err)
+        if cause is not None:
+            raise cause from None
+        raise
     return workers
+
+
+def training_setup(spec: RLHFJobSpec, learning_rate: float, role: str) -> TrainingSetup:
+    t = spec.training
+    per_rank = (t.mini_batch_size or spec.batch_size) // getattr(spec.resources, role).workers
+    return TrainingSetup(
+        learning_rate=learning_rate, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer, offload_params=t.offload_params,
+        bf16=t.bf16, gradient_checkpointing=t.gradient_checkpointing, micro_batch_size=per_rank,
+    )
+
+
+def start_training_group(group: WorkerGroup, setup: TrainingSetup) -> list[ray.ObjectRef]:
+    """Rank 0 names the rendezvous address; every rank then builds its engine (DeepSpeed joins the group)."""
+    address, port = ray.get(group.actors[0].master_address.remote())
+    world = len(group)
+    return [actor.setup_training.remote(setup, rank, world, address, port) for rank, actor in enumerate(group.actors)]
 
 
 def wait_until_ready(workers: RoleWorkers) -> None:

@@ -10,10 +10,9 @@ import torch
 
 from kuberlhf.algorithms import kl_loss, kl_penalty, masked_mean, ppo_policy_loss, truncated_importance_weights
 from kuberlhf.data.batch import Experience, RolloutBatch
-from kuberlhf.engines.training import TorchTrainingEngine
 from kuberlhf.models.forward import response_logprobs
 from kuberlhf.models.loading import load_causal_lm, load_tokenizer
-from kuberlhf.workers.common import configure_process, mean_metrics, minibatches
+from kuberlhf.workers.common import TrainedRole, configure_process, mean_metrics, minibatches
 
 
 @dataclass(frozen=True)
@@ -29,15 +28,13 @@ class PolicyUpdateConfig:
     is_cap: float | None = None  # truncated importance sampling against the rollout engine's log-probs
 
 
-class PolicyWorker:
-    def __init__(self, model_path: str, learning_rate: float, weight_decay: float, max_grad_norm: float,
-                 cpus: float, seed: int) -> None:
+class PolicyWorker(TrainedRole):
+    def __init__(self, model_path: str, cpus: float, seed: int) -> None:
         configure_process(cpus, seed)
         self.seed = seed
         self.tokenizer = load_tokenizer(model_path)
         self.model = load_causal_lm(model_path, "spec.policy.model")
-        self.engine = TorchTrainingEngine(self.model, learning_rate, weight_decay, max_grad_norm)
-        self.updates = 0
+        self.updates = 0  # the engine comes with setup_training, once the group's process group is up
 
     @torch.no_grad()
     def compute_logprobs(self, batch: RolloutBatch, temperature: float) -> torch.Tensor:
@@ -49,7 +46,7 @@ class PolicyWorker:
         """`config.epochs` passes of clipped policy-gradient updates over the experience."""
         self.model.train()
         started = time.perf_counter()
-        generator = torch.Generator().manual_seed(self.seed + self.updates)
+        generator = torch.Generator().manual_seed(self.seed + 1_000_003 * self.rank + self.updates)
         history = []
         for _ in range(config.epochs):
             for indices in minibatches(len(experience), config.mini_batch_size, generator):
@@ -91,17 +88,16 @@ class PolicyWorker:
         return metrics
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Current weights, for syncing into the rollout engines."""
-        return {name: tensor.detach() for name, tensor in self.model.state_dict().items()}
+        """Current weights (rank 0; other ranks take part in the ZeRO-3 gather and return nothing)."""
+        weights = self.engine.full_state_dict()
+        return weights if self.rank == 0 else {}
 
     def save_pretrained(self, path: str) -> str:
-        """Write a Hugging Face model directory (safetensors + tokenizer)."""
-        self.model.save_pretrained(path, safe_serialization=True)
-        self.tokenizer.save_pretrained(path)
+        """Rank 0 writes a Hugging Face model directory (safetensors + tokenizer); every rank gathers."""
+        weights = self.engine.full_state_dict()
+        if self.rank == 0:
+            self.model.save_pretrained(path, state_dict=weights, safe_serialization=True)
+            self.tokenizer.save_pretrained(path)
         return path
 
-    def save_state(self, path: str) -> None:
-        self.engine.save(path, updates=self.updates)
 
-    def load_state(self, path: str) -> None:
-        self.updates = self.engine.load(path)["updates"]

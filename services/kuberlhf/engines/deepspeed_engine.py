@@ -1,0 +1,96 @@
+"""DeepSpeed ZeRO training engine: the same interface as `TorchTrainingEngine` (`optimizer_step`, `save`,
+`load`, `learning_rate`) plus `full_state_dict` and `save_pretrained`, which gather ZeRO-3 partitions.
+
+Every rank of a worker group holds one of these; they share one torch.distributed group (gloo on CPU, NCCL on
+GPU) that `init_distributed` sets up. Calls that gather or reduce (a forward or backward under ZeRO-3,
+`optimizer_step`, `full_state_dict`, `save`, `load`) must be made on every rank, in the same order.
+
+CPU without minutes of JIT builds (see PLATFORM.md): DeepSpeed's shared-memory communication op is not built
+(gloo does the communication), and the optimizer is torch's AdamW passed in as a client optimizer rather
+than DeepSpeed's fused or CPU Adam (which would compile first). Optimizer / parameter offload
+(`offloadOptimizer`, `offloadParams`) switch to DeepSpeed's CPU Adam, which compiles on first use (~2.5 min).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+TAG = "state"
+
+
+def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int) -> None:
+    """Join the group's torch.distributed group through DeepSpeed (gloo on CPU, NCCL on GPU)."""
+    os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK="0")
+    comm = importlib.import_module("deepspeed.comm.torch")  # the module, not the `torch` attribute it shadows
+    comm.build_shm_op = lambda: None  # gloo instead of an ~80 s JIT build on every start
+    import deepspeed
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, rank=rank, world_size=world_size)
+
+
+class DeepSpeedTrainingEngine:
+    def __init__(self, model: nn.Module, learning_rate: float, weight_decay: float, max_grad_norm: float,
+                 zero_stage: int, micro_batch_size: int, offload_optimizer: bool = False,
+                 offload_params: bool = False, bf16: bool = False) -> None:
+        import deepspeed
+
+        self.zero_stage = zero_stage
+        zero: dict[str, Any] = {"stage": zero_stage}
+        if offload_optimizer:
+            zero["offload_optimizer"] = {"device": "cpu"}
+        if offload_params:
+            zero["offload_param"] = {"device": "cpu"}
+        config = {
+            "train_micro_batch_size_per_gpu": micro_batch_size,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": max_grad_norm,
+            "zero_optimization": zero,
+            "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": bf16},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        optimizer = None
+        if not (offload_optimizer or offload_params):  # offload needs DeepSpeed's own (compiled) CPU Adam
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate,
+                                          weight_decay=weight_decay)
+        else:
+            config["optimizer"] = {"type": "AdamW", "params": {"lr": learning_rate, "weight_decay": weight_decay}}
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        self.model = self.engine.module
+
+    def optimizer_step(self, loss: torch.Tensor) -> float:
+        """Backward, reduce gradients across ranks, clip, step; returns the global gradient norm."""
+        self.engine.backward(loss)
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else 0.0
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole model's weights on every rank (ZeRO-3 partitions gathered first)."""
+        import deepspeed
+
+        if self.zero_stage < 3:
+            return {name: t.detach().clone() for name, t in self.model.state_dict().items()}
+        with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
+            return {name: t.detach().clone() for name, t in self.model.state_dict().items()}
+
+    def save(self, path: str | Path, **extra: Any) -> None:
+        """DeepSpeed checkpoint (every rank writes its partition) into directory `path`."""
+        self.engine.save_checkpoint(str(path), tag=TAG, client_state=extra)
+
+    def load(self, path: str | Path) -> dict[str, Any]:
+        _, client_state = self.engine.load_checkpoint(str(path), tag=TAG)
+        return dict(client_state or {})
