@@ -68,3 +68,15 @@ def test_a_failed_sync_leaves_a_working_engine(engine, trainer_model):
     trainer_model.load_state_dict(weights)
     batch = engine.generate(PROMPTS, SamplingParams(2, 4, 1.0, 1.0), seed=7)
     assert max_logprob_gap(trainer_model, batch) <= TOLERANCE
+
+
+def test_sleep_mode_is_reported_missing_on_cpu_and_generation_goes_on(assets, caplog):
+    from kuberlhf.engines.vllm_engine import VLLMGenerationEngine
+
+    with caplog.at_level("WARNING", logger="kuberlhf.engines.vllm_engine"):
+        sleepy = VLLMGenerationEngine(assets["model"], load_tokenizer(assets["model"]), seed=0, max_model_len=64,
+                                      sleep_between_steps=True)
+    assert "vLLM sleep mode is not available on CPU" in caplog.text
+    assert not sleepy.sleeps and "enable_sleep_mode" not in sleepy.engine_args
+    batch = sleepy.generate(PROMPTS, SamplingParams(1, 4, 1.0, 1.0), seed=0)
+    assert not sleepy.asleep and len(batch) == len(PROMPTS)

@@ -34,8 +34,14 @@ def vllm_available() -> bool:
 
 class VLLMGenerationEngine:
     def __init__(self, model_path: str, tokenizer: PreTrainedTokenizerBase, seed: int, max_model_len: int,
-                 tensor_parallel_size: int = 1) -> None:
+                 tensor_parallel_size: int = 1, sleep_between_steps: bool = False) -> None:
         on_gpu = torch.cuda.is_available()
+        # Sleep mode (free the KV cache and offload weights while colocated training runs) exists on CUDA only.
+        self.sleeps = sleep_between_steps and on_gpu
+        self.asleep = False
+        if sleep_between_steps and not on_gpu:
+            logger.warning("vLLM sleep mode is not available on CPU: the rollout engine keeps its KV cache "
+                           "(rollout.engine vllm, resources.placement colocate) while the policy trains")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         if not on_gpu:
@@ -60,6 +66,8 @@ class VLLMGenerationEngine:
             "enable_prefix_caching": False,
             "logprobs_mode": "processed_logprobs",  # after temperature: what the trainer computes
         }
+        if self.sleeps:
+            self.engine_args["enable_sleep_mode"] = True
         self.llm = vllm.LLM(**self.engine_args)
 
     def generate(self, prompts: list[str], params: SamplingParams, seed: int) -> RolloutBatch:
@@ -71,7 +79,11 @@ class VLLMGenerationEngine:
             max_tokens=params.max_new_tokens, logprobs=0, seed=seed, skip_special_tokens=True,
         )
         requests = [vllm.inputs.TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
+        self.wake_up()
         outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        if self.sleeps:  # the trainer on the same GPU gets the memory until the next weight sync
+            self.llm.sleep(level=1)
+            self.asleep = True
         rows_prompt, rows_response, rows_logprobs, completions = [], [], [], []
         for ids, output in zip(prompt_ids, outputs):
             for sample in output.outputs:
@@ -99,14 +111,20 @@ class VLLMGenerationEngine:
             completions=completions,
         )
 
+    def wake_up(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Replace the weights in place (no restart). A failed reload leaves the engine unusable: start a
         fresh engine (it holds the initial weights) and load into it; a second failure is raised."""
+        self.wake_up()
         try:
             self._reload(state_dict)
         except Exception as err:
             logger.warning("vLLM weight reload failed (%s: %s); restarting the engine", type(err).__name__, err)
-            self.llm = self._vllm.LLM(**self.engine_args)
+            self.llm, self.asleep = self._vllm.LLM(**self.engine_args), False
             self._reload(state_dict)
 
     def _reload(self, state_dict: dict[str, torch.Tensor]) -> None:

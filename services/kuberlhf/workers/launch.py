@@ -63,7 +63,9 @@ def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
     workers = RoleWorkers(
         policy=start("policy", PolicyWorker, inputs.policy_model),
         rollout=start("rollout", RolloutWorker, inputs.policy_model, spec.reward.function, inputs.rollout_engine,
-                      spec.data.max_prompt_tokens + spec.rollout.max_new_tokens, spec.rollout.tensor_parallel_size),
+                      spec.data.max_prompt_tokens + spec.rollout.max_new_tokens, spec.rollout.tensor_parallel_size,
+                      # colocated with the trainer and taking turns with it: free the GPU memory while it trains
+                      spec.resources.placement == "colocate" and not spec.rollout.one_step_off_policy),
         reward=start("reward", RewardWorker, inputs.reward_model, spec.reward.batch_size) if inputs.reward_model else None,
         reference=start("reference", ReferenceWorker, inputs.reference_model) if inputs.reference_model else None,
         critic=start("critic", CriticWorker, inputs.critic_model) if inputs.critic_model else None,

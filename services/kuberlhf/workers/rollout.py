@@ -18,7 +18,7 @@ from kuberlhf.workers.common import configure_process
 
 class RolloutWorker:
     def __init__(self, model_path: str, reward_function: str | None, engine: str, max_model_len: int,
-                 tensor_parallel_size: int, cpus: float, seed: int, rank: int = 0) -> None:
+                 tensor_parallel_size: int, sleep_between_steps: bool, cpus: float, seed: int, rank: int = 0) -> None:
         threads = configure_process(cpus, seed)
         self.rank = rank
         self.reward_function_name = reward_function
@@ -28,7 +28,10 @@ class RolloutWorker:
             from kuberlhf.engines.vllm_engine import VLLMGenerationEngine
 
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # this actor's CPU share, not all cores
-            self.engine = VLLMGenerationEngine(model_path, tokenizer, seed, max_model_len, tensor_parallel_size)
+            # On CUDA every engine sleeps while the trainer runs; on CPU (no sleep mode) rank 0 says so, once.
+            sleeps = sleep_between_steps and (rank == 0 or torch.cuda.is_available())
+            self.engine = VLLMGenerationEngine(model_path, tokenizer, seed, max_model_len, tensor_parallel_size,
+                                               sleep_between_steps=sleeps)
             torch.set_num_threads(threads)
         else:
             model = load_causal_lm(model_path, "spec.policy.model")
