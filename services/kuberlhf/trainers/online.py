@@ -27,7 +27,7 @@ from kuberlhf.telemetry.run_log import MetricsFile, PhaseTimer, StepDisplay
 from kuberlhf.trainers import checkpoint
 from kuberlhf.trainers.experience import AdvantageConfig, make_experience
 from kuberlhf.workers.critic import CriticUpdateConfig
-from kuberlhf.workers.group import Pending
+from kuberlhf.workers.group import Pending, gather_timed
 from kuberlhf.workers.launch import RoleWorkers
 from kuberlhf.workers.policy import PolicyUpdateConfig
 
@@ -89,13 +89,16 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
                 next_generation = start_generation(step + 1)
 
             with timer("scoring"):  # reference, reward model, critic (and old policy) run concurrently
-                reference = workers.reference.map_batch("compute_logprobs", rollout, sampling.temperature) if workers.reference else None
-                rewards = workers.reward.map_batch("score", rollout) if workers.reward else None
-                values = workers.critic.map_batch("compute_values", rollout) if workers.critic else None
-                old = workers.policy.map_batch("compute_logprobs", rollout, sampling.temperature) if recompute_old_logprobs else None
-                ref_logprobs = reference.get() if reference else None
-                scores = rewards.get() if rewards else rollout.scores  # a reward function scored it at sampling
-                values, old_logprobs = values.get() if values else None, old.get() if old else None
+                scored, finished = gather_timed({
+                    "reference": workers.reference.map_batch("compute_logprobs", rollout, sampling.temperature)
+                    if workers.reference else None,
+                    "reward": workers.reward.map_batch("score", rollout) if workers.reward else None,
+                    "critic": workers.critic.map_batch("compute_values", rollout) if workers.critic else None,
+                    "old_logprobs": workers.policy.map_batch("compute_logprobs", rollout, sampling.temperature)
+                    if recompute_old_logprobs else None,
+                })
+            ref_logprobs, values, old_logprobs = scored["reference"], scored["critic"], scored["old_logprobs"]
+            scores = scored["reward"] if workers.reward else rollout.scores  # a reward function scored at sampling
             if one_step_off_policy:  # the ratio is taken against the policy that sampled the batch
                 old_logprobs = rollout.rollout_logprobs
 
@@ -105,6 +108,7 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
                 gae_lambda=t.gae_lambda, scale_rewards=t.scale_rewards,
             )
             experience, metrics = make_experience(advantage_config, rollout, scores, ref_logprobs, old_logprobs, values)
+            metrics.update(finished)
 
             metrics.update(metrics_of_last_sync)
             with timer("training"):  # policy and critic update concurrently; the weight sync is queued behind

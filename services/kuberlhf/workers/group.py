@@ -7,6 +7,7 @@ driver can start several roles' work before waiting on any of it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,24 @@ class Pending:
 
     def get(self) -> Any:
         return self.combine(ray.get(self.refs))
+
+
+def gather_timed(pending: dict[str, Pending | None]) -> tuple[dict[str, Any], dict[str, float]]:
+    """Wait for several groups' results at once; returns them by name, and when each was complete
+    (seconds since this call, as `time/<name>`). `None` entries stay `None`."""
+    started = time.perf_counter()
+    waiting = {name: list(p.refs) for name, p in pending.items() if p is not None}
+    seconds: dict[str, float] = {}
+    while waiting:
+        refs = [ref for group in waiting.values() for ref in group]
+        ready, _ = ray.wait(refs, num_returns=1)
+        for name in list(waiting):
+            waiting[name] = [ref for ref in waiting[name] if ref not in ready]
+            if not waiting[name]:
+                seconds[f"time/{name}"] = time.perf_counter() - started
+                del waiting[name]
+    results = {name: p.get() if p is not None else None for name, p in pending.items()}
+    return results, seconds
 
 
 class WorkerGroup:
