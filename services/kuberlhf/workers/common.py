@@ -68,6 +68,21 @@ class TrainedRole:
             init_distributed(rank, world_size, master_addr, master_port)
         self.engine = make_training_engine(self.model, setup, world_size)
 
+    def memory_report(self) -> dict[str, float]:
+        """What this rank holds between steps, in MiB: its parameters (its ZeRO-3 partition), optimizer state
+        (its ZeRO-1/2/3 partition) and the process's resident memory. (Gradients are freed after each step.)"""
+        import psutil
+
+        def mib(tensors: list[torch.Tensor]) -> float:
+            return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+        params = [getattr(p, "ds_tensor", p) for p in self.model.parameters()]  # ZeRO-3 keeps a shard
+        optimizer = getattr(self.engine, "optimizer", None)
+        inner = getattr(optimizer, "optimizer", optimizer)  # DeepSpeed wraps the client optimizer
+        states = [v for state in inner.state.values() for v in state.values() if torch.is_tensor(v) and v.dim() > 0]
+        return {"params_mib": mib(params), "optimizer_mib": mib(states),
+                "rss_mib": psutil.Process().memory_info().rss / 2**20}
+
     def save_state(self, path: str) -> None:
         self.engine.save(path, updates=self.updates)
 

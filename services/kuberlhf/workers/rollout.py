@@ -19,7 +19,7 @@ from kuberlhf.workers.common import configure_process
 class RolloutWorker:
     def __init__(self, model_path: str, reward_function: str | None, engine: str, max_model_len: int,
                  tensor_parallel_size: int, sleep_between_steps: bool, cpus: float, seed: int, rank: int = 0) -> None:
-        threads = configure_process(cpus, seed)
+        configure_process(cpus, seed)  # threads set before vLLM starts: its CPU worker ignores later changes
         self.rank = rank
         self.reward_function_name = reward_function
         self.reward_function = import_reward_function(reward_function) if reward_function else None
@@ -32,7 +32,6 @@ class RolloutWorker:
             sleeps = sleep_between_steps and (rank == 0 or torch.cuda.is_available())
             self.engine = VLLMGenerationEngine(model_path, tokenizer, seed, max_model_len, tensor_parallel_size,
                                                sleep_between_steps=sleeps)
-            torch.set_num_threads(threads)
         else:
             model = load_causal_lm(model_path, "spec.policy.model")
             model.requires_grad_(False)
