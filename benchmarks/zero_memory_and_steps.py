@@ -2,7 +2,7 @@
 """PPO step time by phase, and what each policy rank holds in memory, for ZeRO stages 0-3.
 
 Runs the PPO job of `examples/ppo-tiny.yaml` (vLLM rollouts where installed, reference, critic, exact-match
-reward function) on a ~10M-parameter Llama built locally (hidden 256, 4 layers, 8 heads of 32, the addition
+reward function) on a 4.2M-parameter Llama built locally (hidden 256, 4 layers, 8 heads of 32, the addition
 task's character tokenizer), once per configuration:
 
 * `zero0-1rank`: one policy rank, plain PyTorch AdamW;
