@@ -191,6 +191,10 @@ class TrainingSpec(SpecModel):
     """Passes over each step's batch (PPO epochs)."""
     mini_batch_size: int | None = Field(default=None, ge=1)
     """Sequences per optimiser step; must divide the batch. Default: the whole batch (one update per epoch)."""
+    micro_batch_size: int | None = Field(default=None, ge=1)
+    """Sequences per forward/backward pass on one worker (gradient accumulation): each mini-batch's share on
+    a worker is processed this many sequences at a time, with the gradient of the whole mini-batch. Must
+    divide that share. Default: the whole share in one pass."""
     seed: int = 0
     """Seed for prompt order, sampling and initialisation."""
     kl: KLSpec = Field(default_factory=KLSpec)
@@ -331,6 +335,12 @@ class RLHFJobSpec(SpecModel):
                 raise ValueError(
                     f"resources.{role}.workers: each update's {per_update} sequences are split evenly over the "
                     f"{role}'s workers; {per_update} is not divisible by {ranks}"
+                )
+            micro = self.training.micro_batch_size
+            if micro is not None and (per_update // ranks) % micro != 0:
+                raise ValueError(
+                    f"training.microBatchSize: must divide each {role} worker's share of an update "
+                    f"({per_update // ranks} sequences), got {micro}"
                 )
         return self
 

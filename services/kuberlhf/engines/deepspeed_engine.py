@@ -1,9 +1,9 @@
-"""DeepSpeed ZeRO training engine: the same interface as `TorchTrainingEngine` (`optimizer_step`, `save`,
+"""DeepSpeed ZeRO training engine: the same interface as `TorchTrainingEngine` (`accumulate`, `step`, `save`,
 `load`, `learning_rate`) plus `full_state_dict` and `save_pretrained`, which gather ZeRO-3 partitions.
 
 Every rank of a worker group holds one of these; they share one torch.distributed group (gloo on CPU, NCCL on
 GPU) that `init_distributed` sets up. Calls that gather or reduce (a forward or backward under ZeRO-3,
-`optimizer_step`, `full_state_dict`, `save`, `load`) must be made on every rank, in the same order.
+`accumulate`, `step`, `full_state_dict`, `save`, `load`) must be made on every rank, in the same order.
 
 CPU without minutes of JIT builds (see PLATFORM.md): DeepSpeed's shared-memory communication op is not built
 (gloo does the communication), and the optimizer is torch's AdamW passed in as a client optimizer rather
@@ -38,11 +38,12 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
 
 class DeepSpeedTrainingEngine:
     def __init__(self, model: nn.Module, learning_rate: float, weight_decay: float, max_grad_norm: float,
-                 zero_stage: int, micro_batch_size: int, offload_optimizer: bool = False,
-                 offload_params: bool = False, bf16: bool = False) -> None:
+                 zero_stage: int, micro_batch_size: int, accumulation_steps: int = 1,
+                 offload_optimizer: bool = False, offload_params: bool = False, bf16: bool = False) -> None:
         import deepspeed
 
         self.zero_stage = zero_stage
+        self.accumulation_steps = accumulation_steps
         zero: dict[str, Any] = {"stage": zero_stage}
         if offload_optimizer:
             zero["offload_optimizer"] = {"device": "cpu"}
@@ -50,7 +51,7 @@ class DeepSpeedTrainingEngine:
             zero["offload_param"] = {"device": "cpu"}
         config = {
             "train_micro_batch_size_per_gpu": micro_batch_size,
-            "gradient_accumulation_steps": 1,
+            "gradient_accumulation_steps": accumulation_steps,
             "gradient_clipping": max_grad_norm,
             "zero_optimization": zero,
             "zero_allow_untested_optimizer": True,
@@ -67,10 +68,15 @@ class DeepSpeedTrainingEngine:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         self.model = self.engine.module
 
-    def optimizer_step(self, loss: torch.Tensor) -> float:
-        """Backward, reduce gradients across ranks, clip, step; returns the global gradient norm."""
-        self.engine.backward(loss)
+    def accumulate(self, loss: torch.Tensor) -> None:
+        """One micro-batch's backward; DeepSpeed reduces across ranks and steps at the accumulation boundary.
+        The caller already weighted the loss by the micro-batch's share, so DeepSpeed's own 1/steps scaling
+        is undone."""
+        self.engine.backward(loss * self.accumulation_steps)
         self.engine.step()
+
+    def step(self) -> float:
+        """The optimizer step happened in the last `accumulate`; returns the global gradient norm."""
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else 0.0
 

@@ -2,7 +2,8 @@
 
 `TorchTrainingEngine` is plain torch AdamW with gradient clipping, single process. `DeepSpeedTrainingEngine`
 (engines/deepspeed_engine.py) implements the same methods for ZeRO worker groups:
-`optimizer_step(loss) -> grad_norm`, `full_state_dict()`, `save(dir, **extra)`, `load(dir) -> extra`.
+`accumulate(loss)` (backward of one micro-batch), `step() -> grad_norm` (after the last micro-batch of a
+mini-batch), `full_state_dict()`, `save(dir, **extra)`, `load(dir) -> extra`.
 `make_training_engine` picks one from a `TrainingSetup`.
 """
 
@@ -28,7 +29,8 @@ class TrainingSetup:
     offload_params: bool = False
     bf16: bool = False
     gradient_checkpointing: bool = False
-    micro_batch_size: int = 1
+    micro_batch_size: int = 1  # sequences per forward/backward on one rank
+    accumulation_steps: int = 1  # micro-batches per optimizer step
 
     def uses_deepspeed(self, world_size: int) -> bool:
         return world_size > 1 or self.zero_stage > 0 or self.offload_optimizer or self.offload_params
@@ -44,8 +46,8 @@ def make_training_engine(model: nn.Module, setup: TrainingSetup, world_size: int
     from kuberlhf.engines.deepspeed_engine import DeepSpeedTrainingEngine
 
     return DeepSpeedTrainingEngine(model, setup.learning_rate, setup.weight_decay, setup.max_grad_norm,
-                                   setup.zero_stage, setup.micro_batch_size, setup.offload_optimizer,
-                                   setup.offload_params, setup.bf16)
+                                   setup.zero_stage, setup.micro_batch_size, setup.accumulation_steps,
+                                   setup.offload_optimizer, setup.offload_params, setup.bf16)
 
 
 class TorchTrainingEngine:
@@ -55,9 +57,12 @@ class TorchTrainingEngine:
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.parameters, lr=learning_rate, weight_decay=weight_decay)
 
-    def optimizer_step(self, loss: torch.Tensor) -> float:
-        """Backward, clip, step, zero grads; returns the gradient norm before clipping."""
+    def accumulate(self, loss: torch.Tensor) -> None:
+        """Add one micro-batch's gradients (the caller weights its loss by its share of the mini-batch)."""
         loss.backward()
+
+    def step(self) -> float:
+        """Clip, step, zero grads; returns the gradient norm before clipping."""
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -43,10 +43,10 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
         clip_low=t.clip_ratio_low,
         clip_high=t.clip_ratio_high, dual_clip=t.dual_clip, temperature=spec.rollout.temperature,
         kl_loss_coef=t.kl.coef if spec.kl_penalty == "loss" else 0.0, kl_estimator=spec.kl_estimator,
-        is_cap=t.is_correction.cap if t.is_correction else None,
+        is_cap=t.is_correction.cap if t.is_correction else None, micro_batch_size=t.micro_batch_size,
     )
     critic_config = CriticUpdateConfig(t.epochs_per_step, per_rank(t.mini_batch_size, spec.resources.critic.workers),
-                                       t.value_clip)
+                                       t.value_clip, t.micro_batch_size)
     one_step_off_policy = spec.rollout.one_step_off_policy
     # With one epoch of one mini-batch, the update's own first forward pass *is* the old policy: skip a pass.
     # Off-policy by one step, the sampling engine's own log-probs are the old policy's: no pass either.

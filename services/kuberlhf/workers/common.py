@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -26,6 +28,27 @@ def minibatches(size: int, mini_batch_size: int | None, generator: torch.Generat
     order = torch.randperm(size, generator=generator).tolist()
     step = mini_batch_size or size
     return [order[start : start + step] for start in range(0, size, step)]
+
+
+def accumulate_micro_batches(engine: Any, experience: Any, micro_batch_size: int | None,
+                             loss_fn: Callable[[Any], tuple[torch.Tensor, dict[str, float]]]) -> dict[str, float]:
+    """One optimizer step over a mini-batch, computed `micro_batch_size` sequences at a time.
+
+    Each micro-batch's token-mean loss is weighted by its share of the mini-batch's response tokens, so the
+    accumulated gradient equals the gradient of the whole mini-batch's token-mean loss; the returned metrics
+    are weighted the same way, plus `grad_norm`."""
+    total = float(experience.rollout.response_mask.sum().clamp(min=1))
+    size = micro_batch_size or len(experience)
+    metrics: dict[str, float] = {}
+    for start in range(0, len(experience), size):
+        part = experience.select(list(range(start, min(start + size, len(experience)))))
+        share = float(part.rollout.response_mask.sum()) / total
+        loss, part_metrics = loss_fn(part)
+        engine.accumulate(loss * share)
+        for key, value in part_metrics.items():
+            metrics[key] = metrics.get(key, 0.0) + value * share
+    metrics["grad_norm"] = engine.step()
+    return metrics
 
 
 def mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:

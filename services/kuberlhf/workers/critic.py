@@ -11,7 +11,13 @@ from kuberlhf.algorithms import value_loss
 from kuberlhf.data.batch import Experience, RolloutBatch
 from kuberlhf.models.forward import response_values
 from kuberlhf.models.value import ValueModel
-from kuberlhf.workers.common import TrainedRole, configure_process, mean_metrics, minibatches
+from kuberlhf.workers.common import (
+    TrainedRole,
+    accumulate_micro_batches,
+    configure_process,
+    mean_metrics,
+    minibatches,
+)
 
 
 @dataclass(frozen=True)
@@ -19,6 +25,7 @@ class CriticUpdateConfig:
     epochs: int
     mini_batch_size: int | None
     value_clip: float | None
+    micro_batch_size: int | None = None
 
 
 class CriticWorker(TrainedRole):
@@ -27,6 +34,14 @@ class CriticWorker(TrainedRole):
         self.seed = seed
         self.model = ValueModel.from_pretrained(model_path)
         self.updates = 0  # the engine comes with setup_training, once the group's process group is up
+
+    def _loss(self, experience: Experience, config: CriticUpdateConfig) -> tuple[torch.Tensor, dict[str, float]]:
+        """Token-mean clipped value loss of one micro-batch, and its metrics."""
+        values = response_values(self.model, experience.rollout)
+        loss, stats = value_loss(values, experience.old_values, experience.returns, experience.rollout.response_mask,
+                                 clip_range=config.value_clip)
+        return loss, {"critic/value_loss": float(loss.detach()),
+                      "critic/value_clip_fraction": float(stats["value_clip_fraction"])}
 
     @torch.no_grad()
     def compute_values(self, batch: RolloutBatch) -> torch.Tensor:
@@ -40,13 +55,10 @@ class CriticWorker(TrainedRole):
         history = []
         for _ in range(config.epochs):
             for indices in minibatches(len(experience), config.mini_batch_size, generator):
-                part = experience.select(indices)
-                values = response_values(self.model, part.rollout)
-                loss, stats = value_loss(values, part.old_values, part.returns, part.rollout.response_mask,
-                                         clip_range=config.value_clip)
-                grad_norm = self.engine.optimizer_step(loss)
-                history.append({"critic/value_loss": float(loss.detach()), "critic/grad_norm": grad_norm,
-                                "critic/value_clip_fraction": float(stats["value_clip_fraction"])})
+                step = accumulate_micro_batches(self.engine, experience.select(indices), config.micro_batch_size,
+                                                lambda part: self._loss(part, config))
+                step["critic/grad_norm"] = step.pop("grad_norm")
+                history.append(step)
         self.updates += 1
         metrics = mean_metrics(history)
         metrics["time/critic_update"] = time.perf_counter() - started

@@ -90,10 +90,12 @@ def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
 def training_setup(spec: RLHFJobSpec, learning_rate: float, role: str) -> TrainingSetup:
     t = spec.training
     per_rank = (t.mini_batch_size or spec.batch_size) // getattr(spec.resources, role).workers
+    micro = t.micro_batch_size or per_rank
     return TrainingSetup(
         learning_rate=learning_rate, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer, offload_params=t.offload_params,
-        bf16=t.bf16, gradient_checkpointing=t.gradient_checkpointing, micro_batch_size=per_rank,
+        bf16=t.bf16, gradient_checkpointing=t.gradient_checkpointing, micro_batch_size=micro,
+        accumulation_steps=per_rank // micro,
     )
 
 

@@ -12,7 +12,13 @@ from kuberlhf.algorithms import kl_loss, kl_penalty, masked_mean, ppo_policy_los
 from kuberlhf.data.batch import Experience, RolloutBatch
 from kuberlhf.models.forward import response_logprobs
 from kuberlhf.models.loading import load_causal_lm, load_tokenizer
-from kuberlhf.workers.common import TrainedRole, configure_process, mean_metrics, minibatches
+from kuberlhf.workers.common import (
+    TrainedRole,
+    accumulate_micro_batches,
+    configure_process,
+    mean_metrics,
+    minibatches,
+)
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,7 @@ class PolicyUpdateConfig:
     kl_loss_coef: float  # 0 unless the KL is a loss term (GRPO)
     kl_estimator: str
     is_cap: float | None = None  # truncated importance sampling against the rollout engine's log-probs
+    micro_batch_size: int | None = None  # sequences per forward/backward; None: the whole mini-batch
 
 
 class PolicyWorker(TrainedRole):
@@ -58,6 +65,13 @@ class PolicyWorker(TrainedRole):
         return metrics
 
     def _minibatch_step(self, experience: Experience, config: PolicyUpdateConfig) -> dict[str, float]:
+        metrics = accumulate_micro_batches(self.engine, experience, config.micro_batch_size,
+                                           lambda part: self._loss(part, config))
+        metrics["policy/grad_norm"] = metrics.pop("grad_norm")
+        return metrics
+
+    def _loss(self, experience: Experience, config: PolicyUpdateConfig) -> tuple[torch.Tensor, dict[str, float]]:
+        """Token-mean policy loss of one micro-batch, and its metrics."""
         batch, mask = experience.rollout, experience.rollout.response_mask
         logprobs, entropy = response_logprobs(self.model, batch, config.temperature, with_entropy=True)
         old_logprobs = experience.old_logprobs if experience.old_logprobs is not None else logprobs.detach()
@@ -70,22 +84,17 @@ class PolicyWorker(TrainedRole):
         )
         # Train-inference mismatch: KL(rollout engine || trainer) on the sampled tokens (k3, samples of the engine).
         mismatch = masked_mean(kl_penalty(batch.rollout_logprobs, old_logprobs, "k3"), mask)
-        metrics = {"policy/pg_loss": float(loss.detach()), "rollout/mismatch_kl": float(mismatch)}
+        metrics = {"policy/pg_loss": float(loss.detach()), "rollout/mismatch_kl": float(mismatch),
+                   "policy/entropy": float(masked_mean(entropy, mask)),
+                   "policy/clip_fraction": float(stats["clip_fraction"]), "policy/approx_kl": float(stats["approx_kl"])}
         if weights is not None:
             metrics["rollout/is_weight_mean"] = float(masked_mean(weights, mask))
         if config.kl_loss_coef > 0 and experience.ref_logprobs is not None:
             kl = kl_loss(logprobs, experience.ref_logprobs, mask, config.kl_estimator)
             loss = loss + config.kl_loss_coef * kl
             metrics["policy/kl_loss"] = float(kl.detach())
-        grad_norm = self.engine.optimizer_step(loss)
-        metrics.update({
-            "policy/loss": float(loss.detach()),
-            "policy/grad_norm": grad_norm,
-            "policy/entropy": float(masked_mean(entropy, mask)),
-            "policy/clip_fraction": float(stats["clip_fraction"]),
-            "policy/approx_kl": float(stats["approx_kl"]),
-        })
-        return metrics
+        metrics["policy/loss"] = float(loss.detach())
+        return loss, metrics
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Current weights (rank 0; other ranks take part in the ZeRO-3 gather and return nothing)."""
