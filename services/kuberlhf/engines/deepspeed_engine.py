@@ -67,6 +67,7 @@ class DeepSpeedTrainingEngine:
             config["optimizer"] = {"type": "AdamW", "params": {"lr": learning_rate, "weight_decay": weight_decay}}
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         self.model = self.engine.module
+        self.forward_module = self.engine  # training forwards go through DeepSpeed's engine (its bookkeeping)
 
     def accumulate(self, loss: torch.Tensor) -> None:
         """One micro-batch's backward; DeepSpeed reduces across ranks and steps at the accumulation boundary.

@@ -1,7 +1,8 @@
 """Training engines: own a model's optimizer and apply one optimizer step per call.
 
 `TorchTrainingEngine` is plain torch AdamW with gradient clipping, single process. `DeepSpeedTrainingEngine`
-(engines/deepspeed_engine.py) implements the same methods for ZeRO worker groups:
+(engines/deepspeed_engine.py) implements the same methods for ZeRO worker groups; training forward passes go
+through `forward_module` (under ZeRO-3, DeepSpeed's engine must see them for gradient accumulation to be exact):
 `accumulate(loss)` (backward of one micro-batch), `step() -> grad_norm` (after the last micro-batch of a
 mini-batch), `full_state_dict()`, `save(dir, **extra)`, `load(dir) -> extra`.
 `make_training_engine` picks one from a `TrainingSetup`.
@@ -53,6 +54,7 @@ def make_training_engine(model: nn.Module, setup: TrainingSetup, world_size: int
 class TorchTrainingEngine:
     def __init__(self, model: nn.Module, learning_rate: float, weight_decay: float, max_grad_norm: float) -> None:
         self.model = model
+        self.forward_module = model
         self.max_grad_norm = max_grad_norm
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.parameters, lr=learning_rate, weight_decay=weight_decay)

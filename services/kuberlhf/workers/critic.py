@@ -37,7 +37,7 @@ class CriticWorker(TrainedRole):
 
     def _loss(self, experience: Experience, config: CriticUpdateConfig) -> tuple[torch.Tensor, dict[str, float]]:
         """Token-mean clipped value loss of one micro-batch, and its metrics."""
-        values = response_values(self.model, experience.rollout)
+        values = response_values(self.engine.forward_module, experience.rollout)
         loss, stats = value_loss(values, experience.old_values, experience.returns, experience.rollout.response_mask,
                                  clip_range=config.value_clip)
         return loss, {"critic/value_loss": float(loss.detach()),

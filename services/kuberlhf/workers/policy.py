@@ -73,7 +73,7 @@ class PolicyWorker(TrainedRole):
     def _loss(self, experience: Experience, config: PolicyUpdateConfig) -> tuple[torch.Tensor, dict[str, float]]:
         """Token-mean policy loss of one micro-batch, and its metrics."""
         batch, mask = experience.rollout, experience.rollout.response_mask
-        logprobs, entropy = response_logprobs(self.model, batch, config.temperature, with_entropy=True)
+        logprobs, entropy = response_logprobs(self.engine.forward_module, batch, config.temperature, with_entropy=True)
         old_logprobs = experience.old_logprobs if experience.old_logprobs is not None else logprobs.detach()
         weights = None
         if config.is_cap is not None:
