@@ -40,8 +40,8 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
                               spec.rollout.temperature, spec.rollout.top_p)
     policy_config = PolicyUpdateConfig(
         epochs=t.epochs_per_step, mini_batch_size=per_rank(t.mini_batch_size, spec.resources.policy.workers),
-        clip_low=t.clip_ratio_low,
-        clip_high=t.clip_ratio_high, dual_clip=t.dual_clip, temperature=spec.rollout.temperature,
+        clip_low=t.clip_ratio_low, clip_high=t.clip_ratio_high, dual_clip=t.dual_clip,
+        temperature=spec.rollout.temperature,
         kl_loss_coef=t.kl.coef if spec.kl_penalty == "loss" else 0.0, kl_estimator=spec.kl_estimator,
         is_cap=t.is_correction.cap if t.is_correction else None, micro_batch_size=t.micro_batch_size,
     )
