@@ -56,8 +56,9 @@ def ray_session(job: RLHFJob, dashboard: bool) -> Iterator[str]:
     """Connect to $RAY_ADDRESS if set, else start an embedded Ray with this machine's CPUs."""
     import ray
 
+    quiet_libraries()  # also names DeepSpeed's accelerator, which the workers inherit below
     env = {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p),
-           "DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}  # set by quiet_libraries in the driver
+           "DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}
     metadata = {"rlhfjob": job.metadata.name, "namespace": job.metadata.namespace or "", **job.metadata.labels}
     address = os.environ.get("RAY_ADDRESS")
     if address:
