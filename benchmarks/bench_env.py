@@ -22,6 +22,8 @@ def git_info() -> dict[str, Any]:
         return out.stdout.strip() if out.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
+    if commit is None:  # a copy of the working tree without .git (the lent GPU machine): the caller says
+        return {"commit": os.environ.get("BENCH_COMMIT"), "dirty": None}
     status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 

@@ -3,7 +3,8 @@
 A `RolloutBatch` is what the rollout engines produce: left-padded prompts followed by right-padded responses
 (response tokens after the first EOS are padding). An `Experience` adds what the trainer computed from it:
 advantages, returns, old and reference log-probabilities. Both are plain dataclasses of CPU tensors so Ray
-can ship them between actors; samples of one prompt are consecutive rows.
+can ship them between actors (a worker on a GPU moves them with `.to(device)` and returns CPU tensors);
+samples of one prompt are consecutive rows.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class RolloutBatch:
     def response_lengths(self) -> Tensor:
         return self.response_mask.sum(-1)
 
+    def to(self, device: torch.device) -> RolloutBatch:
+        return _to(self, device)
+
 
 @dataclass
 class Experience:
@@ -68,6 +72,9 @@ class Experience:
 
     def select(self, indices: list[int]) -> Experience:
         return _select(self, indices)
+
+    def to(self, device: torch.device) -> Experience:
+        return _to(self, device)
 
 
 def split_indices(total: int, n: int) -> list[list[int]]:
@@ -88,12 +95,26 @@ def _select(obj: Any, indices: list[int]) -> Any:
     for field in fields(obj):
         value = getattr(obj, field.name)
         if isinstance(value, Tensor):
-            changes[field.name] = value.index_select(0, index)
+            changes[field.name] = value.index_select(0, index.to(value.device))
         elif isinstance(value, list):
             changes[field.name] = [value[i] for i in indices]
         elif hasattr(value, "select"):
             changes[field.name] = value.select(indices)
     return replace(obj, **changes)
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    """A copy with every tensor (also those of a nested batch) on `device`; the same object when nothing moves."""
+    changes: dict[str, Any] = {}
+    for field in fields(obj):
+        value = getattr(obj, field.name)
+        if isinstance(value, Tensor) and value.device != device:
+            changes[field.name] = value.to(device, non_blocking=True)
+        elif hasattr(value, "to") and not isinstance(value, Tensor):
+            moved = value.to(device)
+            if moved is not value:
+                changes[field.name] = moved
+    return replace(obj, **changes) if changes else obj
 
 
 def _pad_cat(tensors: list[Tensor], left: bool) -> Tensor:

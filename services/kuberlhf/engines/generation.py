@@ -1,7 +1,8 @@
 """Generation engines: turn prompts into a RolloutBatch (token ids + the sampled tokens' log-probabilities).
 
-`HFGenerationEngine` uses Hugging Face `generate`. The vLLM engine (next issue) implements the same two
-methods: `generate(...) -> RolloutBatch` and `load_weights(state_dict)`.
+`HFGenerationEngine` uses Hugging Face `generate` on whatever device its model is on (batches come back on
+the CPU). The vLLM engine (engines/vllm_engine.py) implements the same two methods:
+`generate(...) -> RolloutBatch` and `load_weights(state_dict)`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class HFGenerationEngine:
     def generate(self, prompts: list[str], params: SamplingParams, seed: int) -> RolloutBatch:
         """Sample `samples_per_prompt` completions per prompt; samples of a prompt are consecutive rows."""
         torch.manual_seed(seed)
-        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True)
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.model.device)
         n = params.samples_per_prompt
         prompt_ids = encoded.input_ids.repeat_interleave(n, dim=0)
         prompt_mask = encoded.attention_mask.repeat_interleave(n, dim=0)
@@ -59,11 +60,11 @@ class HFGenerationEngine:
             for ids, mask in zip(response_ids, response_mask)
         ]
         return RolloutBatch(
-            prompt_ids=prompt_ids,
-            prompt_mask=prompt_mask,
-            response_ids=response_ids,
-            response_mask=response_mask,
-            rollout_logprobs=logprobs,
+            prompt_ids=prompt_ids.cpu(),
+            prompt_mask=prompt_mask.cpu(),
+            response_ids=response_ids.cpu(),
+            response_mask=response_mask.cpu(),
+            rollout_logprobs=logprobs.cpu(),
             prompts=[p for p in prompts for _ in range(n)],
             completions=completions,
         )
@@ -74,7 +75,8 @@ class HFGenerationEngine:
 
 def _until_first_eos(response_ids: torch.Tensor, eos_token_id: int | list[int]) -> torch.Tensor:
     """1.0 for tokens up to and including the first EOS of each row, 0.0 after it."""
-    eos_ids = torch.as_tensor(eos_token_id if isinstance(eos_token_id, list) else [eos_token_id])
+    eos_ids = torch.as_tensor(eos_token_id if isinstance(eos_token_id, list) else [eos_token_id],
+                              device=response_ids.device)
     is_eos = torch.isin(response_ids, eos_ids).long()
     eos_seen_before = is_eos.cumsum(dim=1) - is_eos
     return (eos_seen_before == 0).float()

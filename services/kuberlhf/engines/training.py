@@ -34,7 +34,9 @@ class TrainingSetup:
     accumulation_steps: int = 1  # micro-batches per optimizer step
 
     def uses_deepspeed(self, world_size: int) -> bool:
-        return world_size > 1 or self.zero_stage > 0 or self.offload_optimizer or self.offload_params
+        """Plain torch only for one float32 rank without ZeRO; bfloat16 needs DeepSpeed's mixed precision
+        (bf16 compute, float32 master weights and optimizer state)."""
+        return world_size > 1 or self.zero_stage > 0 or self.offload_optimizer or self.offload_params or self.bf16
 
 
 def make_training_engine(model: nn.Module, setup: TrainingSetup, world_size: int) -> Any:

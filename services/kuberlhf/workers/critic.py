@@ -17,6 +17,7 @@ from kuberlhf.workers.common import (
     configure_process,
     mean_metrics,
     minibatches,
+    worker_device,
 )
 
 
@@ -32,7 +33,8 @@ class CriticWorker(TrainedRole):
     def __init__(self, model_path: str, cpus: float, seed: int) -> None:
         configure_process(cpus, seed)
         self.seed = seed
-        self.model = ValueModel.from_pretrained(model_path)
+        self.device = worker_device()
+        self.model = ValueModel.from_pretrained(model_path).to(self.device)
         self.updates = 0  # the engine comes with setup_training, once the group's process group is up
 
     def _loss(self, experience: Experience, config: CriticUpdateConfig) -> tuple[torch.Tensor, dict[str, float]]:
@@ -46,11 +48,13 @@ class CriticWorker(TrainedRole):
     @torch.no_grad()
     def compute_values(self, batch: RolloutBatch) -> torch.Tensor:
         self.model.eval()
-        return response_values(self.model, batch) * batch.response_mask
+        batch = batch.to(self.device)
+        return (response_values(self.model, batch) * batch.response_mask).cpu()
 
     def update(self, experience: Experience, config: CriticUpdateConfig) -> dict[str, float]:
         self.model.train()
         started = time.perf_counter()
+        experience = experience.to(self.device)
         generator = torch.Generator().manual_seed(self.seed + 7919 + 1_000_003 * self.rank + self.updates)
         history = []
         for _ in range(config.epochs):

@@ -20,6 +20,7 @@ from kuberlhf.workers.reward import RewardWorker
 from kuberlhf.workers.rollout import RolloutWorker
 
 NAMESPACE = "kuberlhf"
+FROZEN_ROLES = (RolloutWorker, ReferenceWorker, RewardWorker)
 
 
 @dataclass
@@ -57,6 +58,8 @@ def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
             remote = ray.remote(cls).options(name=f"{job.metadata.name}-{role}-{rank}", namespace=NAMESPACE,
                                              **where.options(group))
             extra = {"rank": rank} if cls is RolloutWorker else {}
+            if cls in FROZEN_ROLES:  # trained roles get their precision from DeepSpeed (TrainingSetup.bf16)
+                extra["bf16"] = spec.training.bf16
             actors.append(remote.remote(*args, cpus=cpus, seed=seed + rank, **extra))
         return WorkerGroup(role, actors)
 

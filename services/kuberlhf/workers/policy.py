@@ -18,6 +18,7 @@ from kuberlhf.workers.common import (
     configure_process,
     mean_metrics,
     minibatches,
+    worker_device,
 )
 
 
@@ -40,19 +41,22 @@ class PolicyWorker(TrainedRole):
         configure_process(cpus, seed)
         self.seed = seed
         self.tokenizer = load_tokenizer(model_path)
-        self.model = load_causal_lm(model_path, "spec.policy.model")
+        self.device = worker_device()
+        self.model = load_causal_lm(model_path, "spec.policy.model").to(self.device)
         self.updates = 0  # the engine comes with setup_training, once the group's process group is up
 
     @torch.no_grad()
     def compute_logprobs(self, batch: RolloutBatch, temperature: float) -> torch.Tensor:
         self.model.eval()
+        batch = batch.to(self.device)
         logprobs, _ = response_logprobs(self.model, batch, temperature)
-        return logprobs * batch.response_mask
+        return (logprobs * batch.response_mask).cpu()
 
     def update(self, experience: Experience, config: PolicyUpdateConfig) -> dict[str, float]:
         """`config.epochs` passes of clipped policy-gradient updates over the experience."""
         self.model.train()
         started = time.perf_counter()
+        experience = experience.to(self.device)
         generator = torch.Generator().manual_seed(self.seed + 1_000_003 * self.rank + self.updates)
         history = []
         for _ in range(config.epochs):
@@ -97,9 +101,10 @@ class PolicyWorker(TrainedRole):
         return loss, metrics
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Current weights (rank 0; other ranks take part in the ZeRO-3 gather and return nothing)."""
+        """Current weights on the CPU, for the rollout engines (rank 0; other ranks take part in the ZeRO-3
+        gather and return nothing)."""
         weights = self.engine.full_state_dict()
-        return weights if self.rank == 0 else {}
+        return {name: tensor.cpu() for name, tensor in weights.items()} if self.rank == 0 else {}
 
     def save_pretrained(self, path: str) -> str:
         """Rank 0 writes a Hugging Face model directory (safetensors + tokenizer); every rank gathers."""

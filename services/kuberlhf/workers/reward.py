@@ -9,14 +9,15 @@ import torch
 
 from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.models.loading import load_reward_model, load_tokenizer
-from kuberlhf.workers.common import configure_process
+from kuberlhf.workers.common import configure_process, frozen_dtype, worker_device
 
 
 class RewardWorker:
-    def __init__(self, model_path: str, batch_size: int, cpus: float, seed: int) -> None:
+    def __init__(self, model_path: str, batch_size: int, cpus: float, seed: int, bf16: bool = False) -> None:
         configure_process(cpus, seed)
         self.batch_size = batch_size
-        self.model = load_reward_model(model_path).eval()
+        self.device = worker_device()
+        self.model = load_reward_model(model_path, frozen_dtype(self.device, bf16)).to(self.device).eval()
         self.tokenizer = load_tokenizer(model_path, padding_side="right")
 
     @torch.no_grad()
@@ -26,5 +27,5 @@ class RewardWorker:
         scores = []
         for start in range(0, len(texts), self.batch_size):
             encoded = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True)
-            scores.append(self.model(**encoded).logits[:, 0].float())
+            scores.append(self.model(**encoded.to(self.device)).logits[:, 0].float().cpu())
         return torch.cat(scores)

@@ -13,12 +13,13 @@ from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.engines.generation import HFGenerationEngine, SamplingParams
 from kuberlhf.models.loading import load_causal_lm, load_tokenizer
 from kuberlhf.reward_functions import call_reward_function, import_reward_function
-from kuberlhf.workers.common import configure_process
+from kuberlhf.workers.common import configure_process, frozen_dtype, worker_device
 
 
 class RolloutWorker:
     def __init__(self, model_path: str, reward_function: str | None, engine: str, max_model_len: int,
-                 tensor_parallel_size: int, sleep_between_steps: bool, cpus: float, seed: int, rank: int = 0) -> None:
+                 tensor_parallel_size: int, sleep_between_steps: bool, cpus: float, seed: int, rank: int = 0,
+                 bf16: bool = False) -> None:
         configure_process(cpus, seed)  # threads set before vLLM starts: its CPU worker ignores later changes
         self.rank = rank
         self.reward_function_name = reward_function
@@ -33,7 +34,8 @@ class RolloutWorker:
             self.engine = VLLMGenerationEngine(model_path, tokenizer, seed, max_model_len, tensor_parallel_size,
                                                sleep_between_steps=sleeps)
         else:
-            model = load_causal_lm(model_path, "spec.policy.model")
+            device = worker_device()
+            model = load_causal_lm(model_path, "spec.policy.model", frozen_dtype(device, bf16)).to(device)
             model.requires_grad_(False)
             self.engine = HFGenerationEngine(model, tokenizer)
 
