@@ -6,15 +6,17 @@ It drives the real worker classes (`PolicyWorker`, `ReferenceWorker`, `RolloutWo
 the way their Ray actors run them, in plain processes: the lent GPU machine has no Ray. Each configuration runs
 in a fresh subprocess (DeepSpeed joins one process group per process; NCCL, world size 1).
 
-Model: a randomly initialised Qwen2 with Qwen2.5-0.5B's shape (24 layers, hidden 896, 14 query / 2 KV heads,
-MLP 4864, vocabulary 151,936, tied embeddings: 494M parameters), built locally with a word-level tokenizer
-whose vocabulary fills the model's. Batch: `--batch` sequences of `--prompt-tokens` + `--response-tokens` real
+Model: a randomly initialised Llama with Qwen2.5-0.5B's dimensions (24 layers, hidden 896, 14 query / 2 KV
+heads, MLP 4864, vocabulary 151,936, tied embeddings; Qwen2's QKV biases left out: 494M parameters), built
+locally with a word-level tokenizer whose vocabulary fills the model's. (A `qwen2` config would make
+`AutoTokenizer` rebuild that tokenizer as Qwen2's BPE, which encodes our words as nothing.) Batch: `--batch` sequences of `--prompt-tokens` + `--response-tokens` real
 tokens (no padding), random ids; a policy update is one PPO-clip optimizer step over the batch in micro-batches
 of `--micro-batch` (gradient accumulation), as `training.microBatchSize` makes it.
 
-Model FLOPs per trained token (PaLM, appendix B): 6 N + 12 L d T, N the parameters (the tied embedding counted
-once: it is the LM head's matrix), L layers, d hidden size, T sequence length; 2 N + 4 L d T for a forward
-pass. MFU = model FLOPs per second / peak; the peak is the H100 SXM's dense bf16 989 TFLOP/s, and the script
+Model FLOPs per trained sequence (PaLM, appendix B, with the LM head only where it is needed):
+6 (N - V d) T + 6 V d (R + 1) + 12 L d T^2, N the parameters, V d the tied embedding (a free lookup at the
+input, the LM head's matrix at the output, which runs on the R + 1 positions that predict response tokens),
+L layers, d hidden size, T = prompt + response tokens; a third of that for a forward pass. MFU = model FLOPs per second / peak; the peak is the H100 SXM's dense bf16 989 TFLOP/s, and the script
 also measures the machine's own bf16 matmul rate (8192^3) and reports against that. Recomputed activations
 (gradient checkpointing) are not counted as useful work, as usual for MFU.
 
@@ -44,7 +46,7 @@ sys.path.insert(0, str(REPO / "services"))  # the lent machine runs from the wor
 
 QWEN25_05B = {"hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
               "intermediate_size": 4864, "vocab_size": 151936, "tie_word_embeddings": True,
-              "max_position_embeddings": 32768, "rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6}
+              "max_position_embeddings": 32768, "rms_norm_eps": 1e-6}
 H100_BF16_DENSE_TFLOPS = 989.4
 
 
@@ -61,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed updates first (default 2)")
     parser.add_argument("--gen-batch", type=int, default=64, help="prompts per generate call (default 64)")
     parser.add_argument("--gen-tokens", type=int, default=128, help="new tokens per sequence (default 128)")
+    parser.add_argument("--profile-stage", type=int, help="also profile one update at this ZeRO stage (no "
+                        "checkpointing): the top GPU kernels by time go into the results")
     parser.add_argument("--out", default="benchmarks/results/gpu_training.json")
     parser.add_argument("--work", help="directory for the model (default: a temporary one)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one configuration, JSON in
@@ -74,7 +78,7 @@ def build_model(path: Path) -> int:
     """A random Qwen2.5-0.5B-shaped model and a tokenizer covering its vocabulary; returns the parameter count."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
     vocab = {token: i for i, token in enumerate(specials)}
@@ -85,9 +89,9 @@ def build_model(path: Path) -> int:
     backend.decoder = decoders.WordPiece(prefix="##")  # joins with spaces
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>",
                                         eos_token="<eos>", unk_token="<unk>", padding_side="left")
-    config = Qwen2Config(**QWEN25_05B, pad_token_id=0, bos_token_id=1, eos_token_id=2, dtype="float32")
+    config = LlamaConfig(**QWEN25_05B, pad_token_id=0, bos_token_id=1, eos_token_id=2, dtype="float32")
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config)
+    model = LlamaForCausalLM(config)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return sum(p.numel() for p in model.parameters())
@@ -161,6 +165,7 @@ def run_update(config: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.synchronize()
         if step >= config["warmup"]:
             times.append(time.perf_counter() - started)
+    profile = top_kernels(lambda: worker.update(experience, update)) if config.get("profile") else None
     logprob_times = []
     for step in range(3):
         started = time.perf_counter()
@@ -172,7 +177,22 @@ def run_update(config: dict[str, Any]) -> dict[str, Any]:
             "loss_finite": bool(torch.isfinite(torch.tensor(metrics["policy/loss"]))),
             "policy_logprobs_s": statistics.median(logprob_times[1:]),
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "memory_report_mib": worker.memory_report()}
+            "memory_report_mib": worker.memory_report(), "profile": profile}
+
+
+def top_kernels(step: Any, count: int = 15) -> list[dict[str, Any]]:
+    """The GPU kernels that took the most time in one call of `step`, with their share of all GPU time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.self_device_time_total for e in events) or 1.0
+    events.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    return [{"kernel": e.key[:120], "ms": e.self_device_time_total / 1e3, "share": e.self_device_time_total / total,
+             "calls": e.count} for e in events[:count]]
 
 
 def run_inference(config: dict[str, Any]) -> dict[str, Any]:
@@ -230,9 +250,11 @@ def run_subprocess(config: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- report
 
 
-def flops_per_token(parameters: int, sequence: int, backward: bool) -> float:
-    layers, hidden = QWEN25_05B["num_hidden_layers"], QWEN25_05B["hidden_size"]
-    forward = 2 * parameters + 4 * layers * hidden * sequence
+def flops_per_sequence(parameters: int, prompt: int, response: int, backward: bool) -> float:
+    layers, hidden, vocab = QWEN25_05B["num_hidden_layers"], QWEN25_05B["hidden_size"], QWEN25_05B["vocab_size"]
+    total = prompt + response
+    forward = 2 * (parameters - vocab * hidden) * total + 2 * vocab * hidden * (response + 1) \
+        + 4 * layers * hidden * total**2
     return 3 * forward if backward else forward
 
 
@@ -255,19 +277,25 @@ def summarize(results: dict[str, Any]) -> str:
             lines.append(f"| {run['stage']} | {run['micro_batch']} | {run['checkpointing']} | failed | | | | |")
             continue
         seconds = run["result"]["update_s"]
-        rate = tokens * run["flops_per_token"] / seconds / 1e12
+        rate = p["batch"] * run["flops_per_sequence"] / seconds / 1e12
         lines.append(
             f"| {run['stage']} | {run['micro_batch']} | {'on' if run['checkpointing'] else 'off'} | {seconds:.3f} | "
             f"{tokens / seconds:,.0f} | {rate / H100_BF16_DENSE_TFLOPS:.1%} | {rate / ceiling:.1%} | "
             f"{run['result']['peak_memory_gib']:.1f} |")
+    for run in results["updates"]:
+        kernels = run["result"].get("profile")
+        if kernels:
+            lines += ["", f"Top GPU kernels of one update, ZeRO-{run['stage']}, micro-batch {run['micro_batch']}:", "",
+                      "| kernel | ms | share of GPU time | calls |", "|---|---:|---:|---:|"]
+            lines += [f"| `{k['kernel'][:90]}` | {k['ms']:.1f} | {k['share']:.1%} | {k['calls']} |" for k in kernels]
     inference = results["inference"]
     if "error" not in inference:
-        fwd = flops_per_token(results["model_parameters"], p["prompt_tokens"] + p["response_tokens"], False)
+        fwd = flops_per_sequence(results["model_parameters"], p["prompt_tokens"], p["response_tokens"], False)
         ref_rate = tokens / inference["reference_logprobs_s"]
         lines += [
             "", f"Reference log-probs (bf16, no grad, micro-batch {p['micro_batch'][0]}): "
             f"{inference['reference_logprobs_s']:.3f} s per batch, {ref_rate:,.0f} tokens/s, "
-            f"MFU {ref_rate * fwd / 1e12 / H100_BF16_DENSE_TFLOPS:.1%}.",
+            f"MFU {p['batch'] * fwd / inference['reference_logprobs_s'] / 1e12 / H100_BF16_DENSE_TFLOPS:.1%}.",
             f"HF-generate rollouts (bf16): {p['gen_batch']} prompts x {p['gen_tokens']} new tokens in "
             f"{inference['generate_s']:.2f} s = {inference['generated_tokens'] / inference['generate_s']:,.0f} "
             f"generated tokens/s.",
@@ -292,11 +320,12 @@ def main(argv: list[str] | None = None) -> None:
     for stage in args.stages:
         for micro in args.micro_batch:
             for gc in checkpointing:
-                config = {**base, "kind": "update", "stage": stage, "micro_batch": micro, "checkpointing": gc}
+                config = {**base, "kind": "update", "stage": stage, "micro_batch": micro, "checkpointing": gc,
+                          "profile": stage == args.profile_stage and not gc}
                 result = run_subprocess(config)
                 updates.append({"stage": stage, "micro_batch": micro, "checkpointing": gc, "result": result,
-                                "flops_per_token": flops_per_token(parameters, args.prompt_tokens
-                                                                   + args.response_tokens, True)})
+                                "flops_per_sequence": flops_per_sequence(parameters, args.prompt_tokens,
+                                                                         args.response_tokens, True)})
                 print(f"ZeRO-{stage} micro {micro} checkpointing {gc}: {json.dumps(result)[:300]}", flush=True)
     inference = run_subprocess({**base, "kind": "inference", "micro_batch": args.micro_batch[0],
                                 "gen_batch": args.gen_batch, "gen_tokens": args.gen_tokens})

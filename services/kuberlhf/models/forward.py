@@ -23,11 +23,16 @@ def sequence_inputs(batch: RolloutBatch) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def response_logits(model: nn.Module, batch: RolloutBatch) -> Tensor:
-    """Logits [B, R, V] that predict each response token."""
+    """Logits [B, R, V] that predict each response token.
+
+    Only the last R + 1 positions go through the LM head (`logits_to_keep`; the very last predicts nothing):
+    with a large vocabulary the head and the float32 log-softmax after it are a large share of a step,
+    and prompt positions need neither."""
     input_ids, attention_mask, position_ids = sequence_inputs(batch)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    prompt_width = batch.prompt_ids.shape[1]
-    return logits[:, prompt_width - 1 : -1]
+    kept = batch.response_ids.shape[1] + 1
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   logits_to_keep=kept).logits
+    return logits[:, :-1]
 
 
 def response_logprobs(
