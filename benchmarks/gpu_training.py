@@ -265,7 +265,8 @@ def summarize(results: dict[str, Any]) -> str:
     lines = [
         f"# KubeRLHF on one GPU ({results['gpu']})", "",
         f"Command: `{results['command']}` (commit {results['git']['commit']}, {results['timestamp']}).", "",
-        f"Model: Qwen2.5-0.5B shape, {results['model_parameters'] / 1e6:.0f}M parameters, random init; bf16 under "
+        f"Model: Llama with Qwen2.5-0.5B's dimensions, {results['model_parameters'] / 1e6:.0f}M parameters, random "
+        f"init; bf16 under "
         f"DeepSpeed (float32 master weights). Update batch {p['batch']} x ({p['prompt_tokens']} + "
         f"{p['response_tokens']}) tokens = {tokens} tokens. Measured bf16 matmul ceiling: {ceiling:.0f} TFLOP/s.", "",
         "| ZeRO | micro-batch | grad. checkpointing | update (s) | tokens/s | MFU (989 peak) | MFU (measured "
