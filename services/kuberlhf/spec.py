@@ -138,6 +138,10 @@ class RolloutSpec(SpecModel):
     """Completions sampled per prompt (the group size of GRPO and RLOO)."""
     max_new_tokens: int = Field(default=64, ge=1)
     """Longest completion in tokens."""
+    min_new_tokens: int = Field(default=0, ge=0)
+    """Shortest completion in tokens: end-of-sequence cannot be sampled before (vLLM `min_tokens`, HF
+    `min_new_tokens`). The trainer's probabilities keep end-of-sequence, so with this set sampling and
+    training see slightly different distributions (`rollout/mismatch_kl` shows how much). 0 = off."""
     temperature: float = Field(default=1.0, gt=0)
     """Sampling temperature; training log-probabilities use the same temperature."""
     top_p: float = Field(default=1.0, gt=0, le=1)
@@ -146,6 +150,13 @@ class RolloutSpec(SpecModel):
     """Sample step t+1's completions while step t trains (generation and training overlap on different
     workers). Each batch then comes from the policy one update old; the PPO ratio is taken against the
     sampling policy's own log-probs, which corrects for it. Resume is exact only with this off."""
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> RolloutSpec:
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"minNewTokens ({self.min_new_tokens}) must not exceed maxNewTokens "
+                             f"({self.max_new_tokens})")
+        return self
 
 
 class ISCorrectionSpec(SpecModel):

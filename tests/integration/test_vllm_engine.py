@@ -58,16 +58,38 @@ def test_generations_change_after_a_weight_sync(engine, trainer_model):
     assert before != after
 
 
-def test_a_failed_sync_leaves_a_working_engine(engine, trainer_model):
+def raises(call, *args) -> bool:
+    """Whether `call` raised. Unlike pytest.raises nothing keeps the traceback (and the engines its frames
+    hold) alive afterwards, so the failed engine is collected as it would be in a rollout worker."""
+    try:
+        call(*args)
+    except Exception:
+        return True
+    return False
+
+
+def test_a_failed_sync_leaves_a_working_engine(engine, trainer_model, caplog):
     broken = dict(trainer_model.state_dict())
     broken["model.embed_tokens.weight"] = torch.zeros(3, 3)  # wrong shape
-    with pytest.raises(Exception):
-        engine.load_weights(broken)
+    assert raises(engine.load_weights, broken)
+    engine.load_weights(perturbed(trainer_model, 0.05, seed=3))  # restarts: the failed engine is not trusted
+    caplog.clear()
     weights = perturbed(trainer_model, 0.05, seed=4)
     engine.load_weights(weights)
+    # the restarted engine is healthy: the next sync reloads in place (the old engine's shutdown must not
+    # tear down the new one's process-wide state, which forced another restart here once)
+    assert "restarting the engine" not in caplog.text
     trainer_model.load_state_dict(weights)
     batch = engine.generate(PROMPTS, SamplingParams(2, 4, 1.0, 1.0), seed=7)
     assert max_logprob_gap(trainer_model, batch) <= TOLERANCE
+
+
+def test_no_completion_ends_before_min_new_tokens(engine, trainer_model):
+    engine.load_weights(trainer_model.state_dict())  # the SFT'd model answers in 2-4 tokens, then ends
+    short = engine.generate(PROMPTS, SamplingParams(4, 8, 1.0, 1.0), seed=5)
+    floored = engine.generate(PROMPTS, SamplingParams(4, 8, 1.0, 1.0, min_new_tokens=6), seed=5)
+    assert int(short.response_lengths().min()) < 6
+    assert int(floored.response_lengths().min()) >= 6
 
 
 def test_sleep_mode_is_reported_missing_on_cpu_and_generation_goes_on(assets, caplog):

@@ -26,3 +26,14 @@ def test_response_logits_are_the_full_forward_pass_at_the_positions_before_each_
     assert kept.shape == (3, 4, full.shape[-1])
     # logits at position t predict token t + 1: response token j is predicted at position P - 1 + j
     torch.testing.assert_close(kept, full[:, 4:8])
+
+
+def test_hf_generation_never_ends_before_min_new_tokens():
+    from kuberlhf.engines.generation import HFGenerationEngine, SamplingParams
+
+    tokenizer = build_char_tokenizer("0123456789+=")
+    engine = HFGenerationEngine(build_tiny_llama(tokenizer, max_position_embeddings=32), tokenizer)
+    # a random model ends a sequence with probability ~1/16 per token: without the floor, some of the
+    # 32 rows would end within 6 tokens (all 32 reaching 6 has probability ~1e-4)
+    batch = engine.generate(["1+2=", "3+4="], SamplingParams(16, 8, 1.0, 1.0, min_new_tokens=6), seed=0)
+    assert int(batch.response_lengths().min()) >= 6

@@ -161,3 +161,9 @@ def test_checked_in_spec_reference_matches_the_spec():
 
     checked_in = Path(__file__).resolve().parents[2] / "docs" / "spec.md"
     assert checked_in.read_text() == render_spec_markdown(), "regenerate: kuberlhf spec-docs > docs/spec.md"
+
+
+def test_min_new_tokens_cannot_exceed_max_new_tokens():
+    assert error_lines(job_with(spec__rollout__minNewTokens=65)) == [
+        "spec.rollout: minNewTokens (65) must not exceed maxNewTokens (64)"
+    ]

@@ -22,6 +22,7 @@ class SamplingParams:
     max_new_tokens: int
     temperature: float
     top_p: float
+    min_new_tokens: int = 0  # end-of-sequence is suppressed before this many tokens
 
 
 class HFGenerationEngine:
@@ -45,6 +46,7 @@ class HFGenerationEngine:
             top_p=params.top_p,
             top_k=0,
             max_new_tokens=params.max_new_tokens,
+            min_new_tokens=params.min_new_tokens or None,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
             return_dict_in_generate=True,

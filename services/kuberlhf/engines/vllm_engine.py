@@ -69,7 +69,7 @@ class VLLMGenerationEngine:
         prompt_ids = self.tokenizer(prompts).input_ids
         sampling = vllm.SamplingParams(
             n=params.samples_per_prompt, temperature=params.temperature, top_p=params.top_p, top_k=0,
-            max_tokens=params.max_new_tokens, logprobs=0, seed=seed, skip_special_tokens=True,
+            max_tokens=params.max_new_tokens, min_tokens=params.min_new_tokens, logprobs=0, seed=seed, skip_special_tokens=True,
         )
         requests = [vllm.inputs.TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
         self.wake_up()
@@ -115,10 +115,25 @@ class VLLMGenerationEngine:
         self.wake_up()
         try:
             self._reload(state_dict)
-        except Exception as err:
+            return
+        except Exception as err:  # the traceback (which holds on to the old engine) is dropped after this block
             logger.warning("vLLM weight reload failed (%s: %s); restarting the engine", type(err).__name__, err)
-            self.llm, self.asleep = self._vllm.LLM(**self.engine_args), False
-            self._reload(state_dict)
+        self._restart()
+        self._reload(state_dict)
+
+    def _restart(self) -> None:
+        """A fresh engine with the initial weights. The old one is shut down first: its shutdown tears down
+        vLLM's process-wide parallel state, which would break the new engine whenever the old one happened
+        to be garbage-collected."""
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        try:
+            self.llm.llm_engine.engine_core.shutdown()
+        except Exception as err:  # a broken engine may fail to stop cleanly; the new one must start anyway
+            logger.warning("stopping the failed vLLM engine: %s: %s", type(err).__name__, err)
+        self.llm = None
+        cleanup_dist_env_and_memory()
+        self.llm, self.asleep = self._vllm.LLM(**self.engine_args), False
 
     def _reload(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state_dict.items()),

@@ -37,7 +37,7 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
     spec, t = job.spec, job.spec.training
     output_dir, checkpoint_dir = Path(job.output_dir), Path(job.checkpoint_dir)
     sampling = SamplingParams(spec.rollout.samples_per_prompt, spec.rollout.max_new_tokens,
-                              spec.rollout.temperature, spec.rollout.top_p)
+                              spec.rollout.temperature, spec.rollout.top_p, spec.rollout.min_new_tokens)
     policy_config = PolicyUpdateConfig(
         epochs=t.epochs_per_step, mini_batch_size=per_rank(t.mini_batch_size, spec.resources.policy.workers),
         clip_low=t.clip_ratio_low, clip_high=t.clip_ratio_high, dual_clip=t.dual_clip,
