@@ -102,7 +102,8 @@ from bench_env import git_info, load_average, machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 2
-REWARD_FUNCTION = "kuberlhf.tasks.addition:exact_match_reward"
+REWARDS = {"exact_match": "kuberlhf.tasks.addition:exact_match_reward",
+           "random": "kuberlhf.tasks.addition:random_reward"}
 EVAL_SAMPLES = 4
 EVAL_TEMPERATURE = 1.0
 
@@ -123,6 +124,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "example's, collapses both trainers' accuracy to ~0 within a few steps)")
     parser.add_argument("--beta", type=float, default=0.0,
                         help="KL coefficient (default 0, TRL's default: no reference model in either)")
+    parser.add_argument("--model", choices=("addition", "77m"), default="addition",
+                        help="addition: the SFT-warmed tiny Llama (default); 77m: a random-init 77.6M-parameter "
+                             "Llama (benchmarks/engines.py's 77m, same character vocabulary), for a rollout-bound "
+                             "workload together with --min-new-tokens")
+    parser.add_argument("--min-new-tokens", type=int, default=0,
+                        help="completions are at least this long on both sides (rollout.minNewTokens / TRL "
+                             "generation_kwargs min_new_tokens); default 0")
+    parser.add_argument("--reward", choices=("exact_match", "random"), default="exact_match",
+                        help="reward function (default exact_match; random: the control reward, which gives "
+                             "every group non-zero advantages even when no completion is right)")
+    parser.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                        help="KubeRLHF's rollout engine (default hf, like TRL's GRPOTrainer without vLLM)")
+    parser.add_argument("--ours", nargs="+", choices=[name for name, _, _ in OURS], default=[n for n, _, _ in OURS],
+                        help="which KubeRLHF runs (default all)")
+    parser.add_argument("--no-eval", action="store_true",
+                        help="skip the held-out accuracy (meaningless for a random-init model)")
     parser.add_argument("--trl-threads", type=int, nargs="+", default=[1, 2],
                         help="torch thread counts of the TRL runs, one subprocess each (default 1 2)")
     parser.add_argument("--assets", default=".cache/bench-assets",
@@ -181,12 +198,13 @@ def build_job(args: argparse.Namespace, assets: dict[str, str], output_dir: Path
         "spec": {
             "algorithm": "grpo",
             "policy": {"model": assets["model"]},
-            "reward": {"function": REWARD_FUNCTION},
+            "reward": {"function": REWARDS[args.reward]},
             "data": {"train": assets["train"]},  # no eval: this script scores the final model itself
             "rollout": {
-                "engine": "hf",  # TRL's GRPOTrainer samples with HF generate too
+                "engine": args.engine,  # hf: TRL's GRPOTrainer samples with HF generate too
                 "samplesPerPrompt": args.samples,
                 "maxNewTokens": args.max_new_tokens,
+                "minNewTokens": args.min_new_tokens,
                 "temperature": 1.0,
                 "topP": 1.0,
                 "oneStepOffPolicy": one_step_off_policy,
@@ -229,6 +247,7 @@ def run_ours(args: argparse.Namespace, assets: dict[str, str], work: Path, name:
     step_s = [r["time/step"] for r in records]
     gen_score_s = [r.get("time/generation", 0.0) + r.get("time/scoring", 0.0) for r in records]
     train_s = [r.get("time/training", 0.0) for r in records]
+    sync_s = [r["time/weight_load"] for r in records if "time/weight_load" in r]
     rewards = [r.get("reward/mean") for r in records]
     return {
         "name": name,
@@ -238,6 +257,7 @@ def run_ours(args: argparse.Namespace, assets: dict[str, str], work: Path, name:
         "step_time": step_stats(step_s),
         "generation_scoring_time": step_stats(gen_score_s),
         "training_time": step_stats(train_s),
+        "weight_sync_time": step_stats(sync_s),
         "train_reward_mean_per_step": rewards,
         "total_wall_s": round(wall, 2),
         "total_wall_note": "run_job: Ray start, actor start-up, training, final save",
@@ -265,6 +285,7 @@ def trl_config_kwargs(cfg: dict[str, Any], output_dir: str) -> dict[str, Any]:
         top_k=0,
         min_p=None,
         repetition_penalty=1.0,
+        generation_kwargs={"min_new_tokens": cfg["min_new_tokens"]} if cfg["min_new_tokens"] else None,
         # loss: token mean over the whole batch of the clipped surrogate, group-std-scaled advantages
         loss_type="dapo",
         scale_rewards="group",
@@ -333,7 +354,8 @@ def trl_worker(config_path: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from kuberlhf.tasks.addition import exact_match_reward, read_jsonl
+    from kuberlhf.reward_functions import import_reward_function
+    from kuberlhf.tasks.addition import read_jsonl
 
     run_dir = Path(cfg["run_dir"])
     started = time.perf_counter()
@@ -371,7 +393,7 @@ def trl_worker(config_path: str) -> None:
     timer = StepTimer()
     trainer = TimedGRPOTrainer(
         model=model,
-        reward_funcs=[exact_match_reward],
+        reward_funcs=[import_reward_function(REWARDS[cfg["reward"]])],
         args=config,
         train_dataset=train_dataset,
         processing_class=tokenizer,
@@ -429,6 +451,14 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def _describe_model(info: dict[str, Any] | None) -> str:
+    if not info or "parameters" not in info:
+        return (info or {}).get("model", "addition: SFT-warmed tiny Llama (kuberlhf.tasks.addition)")
+    c = info["config"]
+    return (f"random-init Llama, {info['parameters'] / 1e6:.1f}M parameters ({c['num_layers']} layers, hidden "
+            f"{c['hidden_size']}, {c['num_heads']} heads, vocabulary {c['vocab_size']}), float32")
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     cfg, runs = results["config"], results["runs"]
     lines = [
@@ -441,20 +471,26 @@ def markdown_table(results: dict[str, Any]) -> str:
         f"{results['machine']['torch']}, TRL {results['machine']['trl']}, transformers "
         f"{results['machine']['transformers']}; load average before/after: {results['load_average']['before']} / "
         f"{results['load_average']['after']}.",
-        f"Task: addition, {cfg['steps']} steps x {cfg['prompts_per_step']} prompts x {cfg['samples']} samples, "
-        f"max {cfg['max_new_tokens']} new tokens, lr {cfg['learning_rate']:g}, beta {cfg['beta']:g}, "
-        f"seed {cfg['seed']}. Step times exclude the first {WARMUP_STEPS} steps.",
+        f"Task: addition prompts, {cfg['steps']} steps x {cfg['prompts_per_step']} prompts x {cfg['samples']} "
+        f"samples, {cfg.get('min_new_tokens', 0)}-{cfg['max_new_tokens']} new tokens, reward "
+        f"`{cfg.get('reward', 'kuberlhf.tasks.addition:exact_match_reward')}`, lr {cfg['learning_rate']:g}, "
+        f"beta {cfg['beta']:g}, seed {cfg['seed']}; KubeRLHF rollouts with `{cfg.get('engine', 'hf')}`. "
+        f"Step times exclude the first {WARMUP_STEPS} steps.",
+        f"Model: {_describe_model(cfg.get('model'))}.",
         f"Accuracy: held-out sampled exact match (eval.jsonl, T={EVAL_TEMPERATURE:g}, {EVAL_SAMPLES} samples); "
         f"start checkpoint: **{_fmt(results['accuracy']['start'])}**.",
         "",
-        "| run | torch threads | median step (s) | mean step (s) | median gen+score (s) | final accuracy |",
-        "|---|---|---:|---:|---:|---:|",
+        "| run | torch threads | median step (s) | mean step (s) | median gen+score (s) | median weight sync (s) "
+        "| final accuracy |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for name, run in runs.items():
         threads = str(run["threads"])
+        sync = run.get("weight_sync_time", {}).get("median_s")
         lines.append(
             f"| {name} | {threads} | {_fmt(run['step_time']['median_s'])} | {_fmt(run['step_time']['mean_s'])} "
-            f"| {_fmt(run['generation_scoring_time']['median_s'])} | {_fmt(results['accuracy']['final'][name])} |"
+            f"| {_fmt(run['generation_scoring_time']['median_s'])} | {_fmt(sync) if sync is not None else '-'} "
+            f"| {_fmt(results['accuracy']['final'][name])} |"
         )
     lines += ["", "| step-time ratio (median) | value |", "|---|---:|"]
     lines += [f"| {pair} | {_fmt(value, 2)} |" for pair, value in results["median_step_ratio"].items()]
@@ -487,6 +523,13 @@ def main(argv: list[str] | None = None) -> None:
     assets = build_demo_assets(args.assets, seed=args.seed)
     assets_build_s = None if assets_existed else round(time.perf_counter() - t0, 1)
     eval_rows = read_jsonl(assets["eval"])
+    model_info = {"model": "addition: SFT-warmed tiny Llama (kuberlhf.tasks.addition)"}
+    if args.model == "77m":  # same data and tokenizer, a random-init 77.6M-parameter model
+        from engines import build_model_dir
+
+        big = Path(args.assets) / "model-77m"
+        model_info = build_model_dir("77m", big, args.seed, max_position_embeddings=128)
+        assets = {**assets, "model": str(big)}
 
     config = {
         "steps": args.steps,
@@ -494,6 +537,10 @@ def main(argv: list[str] | None = None) -> None:
         "samples": args.samples,
         "batch_sequences": args.prompts_per_step * args.samples,
         "max_new_tokens": args.max_new_tokens,
+        "min_new_tokens": args.min_new_tokens,
+        "model": model_info,
+        "reward": REWARDS[args.reward],
+        "engine": args.engine,
         "learning_rate": args.learning_rate,
         "beta": args.beta,
         "seed": args.seed,
@@ -506,22 +553,26 @@ def main(argv: list[str] | None = None) -> None:
     worker_cfg = {
         "model": assets["model"], "train": assets["train"], "steps": args.steps,
         "prompts_per_step": args.prompts_per_step, "samples": args.samples, "max_new_tokens": args.max_new_tokens,
+        "min_new_tokens": args.min_new_tokens, "reward": args.reward,
         "learning_rate": args.learning_rate, "beta": args.beta, "seed": args.seed,
     }
 
     work = Path(tempfile.mkdtemp(prefix="grpo_vs_trl-"))
     try:
         runs: dict[str, dict[str, Any]] = {}
-        for name, off_policy, threads in OURS:
+        for name, off_policy, threads in [run for run in OURS if run[0] in args.ours]:
             print(f"== KubeRLHF GRPO: {name} ({args.steps} steps) ==", flush=True)
             runs[name] = run_ours(args, assets, work, name, off_policy, threads)
         for threads in args.trl_threads:
             print(f"== TRL GRPOTrainer, {threads} thread(s) ({args.steps} steps) ==", flush=True)
             runs[f"trl-{threads}t"] = run_trl(worker_cfg, threads, work)
 
-        print("== held-out sampled accuracy ==", flush=True)
-        scores = evaluate_models({"start": assets["model"], **{n: r["final_model"] for n, r in runs.items()}},
-                                 eval_rows, args)
+        if args.no_eval:
+            scores = {"start": None, **{name: None for name in runs}}
+        else:
+            print("== held-out sampled accuracy ==", flush=True)
+            scores = evaluate_models({"start": assets["model"], **{n: r["final_model"] for n, r in runs.items()}},
+                                     eval_rows, args)
     finally:
         if args.keep_work:
             print(f"run directories kept in {work}")
@@ -529,7 +580,7 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(work, ignore_errors=True)
 
     ratios = {}
-    for mine, _, _ in OURS:
+    for mine in [name for name in runs if not name.startswith("trl")]:
         ours = runs[mine]["step_time"]["median_s"]
         for name, run in runs.items():
             if name.startswith("trl"):
