@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kuberlhf.errors import UserError, user_error_in
-from kuberlhf.preflight import check_local_inputs
+from kuberlhf.preflight import check_local_inputs, check_offline_inputs
 from kuberlhf.quiet import quiet_libraries
 from kuberlhf.spec import RLHFJob
 from kuberlhf.trainers.checkpoint import find_resume_point
@@ -20,6 +20,8 @@ from kuberlhf.trainers.checkpoint import find_resume_point
 
 def run_job(job: RLHFJob, dashboard: bool = True) -> dict[str, Any]:
     quiet_libraries()
+    if job.spec.is_offline:
+        return run_offline_job(job, dashboard)
     inputs = check_local_inputs(job)
     check_prompt_lengths(inputs.policy_model, inputs.train, job.spec.data.max_prompt_tokens,
                          job.spec.rollout.max_new_tokens)
@@ -45,6 +47,28 @@ def run_job(job: RLHFJob, dashboard: bool = True) -> dict[str, Any]:
             raise
         finally:
             workers.shutdown()
+    summary = build_summary(job, result, time.perf_counter() - started)
+    Path(job.output_dir, "summary.json").write_text(json.dumps(summary, indent=2))
+    print_summary(summary, display.console)
+    return summary
+
+
+def run_offline_job(job: RLHFJob, dashboard: bool) -> dict[str, Any]:
+    """sft, rm, dpo, kto: checked inputs, then Ray Train; Ray Train's own checkpoints resume a re-run."""
+    from kuberlhf.telemetry.run_log import StepDisplay, print_summary
+    from kuberlhf.trainers.offline import train_offline
+
+    inputs = check_offline_inputs(job)
+    final = Path(job.output_dir) / "final"
+    if final.exists():
+        raise UserError(f"spec.output.dir: {final} exists: this stage has finished; remove it or choose another "
+                        f"output.dir (nothing was overwritten)")
+    Path(job.output_dir).mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    display = StepDisplay(job.spec.training.steps, first_step=0)
+    with ray_session(job, dashboard) as where:
+        display.note(f"RLHFJob {job.metadata.name}: {job.spec.algorithm} on {where}")
+        result = train_offline(job, inputs, display.note)
     summary = build_summary(job, result, time.perf_counter() - started)
     Path(job.output_dir, "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary, display.console)
@@ -99,15 +123,19 @@ def check_prompt_lengths(model: str, data: Any, max_prompt_tokens: int, max_new_
 
 def build_summary(job: RLHFJob, result: dict[str, Any], wall_seconds: float) -> dict[str, Any]:
     records = [json.loads(line) for line in Path(result["metrics_file"]).read_text().splitlines()]
+    from kuberlhf.telemetry.run_log import HEADLINE, OFFLINE_HEADLINE
+
     headline = {}
+    keys = OFFLINE_HEADLINE if job.spec.is_offline else HEADLINE
     if records:
-        for key in ("reward/mean", "kl/sequence", "response_length/mean", "time/step"):
-            headline[key] = (records[0].get(key, 0.0), records[-1].get(key, 0.0))
+        for key in keys:
+            if key in records[-1]:
+                headline[key] = (records[0].get(key, 0.0), records[-1][key])
     return {
         "job": job.metadata.name,
         "algorithm": job.spec.algorithm,
         "status": "succeeded",
-        "steps": job.spec.training.steps,
+        "steps": result.get("steps", job.spec.training.steps),
         "wall_seconds": round(wall_seconds, 1),
         "final_model": result["final_model"],
         "metrics_file": result["metrics_file"],

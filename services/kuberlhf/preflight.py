@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kuberlhf.data.formats import Dataset, load_dataset
 from kuberlhf.data.prompts import PromptDataset, load_prompts
 from kuberlhf.errors import UserError
 from kuberlhf.reward_functions import import_reward_function
@@ -27,6 +28,27 @@ class ResolvedInputs:
     train: PromptDataset
     eval: PromptDataset | None
     rollout_engine: str  # "vllm" or "hf"
+
+
+@dataclass
+class OfflineInputs:
+    """What a checked offline stage will use."""
+
+    policy_model: str
+    reference_model: str | None  # dpo and kto only
+    train: Dataset
+
+
+def check_offline_inputs(job: RLHFJob) -> OfflineInputs:
+    """Models exist; the data file reads, is in the format the algorithm trains on, and names any bad row."""
+    spec = job.spec
+    policy = resolve_model(spec.policy.model, "spec.policy.model")
+    reference = None
+    if spec.algorithm in ("dpo", "kto"):
+        reference = resolve_model(spec.reference.model, "spec.reference.model") if spec.reference.model else policy
+    if not Path(spec.data.train).exists():
+        raise UserError(f"spec.data.train: data file {spec.data.train!r} does not exist")
+    return OfflineInputs(policy, reference, load_dataset(spec.data.train, spec.algorithm, spec.data.convert))
 
 
 def check_local_inputs(job: RLHFJob) -> ResolvedInputs:

@@ -12,30 +12,20 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, model_validator
+
+from kuberlhf.spec_base import SpecModel
+from kuberlhf.spec_offline import OFFLINE_ALGORITHMS, DPOSpec, KTOSpec, SFTSpec
 
 API_VERSION = "kuberlhf.io/v1alpha1"
 KIND = "RLHFJob"
 
-OnlineAlgorithm = Literal["ppo", "grpo", "rloo", "reinforce_pp"]
+Algorithm = Literal["ppo", "grpo", "rloo", "reinforce_pp", "sft", "rm", "dpo", "kto"]
 ONLINE_ALGORITHMS: tuple[str, ...] = ("ppo", "grpo", "rloo", "reinforce_pp")
 GROUP_ALGORITHMS: tuple[str, ...] = ("grpo", "rloo")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _CALLABLE_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-
-class SpecModel(BaseModel):
-    """Base of every spec section: camelCase aliases, unknown fields rejected, docstrings as descriptions."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        alias_generator=to_camel,
-        populate_by_name=True,
-        use_attribute_docstrings=True,
-        validate_default=True,
-    )
 
 
 class Metadata(SpecModel):
@@ -112,17 +102,24 @@ class RewardSpec(SpecModel):
 
 
 class DataSpec(SpecModel):
-    """Prompt datasets (JSON lines, one object per line)."""
+    """Training and held-out data."""
 
     train: str = Field(min_length=1)
-    """Training prompts: a .jsonl file whose rows have a `prompt` string; other fields are passed to the
-    reward function as columns."""
+    """Online algorithms: a .jsonl file of prompts (rows with a `prompt` string; other fields are passed to
+    the reward function as columns). Offline algorithms: a .jsonl, .json or .parquet file or a saved
+    `datasets` directory in a TRL format: prompt-completion / `text` / `messages` (sft), prompt + chosen +
+    rejected (rm, dpo), prompt + completion + label (kto); see docs/data.md."""
     eval: str | None = None
     """Held-out prompts in the same format, scored every `training.evalEverySteps` steps and at the end."""
     prompt_field: str = "prompt"
     """Name of the prompt field in each row."""
     max_prompt_tokens: int = Field(default=512, ge=1)
     """Longest prompt in tokens; a longer prompt is an error naming its file and line."""
+    max_length: int = Field(default=1024, ge=2)
+    """Offline algorithms: longest prompt + completion in tokens; longer completions are cut at the end
+    (the run reports how many)."""
+    convert: bool = False
+    """kto given preference pairs: split each pair into a desirable and an undesirable completion."""
 
 
 class RolloutSpec(SpecModel):
@@ -189,7 +186,13 @@ class TrainingSpec(SpecModel):
     """Optimisation settings."""
 
     steps: int = Field(default=100, ge=1)
-    """Policy updates (each: sample, score, update)."""
+    """Online: policy updates (each: sample, score, update). Offline: when set, stop after this many
+    optimizer steps even if `epochs` are not done."""
+    epochs: int = Field(default=1, ge=1)
+    """Offline algorithms: passes over `data.train`."""
+    batch_size: int = Field(default=8, ge=1)
+    """Offline algorithms: examples per optimizer step (pairs for rm and dpo), split over the policy's
+    workers."""
     prompts_per_step: int = Field(default=16, ge=1)
     """Prompts sampled from the train set per step; the batch is promptsPerStep x samplesPerPrompt."""
     learning_rate: float = Field(default=1e-6, gt=0)
@@ -295,21 +298,30 @@ class OutputSpec(SpecModel):
 class RLHFJobSpec(SpecModel):
     """What to train, on what data, with which algorithm and resources."""
 
-    algorithm: OnlineAlgorithm
-    """`ppo` (clipped policy loss, GAE with a critic, KL reward penalty), `grpo` (group-normalised
-    rewards, KL loss term), `rloo` (leave-one-out baseline) or `reinforce_pp` (batch-normalised returns)."""
+    algorithm: Algorithm
+    """Online (samples its own completions): `ppo` (clipped policy loss, GAE with a critic, KL reward
+    penalty), `grpo` (group-normalised rewards, KL loss term), `rloo` (leave-one-out baseline),
+    `reinforce_pp` (batch-normalised returns). Offline (learns from a dataset): `sft` (demonstrations),
+    `rm` (a reward model from preference pairs), `dpo` (preference pairs, no reward model), `kto` (single
+    completions labelled good or bad)."""
     policy: PolicySpec
     """The model being trained."""
     reference: ReferenceSpec = Field(default_factory=ReferenceSpec)
     """The KL reference model."""
-    reward: RewardSpec
-    """Where rewards come from."""
+    reward: RewardSpec | None = None
+    """Where rewards come from (online algorithms)."""
     critic: CriticSpec | None = None
     """The value model (PPO only; created with defaults when omitted)."""
     data: DataSpec
     """Prompt datasets."""
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
-    """Sampling settings."""
+    """Sampling settings (online algorithms)."""
+    sft: SFTSpec | None = None
+    """Supervised fine-tuning settings (sft; defaults when omitted)."""
+    dpo: DPOSpec | None = None
+    """DPO settings (dpo; defaults when omitted)."""
+    kto: KTOSpec | None = None
+    """KTO settings (kto; defaults when omitted)."""
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     """Optimisation settings."""
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
@@ -321,39 +333,81 @@ class RLHFJobSpec(SpecModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> RLHFJobSpec:
+        for name in ("sft", "dpo", "kto"):  # each algorithm's own settings block, defaults when omitted
+            if self.algorithm == name and getattr(self, name) is None:
+                setattr(self, name, {"sft": SFTSpec, "dpo": DPOSpec, "kto": KTOSpec}[name]())
+            if self.algorithm != name and getattr(self, name) is not None:
+                raise ValueError(f"{name}: settings of algorithm {name}; remove them for {self.algorithm}")
         if self.algorithm == "ppo" and self.critic is None:
             self.critic = CriticSpec()
         if self.algorithm != "ppo" and self.critic is not None:
             raise ValueError(f"critic: only ppo uses a critic; remove it for {self.algorithm}")
+        if self.is_offline:
+            self._check_offline()
+        else:
+            self._check_online()
+        if self.training.offload_params and self.training.zero_stage != 3:
+            raise ValueError(f"training.offloadParams: needs training.zeroStage 3, got {self.training.zero_stage}")
+        roles = ("policy",) if self.is_offline else ("policy", "critic")
+        for role in roles:
+            self._check_split(role, self.update_size)
+        return self
+
+    def _check_online(self) -> None:
+        if self.reward is None:
+            raise ValueError(f"reward: {self.algorithm} needs a reward: set reward.model or reward.function")
         n = self.rollout.samples_per_prompt
         if self.algorithm in GROUP_ALGORITHMS and n < 2:
             raise ValueError(
                 f"rollout.samplesPerPrompt: {self.algorithm} compares samples of the same prompt, "
                 f"needs at least 2, got {n}"
             )
-        batch = self.batch_size
         mini = self.training.mini_batch_size
-        if mini is not None and batch % mini != 0:
+        if mini is not None and self.batch_size % mini != 0:
             raise ValueError(
-                f"training.miniBatchSize: must divide promptsPerStep x samplesPerPrompt = {batch}, got {mini}"
+                f"training.miniBatchSize: must divide promptsPerStep x samplesPerPrompt = {self.batch_size}, "
+                f"got {mini}"
             )
-        if self.training.offload_params and self.training.zero_stage != 3:
-            raise ValueError(f"training.offloadParams: needs training.zeroStage 3, got {self.training.zero_stage}")
-        for role in ("policy", "critic"):
-            ranks = getattr(self.resources, role).workers
-            per_update = mini if mini is not None else batch
-            if ranks > 1 and per_update % ranks != 0:
-                raise ValueError(
-                    f"resources.{role}.workers: each update's {per_update} sequences are split evenly over the "
-                    f"{role}'s workers; {per_update} is not divisible by {ranks}"
-                )
-            micro = self.training.micro_batch_size
-            if micro is not None and (per_update // ranks) % micro != 0:
-                raise ValueError(
-                    f"training.microBatchSize: must divide each {role} worker's share of an update "
-                    f"({per_update // ranks} sequences), got {micro}"
-                )
-        return self
+
+    def _check_offline(self) -> None:
+        kind = f"{self.algorithm} learns from data.train"
+        if self.reward is not None:
+            hint = " (rm trains one: its output directory is the reward model)" if self.algorithm == "rm" else ""
+            raise ValueError(f"reward: {kind} and uses no reward{hint}; remove it")
+        if "rollout" in self.model_fields_set:
+            raise ValueError(f"rollout: {kind}; it samples nothing, remove rollout")
+        online_only = {"prompts_per_step": "promptsPerStep", "epochs_per_step": "epochsPerStep",
+                       "mini_batch_size": "miniBatchSize"}
+        for name, alias in online_only.items():
+            if name in self.training.model_fields_set:
+                raise ValueError(f"training.{alias}: online algorithms only; {self.algorithm} uses "
+                                 f"training.batchSize and training.epochs")
+
+    def _check_split(self, role: str, per_update: int) -> None:
+        """An update's examples split evenly over the role's workers, and each share into micro-batches."""
+        ranks = getattr(self.resources, role).workers
+        if ranks > 1 and per_update % ranks != 0:
+            raise ValueError(
+                f"resources.{role}.workers: each update's {per_update} sequences are split evenly over the "
+                f"{role}'s workers; {per_update} is not divisible by {ranks}"
+            )
+        micro = self.training.micro_batch_size
+        if micro is not None and (per_update // ranks) % micro != 0:
+            raise ValueError(
+                f"training.microBatchSize: must divide each {role} worker's share of an update "
+                f"({per_update // ranks} sequences), got {micro}"
+            )
+
+    @property
+    def is_offline(self) -> bool:
+        return self.algorithm in OFFLINE_ALGORITHMS
+
+    @property
+    def update_size(self) -> int:
+        """Examples per optimizer step: the online mini-batch (default the whole batch) or the offline batch."""
+        if self.is_offline:
+            return self.training.batch_size
+        return self.training.mini_batch_size or self.batch_size
 
     @property
     def batch_size(self) -> int:

@@ -70,7 +70,7 @@ def test_wrong_type_names_expected_type():
 
 def test_unknown_algorithm_lists_the_choices():
     (line,) = error_lines(job_with(spec__algorithm="a2c"))
-    assert line == "spec.algorithm: must be one of 'ppo', 'grpo', 'rloo' or 'reinforce_pp', got 'a2c'"
+    assert line == "spec.algorithm: must be one of 'ppo', 'grpo', 'rloo', 'reinforce_pp', 'sft', 'rm', 'dpo' or 'kto', got 'a2c'"
 
 
 def test_missing_required_field():
@@ -167,3 +167,47 @@ def test_min_new_tokens_cannot_exceed_max_new_tokens():
     assert error_lines(job_with(spec__rollout__minNewTokens=65)) == [
         "spec.rollout: minNewTokens (65) must not exceed maxNewTokens (64)"
     ]
+
+
+OFFLINE = {"apiVersion": "kuberlhf.io/v1alpha1", "kind": "RLHFJob", "metadata": {"name": "offline"},
+           "spec": {"algorithm": "dpo", "policy": {"model": "models/policy"}, "data": {"train": "pairs.jsonl"}}}
+
+
+def offline_with(**changes: object) -> dict:
+    raw = copy.deepcopy(OFFLINE)
+    for path, value in changes.items():
+        apply_override(raw, f"{path.replace('__', '.')}={value}")
+    return raw
+
+
+def test_offline_algorithms_need_no_reward_and_get_their_settings_block():
+    spec = validate_job(OFFLINE, source="test").spec
+    assert spec.is_offline and spec.reward is None and spec.dpo.beta == 0.1 and spec.update_size == 8
+
+
+def test_online_algorithms_still_need_a_reward():
+    raw = copy.deepcopy(VALID)
+    del raw["spec"]["reward"]
+    assert error_lines(raw) == ["spec.reward: grpo needs a reward: set reward.model or reward.function"]
+
+
+def test_offline_jobs_refuse_online_only_settings():
+    assert error_lines(offline_with(spec__reward__function="a.b:c")) == [
+        "spec.reward: dpo learns from data.train and uses no reward; remove it"]
+    assert error_lines(offline_with(spec__training__promptsPerStep=4)) == [
+        "spec.training.promptsPerStep: online algorithms only; dpo uses training.batchSize and training.epochs"]
+    assert error_lines(offline_with(spec__rollout__maxNewTokens=4)) == [
+        "spec.rollout: dpo learns from data.train; it samples nothing, remove rollout"]
+
+
+def test_settings_of_another_algorithm_are_refused():
+    assert error_lines(offline_with(spec__kto__beta=0.2)) == [
+        "spec.kto: settings of algorithm kto; remove them for dpo"]
+
+
+def test_offline_batch_must_split_over_workers_and_micro_batches():
+    assert error_lines(offline_with(spec__training__batchSize=6, spec__resources__policy__workers=4)) == [
+        "spec.resources.policy.workers: each update's 6 sequences are split evenly over the policy's workers; "
+        "6 is not divisible by 4"]
+    assert error_lines(offline_with(spec__training__batchSize=8, spec__training__microBatchSize=3)) == [
+        "spec.training.microBatchSize: must divide each policy worker's share of an update (8 sequences), got 3"]

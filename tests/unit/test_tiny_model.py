@@ -130,7 +130,7 @@ def test_sft_lowers_loss_and_accuracy_is_deterministic(tok):
 def test_build_demo_assets_is_idempotent(tmp_path):
     out = tmp_path / "assets"
     paths = build_demo_assets(out, seed=0, sft_steps=2, n_train=64, n_eval=8)
-    assert set(paths) == {"model", "train", "eval"}
+    assert set(paths) == {"model", "train", "eval", "sft", "pairs", "labels"}
     files = [os.path.join(paths["model"], "config.json"), paths["train"], paths["eval"]]
     assert all(os.path.isfile(f) for f in files)
     assert len(open(paths["train"]).read().splitlines()) == 64

@@ -28,12 +28,21 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
     """Join the group's torch.distributed group through DeepSpeed (gloo on CPU, NCCL on GPU)."""
     os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK="0")
+    _start_deepspeed_comm(rank=rank, world_size=world_size)
+
+
+def join_existing_group() -> None:
+    """Use the torch.distributed group someone else (Ray Train) already started for DeepSpeed."""
+    _start_deepspeed_comm()
+
+
+def _start_deepspeed_comm(**group: int) -> None:
     comm = importlib.import_module("deepspeed.comm.torch")  # the module, not the `torch` attribute it shadows
     comm.build_shm_op = lambda: None  # gloo instead of an ~80 s JIT build on every start
     import deepspeed
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, rank=rank, world_size=world_size)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, **group)
 
 
 class DeepSpeedTrainingEngine:

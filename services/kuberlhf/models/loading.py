@@ -48,6 +48,19 @@ def load_reward_model(path: str, dtype: torch.dtype = torch.float32) -> PreTrain
     return model
 
 
+def new_reward_model(path: str, pad_token_id: int | None) -> PreTrainedModel:
+    """The model a reward-model stage trains: `path`'s transformer with a fresh single-output score head (or
+    `path` itself when it already is a one-label sequence classifier). The pad token tells the model which
+    position is the last real one."""
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    except (OSError, ValueError) as err:
+        raise UserError(f"spec.policy.model: cannot build a reward model from {path!r}: {err}") from None
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
 def is_sequence_classifier(path: str) -> bool:
     """Whether a model directory holds a sequence-classification model (e.g. a trained reward model)."""
     architectures = AutoConfig.from_pretrained(path).architectures or []

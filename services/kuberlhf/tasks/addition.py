@@ -62,6 +62,25 @@ def make_addition_rows(seed: int, n_train: int, n_eval: int) -> tuple[list[dict]
     return train, evals
 
 
+def make_offline_rows(rows: list[dict], seed: int) -> dict[str, list[dict]]:
+    """The same prompts as data for the offline stages: `sft` (prompt, completion: the answer), `pairs`
+    (prompt, chosen: the answer, rejected: a wrong sum 1-9 away) and `labels` (prompt, completion, label:
+    each prompt once, with the right answer or a wrong one at random: unpaired thumbs up / down)."""
+    rng = random.Random(seed)
+
+    def wrong(answer: str) -> str:
+        value = int(answer)
+        return str(rng.choice([v for v in range(value - 9, value + 10) if v >= 0 and v != value]))
+
+    sft = [{"prompt": r["prompt"], "completion": r["answer"]} for r in rows]
+    pairs = [{"prompt": r["prompt"], "chosen": r["answer"], "rejected": wrong(r["answer"])} for r in rows]
+    labels = []
+    for r in rows:
+        good = rng.random() < 0.5
+        labels.append({"prompt": r["prompt"], "completion": r["answer"] if good else wrong(r["answer"]), "label": good})
+    return {"sft": sft, "pairs": pairs, "labels": labels}
+
+
 def write_jsonl(rows, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,24 +213,26 @@ def warmup_sft(model, tokenizer, rows, steps: int, batch_size: int = 64, learnin
 # -------------------------------------------------------------------------------------- demo assets
 
 
+DATA_FILES = ("train", "eval", "sft", "pairs", "labels")
+
+
 def _asset_paths(out_dir: Path) -> dict:
-    return {"model": str(out_dir / "model"), "train": str(out_dir / "train.jsonl"),
-            "eval": str(out_dir / "eval.jsonl")}
+    return {"model": str(out_dir / "model"), **{name: str(out_dir / f"{name}.jsonl") for name in DATA_FILES}}
 
 
 def _complete(out_dir: Path) -> bool:
-    return ((out_dir / "model" / "config.json").is_file() and (out_dir / "train.jsonl").is_file()
-            and (out_dir / "eval.jsonl").is_file())
+    return (out_dir / "model" / "config.json").is_file() and all(
+        (out_dir / f"{name}.jsonl").is_file() for name in DATA_FILES)
 
 
 def build_demo_assets(out_dir: str | os.PathLike, seed: int = 0, sft_steps: int = DEFAULT_SFT_STEPS,
                       n_train: int = DEFAULT_N_TRAIN, n_eval: int = DEFAULT_N_EVAL) -> dict:
-    """Build (once) a warmed-up tiny model and the train / eval JSONL files under ``out_dir``.
+    """Build (once) a warmed-up tiny model and the JSONL files under ``out_dir``: ``train`` / ``eval``
+    prompts with answers, and ``sft``, ``pairs``, ``labels`` for the offline stages (`make_offline_rows`).
 
-    Idempotent: if ``model/config.json``, ``train.jsonl`` and ``eval.jsonl`` already exist nothing is
-    rewritten. Everything is written to a temporary sibling directory and renamed into place at the end,
+    Idempotent: if the model and every file already exist nothing is rewritten. Everything is written to a temporary sibling directory and renamed into place at the end,
     the model directory last, so an interrupted build never looks complete.
-    Returns ``{"model": dir, "train": path, "eval": path}`` as strings.
+    Returns ``{"model": dir, "train": path, "eval": path, "sft": path, "pairs": path, "labels": path}``.
     """
     from kuberlhf.models.tiny import build_char_tokenizer, build_tiny_llama, save_model_dir
 
@@ -228,6 +249,8 @@ def build_demo_assets(out_dir: str | os.PathLike, seed: int = 0, sft_steps: int 
         save_model_dir(model, tok, tmp / "model")
         write_jsonl(train, tmp / "train.jsonl")
         write_jsonl(evals, tmp / "eval.jsonl")
+        for name, rows in make_offline_rows(train, seed).items():
+            write_jsonl(rows, tmp / f"{name}.jsonl")
 
         if _complete(out_dir):  # another process finished first
             return _asset_paths(out_dir)
@@ -238,8 +261,8 @@ def build_demo_assets(out_dir: str | os.PathLike, seed: int = 0, sft_steps: int 
                 return _asset_paths(out_dir)
             # out_dir exists (empty or a leftover partial build): move the pieces in, the model last.
             out_dir.mkdir(parents=True, exist_ok=True)
-            for name in ("train.jsonl", "eval.jsonl"):
-                os.replace(tmp / name, out_dir / name)
+            for name in DATA_FILES:
+                os.replace(tmp / f"{name}.jsonl", out_dir / f"{name}.jsonl")
             if (out_dir / "model").exists():
                 shutil.rmtree(out_dir / "model")
             os.rename(tmp / "model", out_dir / "model")
@@ -253,7 +276,7 @@ def build_demo_assets(out_dir: str | os.PathLike, seed: int = 0, sft_steps: int 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kuberlhf.tasks.addition", description=__doc__.split("\n")[0])
-    parser.add_argument("out_dir", help="directory for model/, train.jsonl, eval.jsonl")
+    parser.add_argument("out_dir", help="directory for model/ and the data files (train, eval, sft, pairs, labels .jsonl)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sft-steps", type=int, default=DEFAULT_SFT_STEPS)
     args = parser.parse_args(argv)

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 HEADLINE = ("reward/mean", "kl/sequence", "response_length/mean", "time/step")
+OFFLINE_HEADLINE = ("loss", "accuracy", "margin", "time/step")
 
 
 class PhaseTimer:

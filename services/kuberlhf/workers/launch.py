@@ -86,7 +86,7 @@ def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
 
 def training_setup(spec: RLHFJobSpec, learning_rate: float, role: str) -> TrainingSetup:
     t = spec.training
-    per_rank = (t.mini_batch_size or spec.batch_size) // getattr(spec.resources, role).workers
+    per_rank = spec.update_size // getattr(spec.resources, role).workers
     micro = t.micro_batch_size or per_rank
     return TrainingSetup(
         learning_rate=learning_rate, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,

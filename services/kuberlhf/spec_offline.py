@@ -1,0 +1,47 @@
+"""Spec sections of the offline stages (sft, rm, dpo, kto); `kuberlhf.spec` assembles them into the job.
+
+Light like `spec.py`: pydantic and the standard library only (the operator imports it).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from kuberlhf.spec_base import SpecModel
+
+OFFLINE_ALGORITHMS: tuple[str, ...] = ("sft", "rm", "dpo", "kto")
+
+
+class SFTSpec(SpecModel):
+    """Supervised fine-tuning (algorithm sft)."""
+
+    completion_only: bool = True
+    """Prompt-completion data: train on the completion's tokens only (the prompt is context). Language
+    modelling data (`text`, `messages`) always trains on every token."""
+
+
+class DPOSpec(SpecModel):
+    """Direct preference optimisation on (prompt, chosen, rejected) pairs (algorithm dpo)."""
+
+    beta: float = Field(default=0.1, gt=0)
+    """Strength of the implicit KL constraint to the reference model."""
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    """`sigmoid` (DPO), `ipo` (IPO, on length-averaged log-probs), `hinge` (SLiC)."""
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
+    """cDPO: the assumed share of pairs whose preference label is wrong (sigmoid loss only)."""
+    sft_weight: float = Field(default=0.0, ge=0)
+    """Weight of an extra NLL term on the chosen answer (RPO). Pure DPO can lower the likelihood of the
+    chosen answers too; this term keeps it up."""
+
+
+class KTOSpec(SpecModel):
+    """Kahneman-Tversky optimisation on single completions labelled desirable or not (algorithm kto)."""
+
+    beta: float = Field(default=0.1, gt=0)
+    """Strength of the implicit KL constraint to the reference model."""
+    desirable_weight: float = Field(default=1.0, gt=0)
+    """Loss weight of desirable completions (raise it when they are rarer than undesirable ones)."""
+    undesirable_weight: float = Field(default=1.0, gt=0)
+    """Loss weight of undesirable completions."""

@@ -1,0 +1,122 @@
+"""The driver of the offline stages (sft, rm, dpo, kto): tokenize the checked dataset, have the reference
+model score it once (dpo, kto), then train on Ray Train (`TorchTrainer`, one worker per policy rank, DeepSpeed
+ZeRO as the spec says) with Ray Train's checkpoints and restore. The per-worker loop is `offline_loop.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kuberlhf.data.examples import Examples, make_batch, tokenize_dataset
+from kuberlhf.errors import UserError
+from kuberlhf.models.loading import load_tokenizer
+from kuberlhf.preflight import OfflineInputs
+from kuberlhf.spec import RLHFJob
+from kuberlhf.trainers.offline_loop import OfflineConfig, train_loop
+from kuberlhf.workers.launch import training_setup
+
+REFERENCE_BATCH = 16  # sequences per reference forward pass
+
+
+def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any) -> dict[str, Any]:
+    """Train one offline stage; returns where the final model and the metrics are."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    spec = job.spec
+    tokenizer = load_tokenizer(inputs.policy_model)
+    examples = tokenize_dataset(inputs.train, tokenizer, spec.data.max_length)
+    if spec.algorithm == "sft" and not spec.sft.completion_only:
+        examples = whole_sequences(examples)
+    if examples.truncated:
+        note(f"{examples.truncated} completions were longer than spec.data.maxLength = {spec.data.max_length} "
+             f"tokens and were cut")
+    for message in inputs.train.notes:
+        note(message)
+    reference = score_with_reference(job, inputs.reference_model, examples) if inputs.reference_model else {}
+    config = offline_config(job, inputs, examples, reference, tokenizer.pad_token_id)
+    note(f"{spec.algorithm}: {len(examples)} examples, {config.steps_per_epoch} steps per epoch, "
+         f"{config.total_steps} steps")
+    role = spec.resources.policy
+    trainer = TorchTrainer(
+        train_loop, train_loop_config={"config": config},
+        scaling_config=ray.train.ScalingConfig(num_workers=role.workers, use_gpu=role.gpus > 0,
+                                               resources_per_worker={"CPU": role.cpus, "GPU": role.gpus}),
+        run_config=ray.train.RunConfig(
+            name=job.metadata.name, storage_path=str(Path(job.checkpoint_dir).resolve()),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+            failure_config=ray.train.FailureConfig(max_failures=0),
+        ),
+    )
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        from kuberlhf.errors import user_error_in
+
+        cause = user_error_in(err)
+        if cause is not None:
+            raise cause from None
+        raise
+    return {"final_model": str(Path(job.output_dir) / "final"), "metrics_file": str(Path(job.output_dir) /
+            "metrics.jsonl"), "eval": {}, "steps": config.total_steps}
+
+
+def offline_config(job: RLHFJob, inputs: OfflineInputs, examples: Examples, reference: dict[str, torch.Tensor],
+                   pad_token_id: int) -> OfflineConfig:
+    spec, t = job.spec, job.spec.training
+    if len(examples) < t.batch_size:
+        raise UserError(f"spec.training.batchSize: {t.batch_size} examples per step but {spec.data.train} has "
+                        f"only {len(examples)}")
+    settings: dict[str, Any] = {}
+    if spec.dpo is not None:
+        settings = dict(beta=spec.dpo.beta, loss_type=spec.dpo.loss_type, label_smoothing=spec.dpo.label_smoothing,
+                        sft_weight=spec.dpo.sft_weight)
+    if spec.kto is not None:
+        settings = dict(beta=spec.kto.beta, desirable_weight=spec.kto.desirable_weight,
+                        undesirable_weight=spec.kto.undesirable_weight)
+    return OfflineConfig(
+        algorithm=spec.algorithm, model_path=inputs.policy_model, output_dir=str(Path(job.output_dir).resolve()),
+        setup=training_setup(spec, t.learning_rate, "policy"), batch_size=t.batch_size, epochs=t.epochs,
+        max_steps=t.steps if "steps" in t.model_fields_set else None, seed=t.seed, cpus=spec.resources.policy.cpus,
+        checkpoint_every=spec.checkpoint.every_steps, pad_token_id=pad_token_id, examples=examples,
+        reference=reference, **settings,
+    )
+
+
+def whole_sequences(examples: Examples) -> Examples:
+    """sft with completionOnly false: train on the prompt too (the first token stays as the context)."""
+    prompts = [p[:1] for p in examples.prompts]
+    completions = [p[1:] + c for p, c in zip(examples.prompts, examples.completions)]
+    return Examples(prompts, completions, truncated=examples.truncated, where=examples.where)
+
+
+def score_with_reference(job: RLHFJob, model: str, examples: Examples) -> dict[str, torch.Tensor]:
+    """Sequence log-prob sums of every completion under the frozen reference model, computed once by a
+    reference actor: chosen and rejected answers (dpo), completions and mismatched completions (kto)."""
+    import ray
+
+    from kuberlhf.workers.reference import ReferenceWorker
+
+    spec = job.spec
+    role = spec.resources.reference
+    actor = ray.remote(ReferenceWorker).options(
+        name=f"{job.metadata.name}-reference-0", namespace="kuberlhf", num_cpus=role.cpus, num_gpus=role.gpus,
+    ).remote(model, cpus=role.cpus, seed=spec.training.seed, bf16=spec.training.bf16)
+    wanted = {"chosen": examples.completions, "rejected": examples.rejected} if spec.algorithm == "dpo" else \
+        {"completion": examples.completions, "kl": examples.kl_completions}
+    pad = load_tokenizer(model).pad_token_id
+    try:
+        scores = {}
+        for name, completions in wanted.items():
+            refs = []
+            for start in range(0, len(examples), REFERENCE_BATCH):
+                stop = min(start + REFERENCE_BATCH, len(examples))
+                batch = make_batch(examples.prompts[start:stop], completions[start:stop], pad)
+                refs.append(actor.compute_logprobs.remote(batch, 1.0))
+            scores[name] = torch.cat([logprobs.sum(-1) for logprobs in ray.get(refs)])
+        return scores
+    finally:
+        ray.kill(actor)

@@ -1,0 +1,245 @@
+"""The training function of the offline stages (sft, rm, dpo, kto), run by every Ray Train worker.
+
+Reads top to bottom like a single-process trainer: build the model and its engine, restore the newest
+checkpoint Ray Train hands back, then for each epoch and each batch: take this rank's share, compute the
+algorithm's loss micro-batch by micro-batch, step, log, and now and then checkpoint. Reference log-probs
+were computed once before training (`Examples` + `ReferenceLogprobs`), never by a second model in here.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kuberlhf.algorithms.preference import (
+    dpo_loss,
+    kto_kl_baseline,
+    kto_loss,
+    reward_model_loss,
+    sequence_logprobs,
+    sft_loss,
+)
+from kuberlhf.data.examples import Examples, make_batch
+from kuberlhf.engines.training import TrainingSetup, make_training_engine
+from kuberlhf.models.forward import response_logprobs
+from kuberlhf.telemetry.run_log import MetricsFile
+from kuberlhf.workers.common import configure_process, worker_device
+
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass(frozen=True)
+class OfflineConfig:
+    """Everything a worker needs; built by the driver (trainers/offline.py) from the spec."""
+
+    algorithm: str
+    model_path: str
+    output_dir: str
+    setup: TrainingSetup
+    batch_size: int
+    epochs: int
+    max_steps: int | None
+    seed: int
+    cpus: float
+    checkpoint_every: int
+    pad_token_id: int
+    examples: Examples
+    reference: dict[str, torch.Tensor]  # sequence log-prob sums: chosen/rejected (dpo), completion/kl (kto)
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    sft_weight: float = 0.0
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.examples) // self.batch_size
+
+    @property
+    def total_steps(self) -> int:
+        total = self.steps_per_epoch * self.epochs
+        return min(total, self.max_steps) if self.max_steps else total
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    import ray.train
+
+    config: OfflineConfig = loop_config["config"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    configure_process(config.cpus, config.seed + rank)
+    device = worker_device()
+    model = load_trained_model(config).to(device)
+    if config.setup.uses_deepspeed(world):
+        from kuberlhf.engines.deepspeed_engine import join_existing_group
+
+        join_existing_group()
+    engine = make_training_engine(model, config.setup, world)
+    step = restore(engine)
+    metrics_file = MetricsFile(Path(config.output_dir, "metrics.jsonl"), resume_step=step) if rank == 0 else None
+    share = config.batch_size // world
+    while step < config.total_steps:
+        started = time.perf_counter()
+        epoch, index = divmod(step, config.steps_per_epoch)
+        order = torch.randperm(len(config.examples), generator=torch.Generator().manual_seed(config.seed + epoch))
+        batch = order[index * config.batch_size : (index + 1) * config.batch_size].tolist()
+        mine = batch[rank * share : (rank + 1) * share]
+        model.train()
+        metrics = train_step(engine, config, mine, device)
+        step += 1
+        metrics = {**average_over_ranks(metrics, world), "epoch": epoch + 1, "lr": engine.learning_rate,
+                   "time/step": time.perf_counter() - started}
+        if metrics_file is not None:
+            metrics_file.write({"step": step, **metrics})
+            print(f"step {step}/{config.total_steps}  loss {metrics['loss']:.4f}"
+                  + (f"  accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""), flush=True)
+        report(engine, metrics, step, config.checkpoint_every and step % config.checkpoint_every == 0, rank)
+    save_final(engine, model, config, rank)
+
+
+def load_trained_model(config: OfflineConfig) -> torch.nn.Module:
+    from kuberlhf.models.loading import load_causal_lm, new_reward_model
+
+    if config.algorithm == "rm":
+        return new_reward_model(config.model_path, config.pad_token_id)
+    return load_causal_lm(config.model_path, "spec.policy.model")
+
+
+def train_step(engine: Any, config: OfflineConfig, indices: list[int], device: torch.device) -> dict[str, float]:
+    """One optimizer step over this rank's examples, `micro_batch_size` at a time; each micro-batch's loss is
+    weighted by its share of the examples (its share of target tokens for sft)."""
+    micro = config.setup.micro_batch_size
+    parts = [indices[start : start + micro] for start in range(0, len(indices), micro)]
+    weights = [len(part) / len(indices) for part in parts]
+    if config.algorithm == "sft":
+        tokens = [sum(len(config.examples.completions[i]) for i in part) for part in parts]
+        weights = [count / sum(tokens) for count in tokens]
+    kl_baseline = kto_reference_point(engine, config, indices, device) if config.algorithm == "kto" else None
+    totals: dict[str, float] = {}
+    for part, weight in zip(parts, weights):
+        loss, stats = algorithm_loss(engine.forward_module, config, part, device, kl_baseline)
+        engine.accumulate(loss * weight)
+        for key, value in {"loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}}.items():
+            totals[key] = totals.get(key, 0.0) + value * weight
+    totals["grad_norm"] = engine.step()
+    return totals
+
+
+def algorithm_loss(model: Any, config: OfflineConfig, part: list[int], device: torch.device,
+                   kl_baseline: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    examples, reference = config.examples, config.reference
+    prompts = [examples.prompts[i] for i in part]
+    completions = [examples.completions[i] for i in part]
+    if config.algorithm == "sft":
+        batch = make_batch(prompts, completions, config.pad_token_id).to(device)
+        logprobs, _ = response_logprobs(model, batch, temperature=1.0)
+        return sft_loss(logprobs, batch.response_mask), {}
+    if config.algorithm == "rm":
+        rejected = [examples.rejected[i] for i in part]
+        rewards = sequence_rewards(model, prompts + prompts, completions + rejected, config.pad_token_id, device)
+        return reward_model_loss(rewards[: len(part)], rewards[len(part):])
+    if config.algorithm == "dpo":
+        rejected = [examples.rejected[i] for i in part]
+        batch = make_batch(prompts + prompts, completions + rejected, config.pad_token_id).to(device)
+        logprobs, _ = response_logprobs(model, batch, temperature=1.0)
+        average = config.loss_type == "ipo"
+        sequences = sequence_logprobs(logprobs, batch.response_mask, average)
+        ref_chosen = reference_of(reference["chosen"], completions, part, average).to(device)
+        ref_rejected = reference_of(reference["rejected"], rejected, part, average).to(device)
+        loss, stats = dpo_loss(sequences[: len(part)], sequences[len(part):], ref_chosen, ref_rejected,
+                               beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing)
+        if config.sft_weight > 0:
+            chosen_nll = sft_loss(logprobs[: len(part)], batch.response_mask[: len(part)])
+            loss = loss + config.sft_weight * chosen_nll
+            stats["chosen_nll"] = chosen_nll.detach()
+        return loss, stats
+    batch = make_batch(prompts, completions, config.pad_token_id).to(device)  # kto
+    logprobs, _ = response_logprobs(model, batch, temperature=1.0)
+    policy = sequence_logprobs(logprobs, batch.response_mask)
+    labels = torch.tensor([examples.labels[i] for i in part], device=device)
+    return kto_loss(policy, reference["completion"][part].to(device), labels, kl_baseline, beta=config.beta,
+                    desirable_weight=config.desirable_weight, undesirable_weight=config.undesirable_weight)
+
+
+@torch.no_grad()
+def kto_reference_point(engine: Any, config: OfflineConfig, indices: list[int], device: torch.device) -> torch.Tensor:
+    """KTO's z0 over this step's whole batch (all ranks): the policy's log-ratio on mismatched completions."""
+    examples = config.examples
+    prompts = [examples.prompts[i] for i in indices]
+    batch = make_batch(prompts, [examples.kl_completions[i] for i in indices], config.pad_token_id).to(device)
+    logprobs, _ = response_logprobs(engine.forward_module, batch, temperature=1.0)
+    ratio = sequence_logprobs(logprobs, batch.response_mask) - config.reference["kl"][indices].to(device)
+    mean = torch.stack([ratio.sum(), torch.tensor(float(len(indices)), device=device)])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(mean)
+    return kto_kl_baseline(mean[0:1] / mean[1], torch.zeros(1, device=device))
+
+
+def reference_of(sums: torch.Tensor, completions: list[list[int]], part: list[int], average: bool) -> torch.Tensor:
+    """The precomputed reference log-probs of `part` (sums), or per-token means for IPO."""
+    values = sums[part]
+    return values / torch.tensor([max(1, len(c)) for c in completions], dtype=values.dtype) if average else values
+
+
+def sequence_rewards(model: Any, prompts: list[list[int]], completions: list[list[int]], pad_token_id: int,
+                     device: torch.device) -> torch.Tensor:
+    """The reward model's score of each prompt + completion (right-padded: the model reads the last token)."""
+    sequences = [p + c for p, c in zip(prompts, completions)]
+    width = max(len(s) for s in sequences)
+    input_ids = torch.tensor([s + [pad_token_id] * (width - len(s)) for s in sequences], device=device)
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device)
+    return model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float()
+
+
+def average_over_ranks(metrics: dict[str, float], world: int) -> dict[str, float]:
+    if world == 1:
+        return metrics
+    keys = sorted(metrics)
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+    torch.distributed.all_reduce(values)
+    return {k: float(v) / world for k, v in zip(keys, values)}
+
+
+def restore(engine: Any) -> int:
+    """The step of the newest checkpoint Ray Train reports (after a worker failure or a re-run), else 0."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as directory:
+        engine.load(Path(directory) / "engine")
+        return json.loads((Path(directory) / STATE_FILE).read_text())["step"]
+
+
+def report(engine: Any, metrics: dict[str, float], step: int, save: bool, rank: int) -> None:
+    """Report the step to Ray Train (every rank, every step); with `save`, together with a checkpoint that
+    every rank writes its part of (DeepSpeed shards; the trainer state from rank 0)."""
+    import ray.train
+
+    if not save:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        engine.save(Path(directory) / "engine")
+        if rank == 0:
+            (Path(directory) / STATE_FILE).write_text(json.dumps({"step": step}))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def save_final(engine: Any, model: torch.nn.Module, config: OfflineConfig, rank: int) -> None:
+    """Every rank gathers (ZeRO-3); rank 0 writes `final/`, a Hugging Face model directory."""
+    from kuberlhf.models.loading import load_tokenizer
+
+    weights = engine.full_state_dict()
+    if rank == 0:
+        final = Path(config.output_dir) / "final"
+        model.save_pretrained(final, state_dict={k: v.cpu() for k, v in weights.items()}, safe_serialization=True)
+        load_tokenizer(config.model_path).save_pretrained(final)
