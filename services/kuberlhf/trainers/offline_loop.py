@@ -100,7 +100,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             metrics_file.write({"step": step, **metrics})
             print(f"step {step}/{config.total_steps}  loss {metrics['loss']:.4f}"
                   + (f"  accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""), flush=True)
-        report(engine, metrics, step, config.checkpoint_every and step % config.checkpoint_every == 0, rank)
+        if config.checkpoint_every and step % config.checkpoint_every == 0:
+            save_checkpoint(engine, metrics, step, rank)
     save_final(engine, model, config, rank)
 
 
@@ -219,14 +220,12 @@ def restore(engine: Any) -> int:
         return json.loads((Path(directory) / STATE_FILE).read_text())["step"]
 
 
-def report(engine: Any, metrics: dict[str, float], step: int, save: bool, rank: int) -> None:
-    """Report the step to Ray Train (every rank, every step); with `save`, together with a checkpoint that
-    every rank writes its part of (DeepSpeed shards; the trainer state from rank 0)."""
+def save_checkpoint(engine: Any, metrics: dict[str, float], step: int, rank: int) -> None:
+    """Report a checkpoint to Ray Train (every rank together; each writes its part: DeepSpeed shards, and the
+    trainer state from rank 0). Steps without a checkpoint are not reported: a report is a barrier with
+    Ray Train's controller, far slower than a small step, and metrics go to metrics.jsonl anyway."""
     import ray.train
 
-    if not save:
-        ray.train.report(metrics)
-        return
     with tempfile.TemporaryDirectory() as directory:
         engine.save(Path(directory) / "engine")
         if rank == 0:
