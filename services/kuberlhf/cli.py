@@ -1,4 +1,4 @@
-"""The `kuberlhf` command line: run, validate, demo-assets, spec-docs.
+"""The `kuberlhf` command line: run, validate, init, demo-assets, spec-docs.
 
 User mistakes (a bad field, a missing file, a reward function that fails) print one clear message and exit
 with code 1, without a traceback; bugs keep their traceback. Heavy imports (torch, Ray) happen only in the
@@ -10,8 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from kuberlhf.errors import UserError
+
+if TYPE_CHECKING:
+    from kuberlhf.spec import RLHFJob
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,11 +66,27 @@ def _build_parser() -> argparse.ArgumentParser:
         "demo-assets",
         help="build the tiny demo model and the addition task data",
         description="Build a tiny Llama with a locally made tokenizer, warm it up on the addition task, and "
-        "write DIR/model, DIR/train.jsonl and DIR/eval.jsonl. Does nothing if they already exist.",
+        "write DIR/model and the task's data: train.jsonl and eval.jsonl (prompts with answers), sft.jsonl, "
+        "pairs.jsonl and labels.jsonl (for the offline stages). Does nothing if they already exist.",
     )
     demo.add_argument("dir", help="output directory")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=_demo_assets)
+    init = commands.add_parser(
+        "init",
+        help="write a starter RLHFJob for your data",
+        description="Look at the data file (and the reward, if any), pick the method that fits it, say why, "
+        "and write a starter RLHFJob: preference pairs -> dpo, good/bad labels -> kto, demonstrations -> sft, "
+        "prompts with a reward function -> grpo, prompts with a reward model -> ppo.",
+    )
+    init.add_argument("--data", required=True, help="training data: .jsonl, .json, .parquet or a saved dataset")
+    init.add_argument("--reward", help="for prompt-only data: package.module:function or a reward model directory")
+    init.add_argument("--model", default=None, help="the model to train (default: Qwen/Qwen2.5-0.5B-Instruct)")
+    init.add_argument("--gpus", type=int, default=0, help="GPUs for the policy (0: CPU)")
+    init.add_argument("--name", help="metadata.name (default: from the algorithm and the data file)")
+    init.add_argument("--out", default="rlhfjob.yaml", help="where to write the job (default rlhfjob.yaml; an "
+                      "existing file is never overwritten)")
+    init.set_defaults(handler=_init)
     docs = commands.add_parser(
         "spec-docs",
         help="print the RLHFJob field reference (Markdown)",
@@ -106,15 +126,47 @@ def _validate(args: argparse.Namespace) -> int:
         try:
             job = load_job(path, args.overrides)
             if not args.schema_only:
-                from kuberlhf.preflight import check_local_inputs
+                from kuberlhf.preflight import check_inputs
 
-                check_local_inputs(job)
+                check_inputs(job)
         except UserError as err:
             failed += 1
             print(f"error: {err}", file=sys.stderr)
             continue
-        print(f"{path}: ok ({job.spec.algorithm}, {job.spec.training.steps} steps)")
+        print(f"{path}: ok ({describe(job)})")
     return 1 if failed else 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from kuberlhf.init_job import DEFAULT_MODEL, recommend
+    from kuberlhf.jobfile import validate_job
+
+    out = Path(args.out)
+    if out.exists():
+        raise UserError(f"{out} exists; choose another --out (nothing was overwritten)")
+    if args.gpus < 0:
+        raise UserError(f"--gpus: must be >= 0, got {args.gpus}")
+    advice = recommend(args.data, args.reward, args.model or DEFAULT_MODEL, args.gpus, args.name)
+    validate_job(advice.job, source=str(out))  # what init writes is always a valid job
+    out.write_text(yaml.safe_dump(advice.job, sort_keys=False))
+    print(f"algorithm: {advice.algorithm}")
+    for reason in advice.reasons:
+        print(f"  - {reason}")
+    print(f"wrote {out}; check it with: kuberlhf validate {out}")
+    return 0
+
+
+def describe(job: RLHFJob) -> str:
+    spec = job.spec
+    if spec.stages:
+        return "stages " + " -> ".join(f"{stage.name} ({stage.algorithm})" for stage in spec.stages) + \
+            "; later stages are checked when they start (their models come from earlier stages)"
+    length = f"{spec.training.epochs} epoch(s)" if spec.is_offline else f"{spec.training.steps} steps"
+    return f"{spec.algorithm}, {length}"
 
 
 def _demo_assets(args: argparse.Namespace) -> int:

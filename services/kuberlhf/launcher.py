@@ -20,6 +20,8 @@ from kuberlhf.trainers.checkpoint import find_resume_point
 
 def run_job(job: RLHFJob, dashboard: bool = True) -> dict[str, Any]:
     quiet_libraries()
+    if job.spec.stages is not None:
+        return run_stages(job, dashboard)
     if job.spec.is_offline:
         return run_offline_job(job, dashboard)
     inputs = check_local_inputs(job)
@@ -50,6 +52,31 @@ def run_job(job: RLHFJob, dashboard: bool = True) -> dict[str, Any]:
     summary = build_summary(job, result, time.perf_counter() - started)
     Path(job.output_dir, "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary, display.console)
+    return summary
+
+
+def run_stages(job: RLHFJob, dashboard: bool) -> dict[str, Any]:
+    """A chained job: its stages one after the other; a stage whose `final/` exists is done and skipped, so
+    running the job again continues where it stopped."""
+    from rich.console import Console
+
+    from kuberlhf.stages import stage_jobs
+
+    console = Console(stderr=True)
+    summaries = []
+    for stage, stage_job in zip(job.spec.stages or [], stage_jobs(job)):
+        final = Path(stage_job.output_dir) / "final"
+        if final.exists():
+            console.print(f"stage {stage.name} ({stage.algorithm}): done earlier, {final}")
+            summaries.append({"stage": stage.name, "algorithm": stage.algorithm, "status": "skipped",
+                              "final_model": str(final)})
+            continue
+        console.print(f"stage {stage.name} ({stage.algorithm})")
+        summaries.append({"stage": stage.name, **run_job(stage_job, dashboard)})
+    summary = {"job": job.metadata.name, "status": "succeeded", "stages": summaries,
+               "final_model": summaries[-1]["final_model"]}
+    Path(job.output_dir).mkdir(parents=True, exist_ok=True)
+    Path(job.output_dir, "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

@@ -30,6 +30,16 @@ class ResolvedInputs:
     rollout_engine: str  # "vllm" or "hf"
 
 
+def check_inputs(job: RLHFJob) -> ResolvedInputs | OfflineInputs:
+    """The checks of the job's kind; for a chained job, of its first stage (later stages train models that
+    earlier ones produce, so they are checked when they start)."""
+    if job.spec.stages is not None:
+        from kuberlhf.stages import stage_jobs
+
+        return check_inputs(stage_jobs(job)[0])
+    return check_offline_inputs(job) if job.spec.is_offline else check_local_inputs(job)
+
+
 @dataclass
 class OfflineInputs:
     """What a checked offline stage will use."""

@@ -295,10 +295,50 @@ class OutputSpec(SpecModel):
     directory), `metrics.jsonl` and `summary.json`."""
 
 
+class StageSpec(SpecModel):
+    """One stage of a chained job. A section given here replaces the job's section of that name for this
+    stage (sections are not merged field by field). Unless a stage sets them itself, a later stage trains
+    the policy an earlier one produced (and takes it as its reference), and uses the newest `rm` stage's
+    model as its reward model and its critic's starting point."""
+
+    name: str = Field(min_length=1, max_length=20)
+    """Stage name: lowercase letters, digits and '-'; its output goes to `<output.dir>/<name>/`."""
+    algorithm: Algorithm
+    """The stage's algorithm (see `spec.algorithm`)."""
+    policy: PolicySpec | None = None
+    """The model this stage trains (default: the previous policy-training stage's output)."""
+    reference: ReferenceSpec | None = None
+    """The reference model (default: this stage's starting policy)."""
+    reward: RewardSpec | None = None
+    """Rewards of an online stage (default: the newest rm stage's model, else the job's reward)."""
+    critic: CriticSpec | None = None
+    """The value model of a ppo stage."""
+    data: DataSpec | None = None
+    """The stage's data (default: the job's)."""
+    rollout: RolloutSpec | None = None
+    """Sampling settings of an online stage."""
+    training: TrainingSpec | None = None
+    """Optimisation settings (default: the job's)."""
+    resources: ResourcesSpec | None = None
+    """Workers and placement (default: the job's)."""
+    sft: SFTSpec | None = None
+    """sft settings."""
+    dpo: DPOSpec | None = None
+    """dpo settings."""
+    kto: KTOSpec | None = None
+    """kto settings."""
+
+    @model_validator(mode="after")
+    def _name_is_dns_label(self) -> StageSpec:
+        if not _DNS_LABEL.match(self.name):
+            raise ValueError(f"name: must be lowercase letters, digits and '-', got {self.name!r}")
+        return self
+
+
 class RLHFJobSpec(SpecModel):
     """What to train, on what data, with which algorithm and resources."""
 
-    algorithm: Algorithm
+    algorithm: Algorithm | None = None
     """Online (samples its own completions): `ppo` (clipped policy loss, GAE with a critic, KL reward
     penalty), `grpo` (group-normalised rewards, KL loss term), `rloo` (leave-one-out baseline),
     `reinforce_pp` (batch-normalised returns). Offline (learns from a dataset): `sft` (demonstrations),
@@ -312,8 +352,8 @@ class RLHFJobSpec(SpecModel):
     """Where rewards come from (online algorithms)."""
     critic: CriticSpec | None = None
     """The value model (PPO only; created with defaults when omitted)."""
-    data: DataSpec
-    """Prompt datasets."""
+    data: DataSpec | None = None
+    """Training data (required unless every stage sets its own)."""
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     """Sampling settings (online algorithms)."""
     sft: SFTSpec | None = None
@@ -330,9 +370,21 @@ class RLHFJobSpec(SpecModel):
     """Periodic checkpoints."""
     output: OutputSpec = Field(default_factory=OutputSpec)
     """Where the final model and metrics go."""
+    stages: list[StageSpec] | None = Field(default=None, min_length=1)
+    """Stages run one after the other in one job, e.g. sft -> rm -> ppo; then `algorithm` is not set and
+    the job's other sections are every stage's defaults."""
 
     @model_validator(mode="after")
     def _consistent(self) -> RLHFJobSpec:
+        if self.stages is not None:
+            from kuberlhf.stages import check_stages
+
+            check_stages(self)
+            return self
+        if self.algorithm is None:
+            raise ValueError("algorithm: required field is missing (or give stages)")
+        if self.data is None:
+            raise ValueError("data: required field is missing")
         for name in ("sft", "dpo", "kto"):  # each algorithm's own settings block, defaults when omitted
             if self.algorithm == name and getattr(self, name) is None:
                 setattr(self, name, {"sft": SFTSpec, "dpo": DPOSpec, "kto": KTOSpec}[name]())
@@ -376,6 +428,8 @@ class RLHFJobSpec(SpecModel):
             raise ValueError(f"reward: {kind} and uses no reward{hint}; remove it")
         if "rollout" in self.model_fields_set:
             raise ValueError(f"rollout: {kind}; it samples nothing, remove rollout")
+        if self.data.eval is not None:
+            raise ValueError(f"data.eval: {self.algorithm} does not evaluate on held-out data yet; remove it")
         online_only = {"prompts_per_step": "promptsPerStep", "epochs_per_step": "epochsPerStep",
                        "mini_batch_size": "miniBatchSize"}
         for name, alias in online_only.items():

@@ -27,13 +27,25 @@ def render_spec_markdown() -> str:
     return "\n".join(sections)
 
 
-def _sections(model: type[BaseModel], path: str) -> list[tuple[str, type[BaseModel]]]:
+def _sections(model: type[BaseModel], path: str, recurse: bool = True) -> list[tuple[str, type[BaseModel]]]:
     found = [(path or "(top level)", model)]
+    if not recurse:
+        return found
     for name, field in model.model_fields.items():
         child = _nested_model(field.annotation)
         if child is not None:
             found += _sections(child, f"{path}.{field.alias or name}".lstrip("."))
+        item = _list_item_model(field.annotation)
+        if item is not None:  # e.g. stages: its sections are the job's own, documented above
+            found += _sections(item, f"{path}.{field.alias or name}[]".lstrip("."), recurse=False)
     return found
+
+
+def _list_item_model(annotation: Any) -> type[BaseModel] | None:
+    for arg in typing.get_args(annotation) or (annotation,):
+        if typing.get_origin(arg) is list:
+            return _nested_model(typing.get_args(arg)[0])
+    return None
 
 
 def _render_section(path: str, model: type[BaseModel]) -> str:
@@ -61,6 +73,8 @@ def _type_name(annotation: Any) -> str:
         return " \\| ".join(_type_name(a) for a in rest) + " \\| null"
     if origin is dict:
         return "map of string"
+    if origin is list:
+        return "list of " + _type_name(args[0])
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "object"
     return {int: "integer", float: "number", str: "string", bool: "boolean"}.get(annotation, str(annotation))

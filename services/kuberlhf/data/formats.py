@@ -65,8 +65,7 @@ def load_dataset(path: str | Path, algorithm: str, convert: bool = False) -> Dat
 
     A KTO job given preference pairs is refused with a hint, or converted (each pair gives one desirable and
     one undesirable completion) when `convert` is set."""
-    records = read_records(path)
-    dataset = _detect(str(path), records)
+    dataset = detect_dataset(path)
     accepted = ALGORITHM_FORMATS[algorithm]
     if dataset.format == "preference" and algorithm == "kto" and convert:
         dataset = unpaired_from_pairs(dataset)
@@ -80,6 +79,11 @@ def load_dataset(path: str | Path, algorithm: str, convert: bool = False) -> Dat
         raise UserError(f"{path}: {algorithm} trains on {wanted} data, this file is "
                         f"{FORMAT_NAMES[dataset.format]}{hint}")
     return dataset
+
+
+def detect_dataset(path: str | Path) -> Dataset:
+    """Read a data file and detect its format (every row must be in the same one)."""
+    return _detect(str(path), read_records(path))
 
 
 def read_records(path: str | Path) -> list[tuple[str, Any]]:

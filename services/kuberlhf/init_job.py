@@ -1,0 +1,114 @@
+"""`kuberlhf init`: look at the user's data (and reward, if any) and write a starter RLHFJob with the method that
+fits, saying why and what the alternatives cost.
+
+The rule: preference pairs -> dpo; single good/bad labels -> kto; demonstrations -> sft; prompts with a
+checkable answer (a reward function) -> grpo; prompts with a reward model -> ppo.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kuberlhf.data.formats import FORMAT_NAMES, detect_dataset
+from kuberlhf.errors import UserError
+from kuberlhf.spec import API_VERSION, KIND
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+_FUNCTION = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass
+class Recommendation:
+    algorithm: str
+    reasons: list[str]  # why this method, and what the alternatives would cost
+    job: dict[str, Any]  # the RLHFJob, as YAML would hold it
+
+
+def recommend(data: str, reward: str | None = None, model: str = DEFAULT_MODEL, gpus: int = 0,
+              name: str | None = None) -> Recommendation:
+    dataset = detect_dataset(data)
+    found = f"{data}: {len(dataset)} rows of {FORMAT_NAMES[dataset.format]} data" + \
+        (" (conversations)" if dataset.conversational else "")
+    if dataset.format == "preference":
+        algorithm, reasons = "dpo", [
+            found + ".",
+            "DPO trains the policy on the pairs directly: one stage, no reward model, no sampling, so the least "
+            "compute and the fewest moving parts.",
+            "dpo.sftWeight adds an NLL term on the chosen answers, which keeps DPO from lowering their likelihood.",
+            "Alternative: train a reward model on the pairs (algorithm rm), then PPO or GRPO with it: more compute "
+            "and two stages, but the policy learns from its own samples and can go beyond the pairs.",
+        ]
+    elif dataset.format == "unpaired_preference":
+        both = _prompts_with_both_labels(dataset.rows)
+        algorithm, reasons = "kto", [
+            found + ".",
+            "KTO learns from single answers labelled good or bad: the cheapest preference data to collect, with "
+            "no pairs needed.",
+            "kto.desirableWeight / undesirableWeight rebalance the loss when one kind is much rarer.",
+        ]
+        if both:
+            reasons.append(f"{both} prompts have both a good and a bad answer: paired up, they could train DPO, "
+                           f"whose pairwise signal is finer-grained than single labels.")
+    elif dataset.format in ("prompt_completion", "language_modeling", "conversation"):
+        algorithm, reasons = "sft", [
+            found + ".",
+            "Demonstrations train with supervised fine-tuning: the model imitates the answers. It is usually the "
+            "first stage; preference data (DPO, KTO) or a reward (PPO, GRPO) can refine it afterwards.",
+        ]
+    else:
+        algorithm, reasons = _online(found, reward)
+    job = _job(algorithm, data, reward, model, gpus, name or f"{algorithm}-{Path(data).stem}".lower())
+    return Recommendation(algorithm, reasons, job)
+
+
+def _online(found: str, reward: str | None) -> tuple[str, list[str]]:
+    if reward is None:
+        raise UserError(f"{found}: prompts alone need a reward to learn from; pass --reward package.module:function "
+                        f"(a checkable answer) or --reward MODEL_DIR (a reward model)")
+    if _FUNCTION.match(reward):
+        return "grpo", [
+            found + f", scored by the function {reward}.",
+            "GRPO compares several samples of each prompt against each other: no critic model to train, which "
+            "suits verifiable rewards (a right or wrong answer).",
+            "Alternative: PPO with a critic gives per-token credit assignment, at the cost of a second trained model.",
+        ]
+    return "ppo", [
+        found + f", scored by the reward model {reward}.",
+        "PPO with a critic (started from the reward model) is the full RLHF recipe for a learned reward: per-token "
+        "advantages and a KL penalty that keeps the policy near the reference.",
+        "Alternative: GRPO needs no critic (less memory), but a learned reward's noise is then the only baseline.",
+    ]
+
+
+def _job(algorithm: str, data: str, reward: str | None, model: str, gpus: int, name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {"algorithm": algorithm, "policy": {"model": model}, "data": {"train": data}}
+    if algorithm in ("grpo", "ppo"):
+        key = "function" if _FUNCTION.match(reward or "") else "model"
+        spec["reward"] = {key: reward}
+        spec["rollout"] = {"samplesPerPrompt": 8 if algorithm == "grpo" else 4, "maxNewTokens": 256}
+        spec["training"] = {"steps": 200, "promptsPerStep": 16, "learningRate": 1.0e-6}
+    else:
+        spec["training"] = {"epochs": 1, "batchSize": 32,
+                            "learningRate": 2.0e-5 if algorithm == "sft" else 5.0e-7}
+    if gpus:
+        spec["training"]["bf16"] = True
+        spec["resources"] = {"policy": {"workers": gpus, "gpus": 1}}
+        if gpus > 1:
+            spec["training"]["zeroStage"] = 2
+    spec["checkpoint"] = {"everySteps": 50}
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": _dns_label(name)}, "spec": spec}
+
+
+def _prompts_with_both_labels(rows: list[dict[str, Any]]) -> int:
+    labels: dict[str, set[bool]] = {}
+    for row in rows:
+        labels.setdefault(str(row["prompt"]), set()).add(bool(row["label"]))
+    return sum(1 for seen in labels.values() if len(seen) == 2)
+
+
+def _dns_label(text: str) -> str:
+    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:50].strip("-")
+    return label or "rlhf-job"

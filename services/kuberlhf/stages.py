@@ -1,0 +1,83 @@
+"""Chained jobs (`spec.stages`, e.g. sft -> rm -> ppo): every stage becomes a single-stage job of its own,
+with the outputs of earlier stages wired into later ones.
+
+Wiring, unless a stage sets the section itself: a stage trains the newest policy an earlier stage produced
+(every algorithm but rm produces one; the reference defaults to that starting policy), an rm stage starts its
+reward model from that policy too, and online stages score with the newest rm stage's model (which a ppo
+critic then starts from). A stage inherits the job's sections, except those its algorithm does not use
+(reward, rollout and critic for offline stages; the other algorithms' settings blocks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from kuberlhf.spec import ONLINE_ALGORITHMS, RLHFJob, RLHFJobSpec
+from kuberlhf.spec_offline import OFFLINE_ALGORITHMS
+
+SETTINGS_BLOCKS = ("sft", "dpo", "kto")
+
+
+def stage_documents(spec: RLHFJobSpec, output_dir: str) -> list[tuple[str, dict[str, Any]]]:
+    """(name, spec as YAML would hold it) of each stage, outputs under `output_dir/<stage name>/`."""
+    assert spec.stages is not None
+    job_sections = spec.model_dump(by_alias=True, exclude_unset=True, exclude={"stages", "algorithm"})
+    policy = spec.policy.model
+    reward_model: str | None = None
+    documents = []
+    for stage in spec.stages:
+        raw = {key: value for key, value in job_sections.items() if _applies(key, stage.algorithm)}
+        raw.update(stage.model_dump(by_alias=True, exclude_unset=True, exclude={"name"}))
+        if stage.policy is None:
+            raw["policy"] = {"model": policy}
+        if stage.algorithm in ONLINE_ALGORITHMS and stage.reward is None and reward_model is not None:
+            raw["reward"] = {"model": reward_model}
+        raw["output"] = {"dir": f"{output_dir}/{stage.name}"}
+        if spec.checkpoint.dir:
+            raw["checkpoint"] = {**raw.get("checkpoint", {}), "dir": f"{spec.checkpoint.dir}/{stage.name}"}
+        final = f"{output_dir}/{stage.name}/final"
+        if stage.algorithm == "rm":
+            reward_model = final
+        else:
+            policy = final
+        documents.append((stage.name, raw))
+    return documents
+
+
+def check_stages(spec: RLHFJobSpec) -> None:
+    """Every stage must be a valid job on its own; raises ValueError naming `stages.<i>.<field>`."""
+    from kuberlhf.jobfile import format_error
+
+    if spec.algorithm is not None:
+        raise ValueError("algorithm: with stages, each stage names its own algorithm; remove spec.algorithm")
+    names = [stage.name for stage in spec.stages or []]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"stages: stage names must differ, {', '.join(duplicates)} repeats")
+    for index, (_, raw) in enumerate(stage_documents(spec, "{output}")):
+        try:
+            RLHFJobSpec.model_validate(raw)
+        except ValidationError as err:
+            raise ValueError(f"stages.{index}.{format_error(err.errors()[0])}") from None
+
+
+def stage_jobs(job: RLHFJob) -> list[RLHFJob]:
+    """The stages of a chained job as runnable single-stage jobs (same metadata)."""
+    output = str(Path(job.output_dir))
+    return [RLHFJob.model_validate({"apiVersion": job.api_version, "kind": job.kind,
+                                    "metadata": job.metadata.model_dump(by_alias=True), "spec": raw})
+            for _, raw in stage_documents(job.spec, output)]
+
+
+def _applies(section: str, algorithm: str) -> bool:
+    """Whether a job-level section carries over to a stage of this algorithm."""
+    if section in SETTINGS_BLOCKS:
+        return section == algorithm
+    if section in ("reward", "rollout"):
+        return algorithm not in OFFLINE_ALGORITHMS
+    if section == "critic":
+        return algorithm == "ppo"
+    return section != "output"

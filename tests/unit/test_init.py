@@ -1,0 +1,77 @@
+"""`kuberlhf init`: the method follows the data (and reward), the reasons say why, and the job it writes is valid."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from kuberlhf.cli import main
+from kuberlhf.errors import UserError
+from kuberlhf.init_job import recommend
+from kuberlhf.jobfile import validate_job
+
+
+def data_file(tmp_path, rows, name="data.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+PAIRS = [{"prompt": "1+1=", "chosen": "2", "rejected": "3"}]
+LABELS = [{"prompt": "1+1=", "completion": "2", "label": True}, {"prompt": "1+1=", "completion": "5", "label": False},
+          {"prompt": "2+2=", "completion": "4", "label": True}]
+
+
+def test_preference_pairs_get_dpo_and_the_reward_model_alternative(tmp_path):
+    advice = recommend(data_file(tmp_path, PAIRS))
+    assert advice.algorithm == "dpo"
+    assert any("no reward model" in r for r in advice.reasons) and any("algorithm rm" in r for r in advice.reasons)
+    assert validate_job(advice.job).spec.algorithm == "dpo"
+
+
+def test_labels_get_kto_and_a_note_on_prompts_that_could_be_paired(tmp_path):
+    advice = recommend(data_file(tmp_path, LABELS))
+    assert advice.algorithm == "kto"
+    assert any(r.startswith("1 prompts have both") for r in advice.reasons)
+    validate_job(advice.job)
+
+
+def test_demonstrations_get_sft(tmp_path):
+    advice = recommend(data_file(tmp_path, [{"prompt": "1+1=", "completion": "2"}]))
+    assert advice.algorithm == "sft" and advice.job["spec"]["training"]["learningRate"] == 2.0e-5
+    validate_job(advice.job)
+
+
+def test_prompts_with_a_reward_function_get_grpo_and_with_a_reward_model_ppo(tmp_path):
+    prompts = data_file(tmp_path, [{"prompt": "1+1=", "answer": "2"}])
+    grpo = recommend(prompts, reward="kuberlhf.tasks.addition:exact_match_reward")
+    assert grpo.algorithm == "grpo" and grpo.job["spec"]["reward"] == {"function": "kuberlhf.tasks.addition:exact_match_reward"}
+    ppo = recommend(prompts, reward="models/reward")
+    assert ppo.algorithm == "ppo" and ppo.job["spec"]["reward"] == {"model": "models/reward"}
+    validate_job(grpo.job)
+    validate_job(ppo.job)
+
+
+def test_prompts_without_a_reward_are_refused_with_what_to_pass(tmp_path):
+    with pytest.raises(UserError, match="pass --reward package.module:function"):
+        recommend(data_file(tmp_path, [{"prompt": "1+1="}]))
+
+
+def test_gpus_shard_the_policy_in_bf16(tmp_path):
+    job = recommend(data_file(tmp_path, PAIRS), gpus=2).job
+    assert job["spec"]["resources"] == {"policy": {"workers": 2, "gpus": 1}}
+    assert job["spec"]["training"]["zeroStage"] == 2 and job["spec"]["training"]["bf16"] is True
+    validate_job(job)
+
+
+def test_cli_writes_the_job_and_never_overwrites(tmp_path, capsys):
+    data = data_file(tmp_path, PAIRS, name="My Pairs.jsonl")
+    out = tmp_path / "job.yaml"
+    assert main(["init", "--data", data, "--out", str(out)]) == 0
+    written = yaml.safe_load(out.read_text())
+    assert written["spec"]["algorithm"] == "dpo" and written["metadata"]["name"] == "dpo-my-pairs"
+    assert "algorithm: dpo" in capsys.readouterr().out
+    assert main(["init", "--data", data, "--out", str(out)]) == 1
+    assert "exists" in capsys.readouterr().err
