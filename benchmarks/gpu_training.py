@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench_env import git_info, machine_info
+from bench_env import git_info, machine_info, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "services"))  # the lent machine runs from the working tree, not an install
@@ -166,18 +166,26 @@ def run_update(config: dict[str, Any]) -> dict[str, Any]:
         if step >= config["warmup"]:
             times.append(time.perf_counter() - started)
     profile = top_kernels(lambda: worker.update(experience, update)) if config.get("profile") else None
-    logprob_times = []
-    for step in range(3):
-        started = time.perf_counter()
-        for start in range(0, config["batch"], micro):
-            worker.compute_logprobs(experience.rollout.select(list(range(start, start + micro))), 1.0)
-        torch.cuda.synchronize()
-        logprob_times.append(time.perf_counter() - started)
+    logprob_seconds = time_logprobs(worker, experience, micro)
     return {"update_s": statistics.median(times), "update_times_s": times, "grad_norm": metrics["policy/grad_norm"],
             "loss_finite": bool(torch.isfinite(torch.tensor(metrics["policy/loss"]))),
-            "policy_logprobs_s": statistics.median(logprob_times[1:]),
+            "policy_logprobs_s": logprob_seconds,
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
             "memory_report_mib": worker.memory_report(), "profile": profile}
+
+
+def time_logprobs(worker: Any, experience: Any, micro: int, repeats: int = 3) -> float:
+    """Median seconds of a no-grad log-prob pass over the batch, `micro` sequences at a time (first pass untimed)."""
+    import torch
+
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for start in range(0, len(experience), micro):
+            worker.compute_logprobs(experience.rollout.select(list(range(start, start + micro))), 1.0)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])
 
 
 def top_kernels(step: Any, count: int = 15) -> list[dict[str, Any]]:
@@ -206,13 +214,7 @@ def run_inference(config: dict[str, Any]) -> dict[str, Any]:
     reference = ReferenceWorker(config["model"], cpus=8, seed=0, bf16=True)
     experience = synthetic_experience(config["batch"], config["prompt_tokens"], config["response_tokens"],
                                       QWEN25_05B["vocab_size"])
-    micro, times = config["micro_batch"], []
-    for _ in range(3):
-        started = time.perf_counter()
-        for start in range(0, config["batch"], micro):
-            reference.compute_logprobs(experience.rollout.select(list(range(start, start + micro))), 1.0)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
+    reference_seconds = time_logprobs(reference, experience, config["micro_batch"])
     del reference
     torch.cuda.empty_cache()
 
@@ -228,7 +230,7 @@ def run_inference(config: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.synchronize()
         gen_times.append(time.perf_counter() - started)
         generated.append(int(batch.response_mask.sum()))
-    return {"reference_logprobs_s": statistics.median(times[1:]), "generate_s": statistics.median(gen_times),
+    return {"reference_logprobs_s": reference_seconds, "generate_s": statistics.median(gen_times),
             "generated_tokens": statistics.median(generated), "device_of_batch": str(batch.response_ids.device)}
 
 
@@ -340,12 +342,7 @@ def main(argv: list[str] | None = None) -> None:
                        "gen_batch": args.gen_batch, "gen_tokens": args.gen_tokens},
         "updates": updates, "inference": inference,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    table = summarize(results)
-    out.with_suffix(".md").write_text(table)
-    print(table)
+    write_results(args.out, results, summarize(results))
 
 
 if __name__ == "__main__":

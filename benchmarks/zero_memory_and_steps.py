@@ -29,6 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bench_env import write_results
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = (("zero0-1rank", 0, 1), ("zero1-2ranks", 1, 2), ("zero2-2ranks", 2, 2), ("zero3-2ranks", 3, 2))
 
@@ -139,12 +141,7 @@ def main() -> None:
         "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, load average {os.getloadavg()}",
         "runs": runs,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(results)
-    out.with_suffix(".md").write_text(table)
-    print(table)
+    write_results(args.out, results, markdown(results))
 
 
 if __name__ == "__main__":

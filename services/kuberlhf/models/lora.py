@@ -1,0 +1,83 @@
+"""LoRA / QLoRA for the policy (peft): wrap the model, export merged weights for the rollout engines, and save
+the final model merged or as an adapter.
+
+Only the adapters train (the optimizer sees only parameters that require gradients); the frozen base is the
+reference policy, so the reference role loads the base model as before. QLoRA quantizes the frozen base to
+4 bits with bitsandbytes, which needs a CUDA GPU: elsewhere it is refused with the field named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kuberlhf.errors import UserError
+
+
+def add_lora(model: nn.Module, spec: Any) -> nn.Module:
+    """`model` with LoRA adapters (`spec` is the job's `policy.lora`)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                        target_modules=spec.target_modules, task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:  # e.g. a target module name the model does not have
+        raise UserError(f"spec.policy.lora.targetModules: {err}") from None
+
+
+def quantization_config(spec: Any) -> Any:
+    """bitsandbytes 4-bit settings for QLoRA (`policy.lora.quantize: 4bit`), or None."""
+    if spec is None or spec.quantize is None:
+        return None
+    if not torch.cuda.is_available():
+        raise UserError("spec.policy.lora.quantize: 4-bit QLoRA needs a CUDA GPU (bitsandbytes); this worker has "
+                        "none. Use LoRA without quantize here")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError("spec.policy.lora.quantize: 4-bit QLoRA needs the bitsandbytes package") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def is_lora(model: nn.Module) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def merged_state_dict(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The base model's weights with the adapters folded in, under the base model's own names (what vLLM and
+    HF load): W + (alpha / r) B A per adapted layer. `weights` is the LoRA model's state dict."""
+    scaling = {name: layer.scaling["default"] for name, layer in model.named_modules() if _is_lora_layer(layer)}
+    merged = {}
+    for name, tensor in weights.items():
+        if ".lora_" in name:
+            continue
+        if name.endswith(".base_layer.weight"):
+            layer = name.removesuffix(".base_layer.weight")
+            a, b = weights[f"{layer}.lora_A.default.weight"], weights[f"{layer}.lora_B.default.weight"]
+            tensor = tensor + (b.float() @ a.float()).to(tensor.dtype) * scaling[layer]
+        merged[name.removeprefix("base_model.model.").replace(".base_layer.", ".")] = tensor
+    return merged
+
+
+def save_final(model: nn.Module, weights: dict[str, torch.Tensor], path: Path, merge: bool) -> None:
+    """Rank 0's final save of a LoRA policy: the merged model (a plain HF directory) or the adapter alone
+    (adapter_config.json + weights, loadable with peft on top of the base model)."""
+    if merge:
+        base = model.get_base_model()
+        base.save_pretrained(path, state_dict={k: v.cpu() for k, v in merged_state_dict(model, weights).items()},
+                             safe_serialization=True)
+    else:  # peft keeps the adapter's entries of the full state dict
+        model.save_pretrained(path, state_dict={k: v.cpu() for k, v in weights.items()}, safe_serialization=True)
+
+
+def _is_lora_layer(module: nn.Module) -> bool:
+    from peft.tuners.lora import LoraLayer
+
+    return isinstance(module, LoraLayer)

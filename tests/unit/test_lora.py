@@ -1,0 +1,56 @@
+"""LoRA: the merged weights the rollout engines and the final save get compute what the adapted model computes."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from kuberlhf.errors import UserError
+from kuberlhf.models.lora import add_lora, merged_state_dict, quantization_config, save_final
+from kuberlhf.models.tiny import build_char_tokenizer, build_tiny_llama
+
+LORA = SimpleNamespace(rank=4, alpha=8, dropout=0.0, target_modules="all-linear", quantize=None)
+
+
+def adapted_model() -> torch.nn.Module:
+    model = add_lora(build_tiny_llama(build_char_tokenizer("0123456789+="), max_position_embeddings=32), LORA)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # LoRA's B starts at zero; give the adapters something to merge
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return model.eval()
+
+
+def test_only_the_adapters_train():
+    trainable = [name for name, p in adapted_model().named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in name for name in trainable)
+
+
+def test_merged_weights_reproduce_the_adapted_model_under_the_base_models_names():
+    model = adapted_model()
+    merged = merged_state_dict(model, model.state_dict())
+    plain = build_tiny_llama(build_char_tokenizer("0123456789+="), max_position_embeddings=32).eval()
+    assert set(merged) == set(plain.state_dict())
+    plain.load_state_dict(merged)
+    ids = torch.tensor([[4, 5, 14, 6, 15]])
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, model(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_final_save_is_a_plain_model_when_merged_and_an_adapter_otherwise(tmp_path):
+    model = adapted_model()
+    save_final(model, model.state_dict(), tmp_path / "merged", merge=True)
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    save_final(model, model.state_dict(), tmp_path / "adapter", merge=False)
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_qlora_without_a_gpu_is_refused_naming_the_field():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(UserError, match="spec.policy.lora.quantize: 4-bit QLoRA needs a CUDA GPU"):
+        quantization_config(SimpleNamespace(quantize="4bit"))
