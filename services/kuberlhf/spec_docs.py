@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import types
 import typing
 from typing import Any
 
@@ -71,6 +72,8 @@ def _type_name(annotation: Any) -> str:
     if args and type(None) in args:
         rest = [a for a in args if a is not type(None)]
         return " \\| ".join(_type_name(a) for a in rest) + " \\| null"
+    if origin in (typing.Union, types.UnionType):
+        return " \\| ".join(_type_name(a) for a in args)
     if origin is dict:
         return "map of string"
     if origin is list:

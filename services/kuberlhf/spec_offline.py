@@ -1,4 +1,5 @@
-"""Spec sections of the offline stages (sft, rm, dpo, kto); `kuberlhf.spec` assembles them into the job.
+"""Spec sections of the offline stages (sft, rm, dpo, kto) and of LoRA; `kuberlhf.spec` assembles them into
+the job.
 
 Light like `spec.py`: pydantic and the standard library only (the operator imports it).
 """
@@ -45,3 +46,20 @@ class KTOSpec(SpecModel):
     """Loss weight of desirable completions (raise it when they are rarer than undesirable ones)."""
     undesirable_weight: float = Field(default=1.0, gt=0)
     """Loss weight of undesirable completions."""
+
+
+class LoRASpec(SpecModel):
+    """Low-rank adapters (LoRA, Hu et al. 2021) on the policy: only the adapters train and the frozen base is
+    the reference policy. The rollout engines get the merged weights after every update."""
+
+    rank: int = Field(default=16, ge=1)
+    """Rank r of each adapter."""
+    alpha: float = Field(default=32, gt=0)
+    """Scaling numerator: the update is (alpha / r) B A."""
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    """Dropout on the adapters' input. Off by default: in online training it makes the trainer's
+    probabilities differ from the sampler's."""
+    target_modules: str | list[str] = "all-linear"
+    """Module names to adapt (e.g. [q_proj, v_proj]), or `all-linear` for every linear layer but the LM head."""
+    quantize: Literal["4bit"] | None = None
+    """QLoRA: keep the frozen base in 4-bit NF4 (bitsandbytes; CUDA GPUs only)."""

@@ -122,3 +122,11 @@ def test_a_chained_job_runs_sft_then_rm_then_ppo_and_skips_finished_stages_when_
     assert (tmp_path / "rm" / "final" / "config.json").is_file()
     again = run_job(validate_job(raw), dashboard=False)
     assert [s["status"] for s in again["stages"]] == ["skipped"] * 3
+
+
+def test_dpo_with_lora_adapters_learns_and_saves_the_merged_model(assets, tmp_path, start_accuracy):
+    summary = run_offline(assets, tmp_path, "dpo", assets["pairs"], "spec.policy.lora.rank=8",
+                          "spec.training.learningRate=0.001")
+    final = heldout_sampled_accuracy(summary["final_model"], assets["eval"])  # a plain model directory
+    print(f"dpo, LoRA r=8: held-out sampled accuracy {start_accuracy:.3f} -> {final:.3f}")
+    assert final >= start_accuracy + 0.05

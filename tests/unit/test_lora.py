@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kuberlhf.errors import UserError
-from kuberlhf.models.lora import add_lora, merged_state_dict, quantization_config, save_final
+from kuberlhf.models.lora import add_lora, merged_state_dict, quantization_config, save_trained
 from kuberlhf.models.tiny import build_char_tokenizer, build_tiny_llama
 
 LORA = SimpleNamespace(rank=4, alpha=8, dropout=0.0, target_modules="all-linear", quantize=None)
@@ -43,9 +43,9 @@ def test_merged_weights_reproduce_the_adapted_model_under_the_base_models_names(
 
 def test_final_save_is_a_plain_model_when_merged_and_an_adapter_otherwise(tmp_path):
     model = adapted_model()
-    save_final(model, model.state_dict(), tmp_path / "merged", merge=True)
+    save_trained(model, model.state_dict(), tmp_path / "merged", merge_lora=True)
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
-    save_final(model, model.state_dict(), tmp_path / "adapter", merge=False)
+    save_trained(model, model.state_dict(), tmp_path / "adapter", merge_lora=False)
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["r"] == 4
 
 

@@ -27,12 +27,28 @@ def load_tokenizer(path: str, padding_side: str = "left") -> PreTrainedTokenizer
     return tokenizer
 
 
-def load_causal_lm(path: str, field: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """A causal LM for the policy, reference or rollout roles."""
+def load_causal_lm(path: str, field: str, dtype: torch.dtype = torch.float32,
+                   quantization: object | None = None) -> PreTrainedModel:
+    """A causal LM for the policy, reference or rollout roles (`quantization`: a bitsandbytes config, QLoRA)."""
     try:
+        if quantization is not None:
+            return AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, quantization_config=quantization,
+                                                        device_map={"": 0})
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as err:
         raise UserError(f"{field}: cannot load a causal language model from {path!r}: {err}") from None
+
+
+def load_policy(path: str, lora: object | None, device: torch.device) -> PreTrainedModel:
+    """The trained policy on its device: the full model, or with `lora` (the job's `policy.lora`) the base
+    (4-bit for QLoRA) with LoRA adapters."""
+    from kuberlhf.models.lora import add_lora, quantization_config
+
+    quantization = quantization_config(lora)
+    model = load_causal_lm(path, "spec.policy.model", quantization=quantization)
+    if quantization is None:
+        model = model.to(device)
+    return add_lora(model, lora) if lora is not None else model
 
 
 def load_reward_model(path: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:

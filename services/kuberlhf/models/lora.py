@@ -66,10 +66,13 @@ def merged_state_dict(model: nn.Module, weights: dict[str, torch.Tensor]) -> dic
     return merged
 
 
-def save_final(model: nn.Module, weights: dict[str, torch.Tensor], path: Path, merge: bool) -> None:
-    """Rank 0's final save of a LoRA policy: the merged model (a plain HF directory) or the adapter alone
-    (adapter_config.json + weights, loadable with peft on top of the base model)."""
-    if merge:
+def save_trained(model: nn.Module, weights: dict[str, torch.Tensor], path: Path, merge_lora: bool = True) -> None:
+    """A trained model's final save (rank 0; `weights` gathered on every rank): a plain HF directory, or for
+    a LoRA model the merged model (`merge_lora`) or the adapter alone (adapter_config.json + weights,
+    loadable with peft on top of the base model)."""
+    if not is_lora(model):
+        model.save_pretrained(path, state_dict={k: v.cpu() for k, v in weights.items()}, safe_serialization=True)
+    elif merge_lora:
         base = model.get_base_model()
         base.save_pretrained(path, state_dict={k: v.cpu() for k, v in merged_state_dict(model, weights).items()},
                              safe_serialization=True)

@@ -82,6 +82,7 @@ def offline_config(job: RLHFJob, inputs: OfflineInputs, examples: Examples, refe
         setup=training_setup(spec, t.learning_rate, "policy"), batch_size=t.batch_size, epochs=t.epochs,
         max_steps=t.steps if "steps" in t.model_fields_set else None, seed=t.seed, cpus=spec.resources.policy.cpus,
         checkpoint_every=spec.checkpoint.every_steps, pad_token_id=pad_token_id, examples=examples,
+        lora=spec.policy.lora, merge_lora=spec.output.merge_lora,
         reference=reference, **settings,
     )
 

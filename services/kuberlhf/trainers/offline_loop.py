@@ -49,6 +49,8 @@ class OfflineConfig:
     cpus: float
     checkpoint_every: int
     pad_token_id: int
+    lora: Any  # the job's policy.lora, or None
+    merge_lora: bool
     examples: Examples
     reference: dict[str, torch.Tensor]  # sequence log-prob sums: chosen/rejected (dpo), completion/kl (kto)
     beta: float = 0.1
@@ -76,7 +78,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     configure_process(config.cpus, config.seed + rank)
     device = worker_device()
-    model = load_trained_model(config).to(device)
+    model = load_trained_model(config, device)
     if config.setup.uses_deepspeed(world):
         from kuberlhf.engines.deepspeed_engine import join_existing_group
 
@@ -105,12 +107,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     save_final(engine, model, config, rank)
 
 
-def load_trained_model(config: OfflineConfig) -> torch.nn.Module:
-    from kuberlhf.models.loading import load_causal_lm, new_reward_model
+def load_trained_model(config: OfflineConfig, device: torch.device) -> torch.nn.Module:
+    from kuberlhf.models.loading import load_policy, new_reward_model
 
     if config.algorithm == "rm":
-        return new_reward_model(config.model_path, config.pad_token_id)
-    return load_causal_lm(config.model_path, "spec.policy.model")
+        return new_reward_model(config.model_path, config.pad_token_id).to(device)
+    return load_policy(config.model_path, config.lora, device)
 
 
 def train_step(engine: Any, config: OfflineConfig, indices: list[int], device: torch.device) -> dict[str, float]:
@@ -234,11 +236,12 @@ def save_checkpoint(engine: Any, metrics: dict[str, float], step: int, rank: int
 
 
 def save_final(engine: Any, model: torch.nn.Module, config: OfflineConfig, rank: int) -> None:
-    """Every rank gathers (ZeRO-3); rank 0 writes `final/`, a Hugging Face model directory."""
+    """Every rank gathers (ZeRO-3); rank 0 writes `final/`, a Hugging Face model directory (or a LoRA adapter)."""
     from kuberlhf.models.loading import load_tokenizer
+    from kuberlhf.models.lora import save_trained
 
     weights = engine.full_state_dict()
     if rank == 0:
         final = Path(config.output_dir) / "final"
-        model.save_pretrained(final, state_dict={k: v.cpu() for k, v in weights.items()}, safe_serialization=True)
+        save_trained(model, weights, final, config.merge_lora)
         load_tokenizer(config.model_path).save_pretrained(final)

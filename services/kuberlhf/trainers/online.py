@@ -137,7 +137,7 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
         weights_synced.get()  # surface a failed last sync
     if eval_data is not None:
         evals["eval/reward_mean_end"] = evaluate(workers, eval_data, sampling, t.seed)
-    final_model = save_final_model(workers, output_dir)
+    final_model = save_final_model(workers, output_dir, spec.output.merge_lora)
     return {"final_model": str(final_model), "metrics_file": str(metrics_file.path), "eval": evals,
             "train_seconds": time.perf_counter() - started, "first_step": first_step}
 
@@ -175,10 +175,10 @@ def restore_workers(workers: RoleWorkers, saved: Path) -> None:
     workers.rollout.call("load_weights", workers.policy.call("state_dict").refs[0]).get()
 
 
-def save_final_model(workers: RoleWorkers, output_dir: Path) -> Path:
+def save_final_model(workers: RoleWorkers, output_dir: Path, merge_lora: bool = True) -> Path:
     """Write output_dir/final atomically: a complete new model replaces the old one only once written."""
     final, partial = output_dir / "final", output_dir / ".final.partial"
-    workers.policy.call("save_pretrained", str(partial)).get()
+    workers.policy.call("save_pretrained", str(partial), merge_lora).get()
     if final.exists():
         previous = output_dir / ".final.previous"
         final.rename(previous)

@@ -60,6 +60,8 @@ def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
             extra = {"rank": rank} if cls is RolloutWorker else {}
             if cls in FROZEN_ROLES:  # trained roles get their precision from DeepSpeed (TrainingSetup.bf16)
                 extra["bf16"] = spec.training.bf16
+            if cls is PolicyWorker:
+                extra["lora"] = spec.policy.lora
             actors.append(remote.remote(*args, cpus=cpus, seed=seed + rank, **extra))
         return WorkerGroup(role, actors)
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from kuberlhf.algorithms import kl_loss, kl_penalty, masked_mean, ppo_policy_loss, truncated_importance_weights
 from kuberlhf.data.batch import Experience, RolloutBatch
 from kuberlhf.models.forward import response_logprobs
-from kuberlhf.models.loading import load_causal_lm, load_tokenizer
+from kuberlhf.models.loading import load_policy, load_tokenizer
+from kuberlhf.models.lora import is_lora, merged_state_dict, save_trained
 from kuberlhf.workers.common import (
     TrainedRole,
     accumulate_micro_batches,
@@ -37,12 +39,12 @@ class PolicyUpdateConfig:
 
 
 class PolicyWorker(TrainedRole):
-    def __init__(self, model_path: str, cpus: float, seed: int) -> None:
+    def __init__(self, model_path: str, cpus: float, seed: int, lora: object | None = None) -> None:
         configure_process(cpus, seed)
         self.seed = seed
         self.tokenizer = load_tokenizer(model_path)
         self.device = worker_device()
-        self.model = load_causal_lm(model_path, "spec.policy.model").to(self.device)
+        self.model = load_policy(model_path, lora, self.device)
         self.updates = 0  # the engine comes with setup_training, once the group's process group is up
 
     @torch.no_grad()
@@ -104,13 +106,17 @@ class PolicyWorker(TrainedRole):
         """Current weights on the CPU, for the rollout engines (rank 0; other ranks take part in the ZeRO-3
         gather and return nothing)."""
         weights = self.engine.full_state_dict()
-        return {name: tensor.cpu() for name, tensor in weights.items()} if self.rank == 0 else {}
+        if self.rank != 0:
+            return {}
+        if is_lora(self.model):  # the engines hold the plain model: fold the adapters in
+            weights = merged_state_dict(self.model, weights)
+        return {name: tensor.cpu() for name, tensor in weights.items()}
 
-    def save_pretrained(self, path: str) -> str:
+    def save_pretrained(self, path: str, merge_lora: bool = True) -> str:
         """Rank 0 writes a Hugging Face model directory (safetensors + tokenizer); every rank gathers."""
         weights = self.engine.full_state_dict()
         if self.rank == 0:
-            self.model.save_pretrained(path, state_dict=weights, safe_serialization=True)
+            save_trained(self.model, weights, Path(path), merge_lora)
             self.tokenizer.save_pretrained(path)
         return path
 

