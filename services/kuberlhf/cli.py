@@ -1,4 +1,4 @@
-"""The `kuberlhf` command line: run, validate, init, demo-assets, spec-docs.
+"""The `kuberlhf` command line: run, validate, init, serve-reward, demo-assets, spec-docs.
 
 User mistakes (a bad field, a missing file, a reward function that fails) print one clear message and exit
 with code 1, without a traceback; bugs keep their traceback. Heavy imports (torch, Ray) happen only in the
@@ -80,13 +80,30 @@ def _build_parser() -> argparse.ArgumentParser:
         "prompts with a reward function -> grpo, prompts with a reward model -> ppo.",
     )
     init.add_argument("--data", required=True, help="training data: .jsonl, .json, .parquet or a saved dataset")
-    init.add_argument("--reward", help="for prompt-only data: package.module:function or a reward model directory")
+    init.add_argument("--reward", help="for prompt-only data: package.module:function, a reward model directory "
+                      "or a reward service URL")
     init.add_argument("--model", default=None, help="the model to train (default: Qwen/Qwen2.5-0.5B-Instruct)")
     init.add_argument("--gpus", type=int, default=0, help="GPUs for the policy (0: CPU)")
     init.add_argument("--name", help="metadata.name (default: from the algorithm and the data file)")
     init.add_argument("--out", default="rlhfjob.yaml", help="where to write the job (default rlhfjob.yaml; an "
                       "existing file is never overwritten)")
     init.set_defaults(handler=_init)
+    serve_reward = commands.add_parser(
+        "serve-reward",
+        help="serve a reward model over HTTP (Ray Serve)",
+        description="Deploy a reward model (a one-output sequence classifier, e.g. an rm stage's output) with Ray "
+        "Serve on the cluster at $RAY_ADDRESS or an embedded local Ray, and keep it up until interrupted. "
+        "POST {\"prompts\": [...], \"completions\": [...]} to http://HOST:PORT/score for {\"rewards\": [...]}; "
+        "a job uses it with reward.url.",
+    )
+    serve_reward.add_argument("--model", required=True, help="reward model directory")
+    serve_reward.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve_reward.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    serve_reward.add_argument("--replicas", type=int, default=1, help="model replicas (default 1)")
+    serve_reward.add_argument("--batch-size", type=int, default=64, help="sequences per forward pass (default 64)")
+    serve_reward.add_argument("--cpus", type=float, default=1.0, help="CPUs per replica (default 1)")
+    serve_reward.add_argument("--gpus", type=float, default=0.0, help="GPUs per replica (default 0)")
+    serve_reward.set_defaults(handler=_serve_reward)
     docs = commands.add_parser(
         "spec-docs",
         help="print the RLHFJob field reference (Markdown)",
@@ -167,6 +184,18 @@ def describe(job: RLHFJob) -> str:
             "; later stages are checked when they start (their models come from earlier stages)"
     length = f"{spec.training.epochs} epoch(s)" if spec.is_offline else f"{spec.training.steps} steps"
     return f"{spec.algorithm}, {length}"
+
+
+def _serve_reward(args: argparse.Namespace) -> int:
+    from kuberlhf.preflight import resolve_model
+    from kuberlhf.serve.launch import run_reward_service
+
+    model = resolve_model(args.model, "--model")
+    for name in ("replicas", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
+    run_reward_service(model, args.host, args.port, args.replicas, args.batch_size, args.cpus, args.gpus)
+    return 0
 
 
 def _demo_assets(args: argparse.Namespace) -> int:

@@ -75,8 +75,9 @@ def _online(found: str, reward: str | None) -> tuple[str, list[str]]:
             "suits verifiable rewards (a right or wrong answer).",
             "Alternative: PPO with a critic gives per-token credit assignment, at the cost of a second trained model.",
         ]
+    source = "the reward service" if _is_url(reward) else "the reward model"
     return "ppo", [
-        found + f", scored by the reward model {reward}.",
+        found + f", scored by {source} {reward}.",
         "PPO with a critic (started from the reward model) is the full RLHF recipe for a learned reward: per-token "
         "advantages and a KL penalty that keeps the policy near the reference.",
         "Alternative: GRPO needs no critic (less memory), but a learned reward's noise is then the only baseline.",
@@ -86,7 +87,7 @@ def _online(found: str, reward: str | None) -> tuple[str, list[str]]:
 def _job(algorithm: str, data: str, reward: str | None, model: str, gpus: int, name: str) -> dict[str, Any]:
     spec: dict[str, Any] = {"algorithm": algorithm, "policy": {"model": model}, "data": {"train": data}}
     if algorithm in ("grpo", "ppo"):
-        key = "function" if _FUNCTION.match(reward or "") else "model"
+        key = "function" if _FUNCTION.match(reward or "") else "url" if _is_url(reward) else "model"
         spec["reward"] = {key: reward}
         spec["rollout"] = {"samplesPerPrompt": 8 if algorithm == "grpo" else 4, "maxNewTokens": 256}
         spec["training"] = {"steps": 200, "promptsPerStep": 16, "learningRate": 1.0e-6}
@@ -107,6 +108,10 @@ def _prompts_with_both_labels(rows: list[dict[str, Any]]) -> int:
     for row in rows:
         labels.setdefault(str(row["prompt"]), set()).add(bool(row["label"]))
     return sum(1 for seen in labels.values() if len(seen) == 2)
+
+
+def _is_url(reward: str | None) -> bool:
+    return bool(reward) and reward.startswith(("http://", "https://"))
 
 
 def _dns_label(text: str) -> str:

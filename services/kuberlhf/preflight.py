@@ -13,7 +13,7 @@ from pathlib import Path
 from kuberlhf.data.formats import Dataset, load_dataset
 from kuberlhf.data.prompts import PromptDataset, load_prompts
 from kuberlhf.errors import UserError
-from kuberlhf.reward_functions import import_reward_function
+from kuberlhf.reward_functions import RemoteReward, import_reward_function
 from kuberlhf.spec import RLHFJob
 
 
@@ -69,6 +69,8 @@ def check_local_inputs(job: RLHFJob) -> ResolvedInputs:
     reward_model = resolve_model(spec.reward.model, "spec.reward.model") if spec.reward.model else None
     if spec.reward.function:
         import_reward_function(spec.reward.function)
+    if spec.reward.url:
+        RemoteReward(spec.reward.url, timeout_s=30)([], [])  # reachable and speaking the protocol
     critic = None
     if spec.critic is not None:
         critic = resolve_model(spec.critic.model, "spec.critic.model") if spec.critic.model else (reward_model or policy)

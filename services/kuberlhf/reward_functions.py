@@ -1,4 +1,5 @@
-"""Import and call user reward functions: `fn(prompts, completions, **columns) -> list[float]`.
+"""Import and call user reward functions: `fn(prompts, completions, **columns) -> list[float]`; and
+`RemoteReward`, the same kind of function backed by a reward service (`reward.url`).
 
 A function that cannot be imported, raises, returns the wrong number of values, or returns NaN is reported
 as a UserError naming the function (and the row, where there is one).
@@ -7,9 +8,12 @@ as a UserError naming the function (and the row, where there is one).
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -61,3 +65,24 @@ def call_reward_function(
                 f"(prompt {prompts[row]!r}, completion {completions[row]!r})"
             )
     return values
+
+
+class RemoteReward:
+    """A reward function that asks a reward service: `fn(prompts, completions, **columns) -> list[float]`, so the
+    rollout workers call it like any reward function (and check what it returns the same way)."""
+
+    def __init__(self, url: str, timeout_s: float = 120.0) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+
+    def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
+        payload = json.dumps({"prompts": list(prompts), "completions": list(completions)}).encode()
+        request = urllib.request.Request(self.url, data=payload, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return json.loads(response.read())["rewards"]
+        except urllib.error.HTTPError as err:
+            detail = err.read().decode(errors="replace")[:500]
+            raise UserError(f"spec.reward.url: {self.url} answered HTTP {err.code}: {detail}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+            raise UserError(f"spec.reward.url: cannot reach {self.url}: {getattr(err, 'reason', err)}") from None

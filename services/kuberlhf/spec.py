@@ -79,7 +79,7 @@ class CriticSpec(SpecModel):
 
 
 class RewardSpec(SpecModel):
-    """Where rewards come from: exactly one of `model` or `function`."""
+    """Where rewards come from: exactly one of `model`, `function` or `url`."""
 
     model: str | None = None
     """A sequence-classification model directory (one logit: the reward) scoring prompt + completion."""
@@ -88,15 +88,20 @@ class RewardSpec(SpecModel):
     `fn(prompts: list[str], completions: list[str], **columns) -> list[float]`, where `columns` are the
     dataset's other fields for those rows (for example `answer`). Importable from the working directory
     or PYTHONPATH."""
+    url: str | None = None
+    """A reward service (`kuberlhf serve-reward`): POST {prompts, completions} -> {rewards}; the rollout
+    workers call it on the completions they sample."""
     batch_size: int = Field(default=64, ge=1)
     """Sequences per forward pass of the reward model."""
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> RewardSpec:
-        given = [name for name in ("model", "function") if getattr(self, name)]
+        given = [name for name in ("model", "function", "url") if getattr(self, name)]
         if len(given) != 1:
-            got = " and ".join(given) if given else "neither"
-            raise ValueError(f"set exactly one of model or function, got {got}")
+            got = " and ".join(given) if given else "none"
+            raise ValueError(f"set exactly one of model, function or url, got {got}")
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url: must start with http:// or https://, got {self.url!r}")
         if self.function and not _CALLABLE_PATH.match(self.function):
             raise ValueError(
                 f"function: must look like 'package.module:callable', got {self.function!r}"

@@ -50,8 +50,10 @@ def test_prompts_with_a_reward_function_get_grpo_and_with_a_reward_model_ppo(tmp
     assert grpo.algorithm == "grpo" and grpo.job["spec"]["reward"] == {"function": "kuberlhf.tasks.addition:exact_match_reward"}
     ppo = recommend(prompts, reward="models/reward")
     assert ppo.algorithm == "ppo" and ppo.job["spec"]["reward"] == {"model": "models/reward"}
-    validate_job(grpo.job)
-    validate_job(ppo.job)
+    service = recommend(prompts, reward="http://rewards:8000/score")
+    assert service.algorithm == "ppo" and service.job["spec"]["reward"] == {"url": "http://rewards:8000/score"}
+    for advice in (grpo, ppo, service):
+        validate_job(advice.job)
 
 
 def test_prompts_without_a_reward_are_refused_with_what_to_pass(tmp_path):

@@ -81,7 +81,7 @@ def test_missing_required_field():
 
 def test_reward_needs_exactly_one_source():
     raw = job_with(spec__reward__model="rm")
-    assert error_lines(raw) == ["spec.reward: set exactly one of model or function, got model and function"]
+    assert error_lines(raw) == ["spec.reward: set exactly one of model, function or url, got model and function"]
 
 
 def test_reward_function_must_be_module_colon_name():

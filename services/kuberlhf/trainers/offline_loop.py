@@ -28,6 +28,7 @@ from kuberlhf.algorithms.preference import (
 from kuberlhf.data.examples import Examples, make_batch
 from kuberlhf.engines.training import TrainingSetup, make_training_engine
 from kuberlhf.models.forward import response_logprobs
+from kuberlhf.models.reward import sequence_rewards
 from kuberlhf.telemetry.run_log import MetricsFile
 from kuberlhf.workers.common import configure_process, worker_device
 
@@ -189,16 +190,6 @@ def reference_of(sums: torch.Tensor, completions: list[list[int]], part: list[in
     """The precomputed reference log-probs of `part` (sums), or per-token means for IPO."""
     values = sums[part]
     return values / torch.tensor([max(1, len(c)) for c in completions], dtype=values.dtype) if average else values
-
-
-def sequence_rewards(model: Any, prompts: list[list[int]], completions: list[list[int]], pad_token_id: int,
-                     device: torch.device) -> torch.Tensor:
-    """The reward model's score of each prompt + completion (right-padded: the model reads the last token)."""
-    sequences = [p + c for p, c in zip(prompts, completions)]
-    width = max(len(s) for s in sequences)
-    input_ids = torch.tensor([s + [pad_token_id] * (width - len(s)) for s in sequences], device=device)
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device)
-    return model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float()
 
 
 def average_over_ranks(metrics: dict[str, float], world: int) -> dict[str, float]:

@@ -9,6 +9,7 @@ import torch
 
 from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.models.loading import load_reward_model, load_tokenizer
+from kuberlhf.models.reward import score_texts
 from kuberlhf.workers.common import configure_process, frozen_dtype, worker_device
 
 
@@ -20,12 +21,7 @@ class RewardWorker:
         self.model = load_reward_model(model_path, frozen_dtype(self.device, bf16)).to(self.device).eval()
         self.tokenizer = load_tokenizer(model_path, padding_side="right")
 
-    @torch.no_grad()
     def score(self, batch: RolloutBatch) -> torch.Tensor:
-        """One scalar reward per completion [B]: the model's logit on prompt + completion."""
-        texts = [p + c for p, c in zip(batch.prompts, batch.completions)]
-        scores = []
-        for start in range(0, len(texts), self.batch_size):
-            encoded = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True)
-            scores.append(self.model(**encoded.to(self.device)).logits[:, 0].float().cpu())
-        return torch.cat(scores)
+        """One scalar reward per completion [B]: the model's output on prompt + completion + EOS."""
+        return score_texts(self.model, self.tokenizer, batch.prompts, batch.completions, self.batch_size,
+                           self.device)

@@ -12,18 +12,19 @@ import torch
 from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.engines.generation import HFGenerationEngine, SamplingParams
 from kuberlhf.models.loading import load_causal_lm, load_tokenizer
-from kuberlhf.reward_functions import call_reward_function, import_reward_function
+from kuberlhf.reward_functions import RemoteReward, call_reward_function, import_reward_function
 from kuberlhf.workers.common import configure_process, frozen_dtype, worker_device
 
 
 class RolloutWorker:
     def __init__(self, model_path: str, reward_function: str | None, engine: str, max_model_len: int,
                  tensor_parallel_size: int, sleep_between_steps: bool, cpus: float, seed: int, rank: int = 0,
-                 bf16: bool = False) -> None:
+                 bf16: bool = False, reward_url: str | None = None) -> None:
         configure_process(cpus, seed)  # threads set before vLLM starts: its CPU worker ignores later changes
         self.rank = rank
-        self.reward_function_name = reward_function
-        self.reward_function = import_reward_function(reward_function) if reward_function else None
+        self.reward_function_name = reward_function or reward_url
+        self.reward_function = import_reward_function(reward_function) if reward_function else \
+            RemoteReward(reward_url) if reward_url else None
         tokenizer = load_tokenizer(model_path)
         if engine == "vllm":
             from kuberlhf.engines.vllm_engine import VLLMGenerationEngine
