@@ -6,7 +6,8 @@ class UserError(Exception):
 
 
 def user_error_in(error: BaseException) -> UserError | None:
-    """The UserError behind a Ray error (a task or actor constructor that raised one), if any."""
+    """The UserError behind a Ray error (a task or actor constructor that raised one, or a Ray Train worker),
+    if any."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
@@ -16,6 +17,10 @@ def user_error_in(error: BaseException) -> UserError | None:
             return UserError(str(cause.args[0]) if cause.args else str(cause))
         if type(current) is UserError:
             return current
+        for failure in (getattr(current, "worker_failures", None) or {}).values():  # Ray Train's WorkerGroupError
+            found = user_error_in(failure)
+            if found is not None:
+                return found
         current = cause if isinstance(cause, BaseException) else (
             getattr(current, "creation_task_error", None) or current.__cause__
         )

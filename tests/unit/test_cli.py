@@ -95,3 +95,14 @@ def test_help_describes_every_command(capsys):
             main([command, "--help"])
         assert exited.value.code == 0
         assert "usage: kuberlhf " + command in capsys.readouterr().out
+
+
+def test_a_user_error_inside_a_ray_train_worker_is_found_behind_the_training_failure():
+    from ray.train import WorkerGroupError
+
+    from kuberlhf.errors import UserError, user_error_in
+
+    failure = WorkerGroupError("rank 0 failed", {0: UserError("spec.policy.lora.quantize: needs a GPU")})
+    found = user_error_in(failure)
+    assert isinstance(found, UserError) and str(found) == "spec.policy.lora.quantize: needs a GPU"
+    assert user_error_in(WorkerGroupError("rank 0 failed", {0: RuntimeError("a bug")})) is None
