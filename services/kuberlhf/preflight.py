@@ -47,6 +47,7 @@ class OfflineInputs:
     policy_model: str
     reference_model: str | None  # dpo and kto only
     train: Dataset
+    eval: Dataset | None
 
 
 def check_offline_inputs(job: RLHFJob) -> OfflineInputs:
@@ -56,9 +57,12 @@ def check_offline_inputs(job: RLHFJob) -> OfflineInputs:
     reference = None
     if spec.algorithm in ("dpo", "kto"):
         reference = resolve_model(spec.reference.model, "spec.reference.model") if spec.reference.model else policy
-    if not Path(spec.data.train).exists():
-        raise UserError(f"spec.data.train: data file {spec.data.train!r} does not exist")
-    return OfflineInputs(policy, reference, load_dataset(spec.data.train, spec.algorithm, spec.data.convert))
+    datasets = []
+    for field, path in (("spec.data.train", spec.data.train), ("spec.data.eval", spec.data.eval)):
+        if path is not None and not Path(path).exists():
+            raise UserError(f"{field}: data file {path!r} does not exist")
+        datasets.append(load_dataset(path, spec.algorithm, spec.data.convert) if path is not None else None)
+    return OfflineInputs(policy, reference, *datasets)
 
 
 def check_local_inputs(job: RLHFJob) -> ResolvedInputs:

@@ -118,7 +118,8 @@ class DataSpec(SpecModel):
     `datasets` directory in a TRL format: prompt-completion / `text` / `messages` (sft), prompt + chosen +
     rejected (rm, dpo), prompt + completion + label (kto); see docs/data.md."""
     eval: str | None = None
-    """Held-out prompts in the same format, scored every `training.evalEverySteps` steps and at the end."""
+    """Held-out data in the same format, scored every `training.evalEverySteps` steps and at the end
+    (online: the reward of sampled completions; offline: the algorithm's loss and statistics, `eval/...`)."""
     prompt_field: str = "prompt"
     """Name of the prompt field in each row."""
     max_prompt_tokens: int = Field(default=512, ge=1)
@@ -382,8 +383,6 @@ class RLHFJobSpec(SpecModel):
             raise ValueError(f"reward: {kind} and uses no reward{hint}; remove it")
         if "rollout" in self.model_fields_set:
             raise ValueError(f"rollout: {kind}; it samples nothing, remove rollout")
-        if self.data.eval is not None:
-            raise ValueError(f"data.eval: {self.algorithm} does not evaluate on held-out data yet; remove it")
         online_only = {"prompts_per_step": "promptsPerStep", "epochs_per_step": "epochsPerStep",
                        "mini_batch_size": "miniBatchSize"}
         for name, alias in online_only.items():

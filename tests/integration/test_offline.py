@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kuberlhf.jobfile import load_job
-from kuberlhf.tasks.addition import read_jsonl
+from kuberlhf.tasks.addition import make_offline_rows, read_jsonl
 
 from .conftest import EXAMPLES, heldout_sampled_accuracy
 
@@ -35,11 +35,19 @@ def start_accuracy(assets) -> float:
     return heldout_sampled_accuracy(assets["model"], assets["eval"])
 
 
-def test_dpo_with_its_nll_term_raises_heldout_accuracy(assets, tmp_path, start_accuracy):
-    summary = run_offline(assets, tmp_path, "dpo", assets["pairs"])
+def test_dpo_with_its_nll_term_raises_heldout_accuracy_and_scores_heldout_pairs(assets, tmp_path, start_accuracy):
+    eval_pairs = tmp_path / "eval-pairs.jsonl"
+    eval_pairs.write_text("".join(json.dumps(r) + "\n" for r in make_offline_rows(read_jsonl(assets["eval"]), 1)["pairs"]))
+    summary = run_offline(assets, tmp_path / "out", "dpo", assets["pairs"], f"spec.data.eval={eval_pairs}",
+                          "spec.training.evalEverySteps=50")
     final = heldout_sampled_accuracy(summary["final_model"], assets["eval"])
-    print(f"dpo: held-out sampled accuracy {start_accuracy:.3f} -> {final:.3f}")
+    evaluated = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()
+                 if "eval/loss" in line]
+    print(f"dpo: held-out sampled accuracy {start_accuracy:.3f} -> {final:.3f}; held-out pair accuracy "
+          f"{summary['eval']['eval/accuracy']:.3f} (steps {[r['step'] for r in evaluated]})")
     assert final >= start_accuracy + 0.05
+    assert [r["step"] for r in evaluated] == [50, 100, 125]
+    assert summary["eval"]["eval/accuracy"] >= 0.7  # the implicit reward ranks held-out pairs
 
 
 def test_sft_raises_heldout_accuracy(assets, tmp_path, start_accuracy):

@@ -114,3 +114,12 @@ def test_kto_loss_weights_desirable_and_undesirable_completions():
 def test_kto_statistics_of_a_missing_kind_are_nan_not_an_error():
     _, stats = kto_loss(t(-1.0), t(-2.0), torch.tensor([True]), torch.tensor(0.0), beta=0.1)
     assert math.isnan(stats["undesirable_reward"].item())
+
+
+def test_weighted_means_of_statistics_leave_out_nan():
+    from kuberlhf.trainers.offline_loop import WeightedMeans
+
+    means = WeightedMeans()
+    means.add({"loss": 1.0, "undesirable_reward": float("nan")}, 0.25)
+    means.add({"loss": 2.0, "undesirable_reward": -1.0}, 0.75)
+    assert means.result() == {"loss": 1.75, "undesirable_reward": -1.0}

@@ -5,6 +5,7 @@ ZeRO as the spec says) with Ray Train's checkpoints and restore. The per-worker 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from kuberlhf.errors import UserError
 from kuberlhf.models.loading import load_tokenizer
 from kuberlhf.preflight import OfflineInputs
 from kuberlhf.spec import RLHFJob
-from kuberlhf.trainers.offline_loop import OfflineConfig, train_loop
+from kuberlhf.trainers.offline_loop import EVAL_FILE, OfflineConfig, Split, train_loop
 from kuberlhf.workers.launch import training_setup
 
 REFERENCE_BATCH = 16  # sequences per reference forward pass
@@ -36,8 +37,19 @@ def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any) -> dict[str, A
              f"tokens and were cut")
     for message in inputs.train.notes:
         note(message)
-    reference = score_with_reference(job, inputs.reference_model, examples) if inputs.reference_model else {}
-    config = offline_config(job, inputs, examples, reference, tokenizer.pad_token_id)
+    train = Split(examples, score_with_reference(job, inputs.reference_model, examples) if inputs.reference_model
+                  else {})
+    evaluation = None
+    if inputs.eval is not None:
+        eval_examples = tokenize_dataset(inputs.eval, tokenizer, spec.data.max_length, "spec.data.eval")
+        if spec.algorithm == "sft" and not spec.sft.completion_only:
+            eval_examples = whole_sequences(eval_examples)
+        if len(eval_examples) < spec.resources.policy.workers:
+            raise UserError(f"spec.data.eval: {len(eval_examples)} examples for {spec.resources.policy.workers} "
+                            f"workers; each worker scores at least one")
+        evaluation = Split(eval_examples, score_with_reference(job, inputs.reference_model, eval_examples)
+                           if inputs.reference_model else {})
+    config = offline_config(job, inputs, train, evaluation, tokenizer.pad_token_id)
     note(f"{spec.algorithm}: {len(examples)} examples, {config.steps_per_epoch} steps per epoch, "
          f"{config.total_steps} steps")
     role = spec.resources.policy
@@ -60,16 +72,18 @@ def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any) -> dict[str, A
         if cause is not None:
             raise cause from None
         raise
-    return {"final_model": str(Path(job.output_dir) / "final"), "metrics_file": str(Path(job.output_dir) /
-            "metrics.jsonl"), "eval": {}, "steps": config.total_steps}
+    output = Path(job.output_dir)
+    evaluated = json.loads((output / EVAL_FILE).read_text()) if evaluation is not None else {}
+    return {"final_model": str(output / "final"), "metrics_file": str(output / "metrics.jsonl"), "eval": evaluated,
+            "steps": config.total_steps}
 
 
-def offline_config(job: RLHFJob, inputs: OfflineInputs, examples: Examples, reference: dict[str, torch.Tensor],
+def offline_config(job: RLHFJob, inputs: OfflineInputs, train: Split, evaluation: Split | None,
                    pad_token_id: int) -> OfflineConfig:
     spec, t = job.spec, job.spec.training
-    if len(examples) < t.batch_size:
+    if len(train.examples) < t.batch_size:
         raise UserError(f"spec.training.batchSize: {t.batch_size} examples per step but {spec.data.train} has "
-                        f"only {len(examples)}")
+                        f"only {len(train.examples)}")
     settings: dict[str, Any] = {}
     if spec.dpo is not None:
         settings = dict(beta=spec.dpo.beta, loss_type=spec.dpo.loss_type, label_smoothing=spec.dpo.label_smoothing,
@@ -81,9 +95,8 @@ def offline_config(job: RLHFJob, inputs: OfflineInputs, examples: Examples, refe
         algorithm=spec.algorithm, model_path=inputs.policy_model, output_dir=str(Path(job.output_dir).resolve()),
         setup=training_setup(spec, t.learning_rate, "policy"), batch_size=t.batch_size, epochs=t.epochs,
         max_steps=t.steps if "steps" in t.model_fields_set else None, seed=t.seed, cpus=spec.resources.policy.cpus,
-        checkpoint_every=spec.checkpoint.every_steps, pad_token_id=pad_token_id, examples=examples,
-        lora=spec.policy.lora, merge_lora=spec.output.merge_lora,
-        reference=reference, **settings,
+        checkpoint_every=spec.checkpoint.every_steps, pad_token_id=pad_token_id, train=train, evaluation=evaluation,
+        eval_every=t.eval_every_steps, lora=spec.policy.lora, merge_lora=spec.output.merge_lora, **settings,
     )
 
 

@@ -9,6 +9,7 @@ were computed once before training (`Examples` + `ReferenceLogprobs`), never by 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,6 +34,16 @@ from kuberlhf.telemetry.run_log import MetricsFile
 from kuberlhf.workers.common import configure_process, worker_device
 
 STATE_FILE = "trainer_state.json"
+EVAL_FILE = "eval.json"  # the final evaluation, for the run summary
+
+
+@dataclass(frozen=True)
+class Split:
+    """A tokenized dataset and the reference model's sequence log-prob sums of its completions:
+    chosen / rejected (dpo), completion / kl (kto), none (sft, rm)."""
+
+    examples: Examples
+    reference: dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -52,8 +63,9 @@ class OfflineConfig:
     pad_token_id: int
     lora: Any  # the job's policy.lora, or None
     merge_lora: bool
-    examples: Examples
-    reference: dict[str, torch.Tensor]  # sequence log-prob sums: chosen/rejected (dpo), completion/kl (kto)
+    train: Split
+    evaluation: Split | None  # data.eval: scored every eval_every steps and at the end
+    eval_every: int
     beta: float = 0.1
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
@@ -63,7 +75,7 @@ class OfflineConfig:
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.examples) // self.batch_size
+        return len(self.train.examples) // self.batch_size
 
     @property
     def total_steps(self) -> int:
@@ -91,7 +103,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     while step < config.total_steps:
         started = time.perf_counter()
         epoch, index = divmod(step, config.steps_per_epoch)
-        order = torch.randperm(len(config.examples), generator=torch.Generator().manual_seed(config.seed + epoch))
+        order = torch.randperm(len(config.train.examples), generator=torch.Generator().manual_seed(config.seed + epoch))
         batch = order[index * config.batch_size : (index + 1) * config.batch_size].tolist()
         mine = batch[rank * share : (rank + 1) * share]
         model.train()
@@ -99,12 +111,18 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         step += 1
         metrics = {**average_over_ranks(metrics, world), "epoch": epoch + 1, "lr": engine.learning_rate,
                    "time/step": time.perf_counter() - started}
+        if config.evaluation is not None and (step == config.total_steps or
+                                              (config.eval_every and step % config.eval_every == 0)):
+            metrics.update(evaluate(engine, config, device, rank, world))
         if metrics_file is not None:
             metrics_file.write({"step": step, **metrics})
             print(f"step {step}/{config.total_steps}  loss {metrics['loss']:.4f}"
                   + (f"  accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""), flush=True)
         if config.checkpoint_every and step % config.checkpoint_every == 0:
             save_checkpoint(engine, metrics, step, rank)
+    if rank == 0 and config.evaluation is not None:
+        final_eval = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+        Path(config.output_dir, EVAL_FILE).write_text(json.dumps(final_eval, indent=2))
     save_final(engine, model, config, rank)
 
 
@@ -123,22 +141,40 @@ def train_step(engine: Any, config: OfflineConfig, indices: list[int], device: t
     parts = [indices[start : start + micro] for start in range(0, len(indices), micro)]
     weights = [len(part) / len(indices) for part in parts]
     if config.algorithm == "sft":
-        tokens = [sum(len(config.examples.completions[i]) for i in part) for part in parts]
+        tokens = [sum(len(config.train.examples.completions[i]) for i in part) for part in parts]
         weights = [count / sum(tokens) for count in tokens]
-    kl_baseline = kto_reference_point(engine, config, indices, device) if config.algorithm == "kto" else None
-    totals: dict[str, float] = {}
+    kl_baseline = kto_reference_point(engine, config, config.train, indices, device) if config.algorithm == "kto" \
+        else None
+    means = WeightedMeans()
     for part, weight in zip(parts, weights):
-        loss, stats = algorithm_loss(engine.forward_module, config, part, device, kl_baseline)
+        loss, stats = algorithm_loss(engine.forward_module, config, config.train, part, device, kl_baseline)
         engine.accumulate(loss * weight)
-        for key, value in {"loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}}.items():
-            totals[key] = totals.get(key, 0.0) + value * weight
-    totals["grad_norm"] = engine.step()
-    return totals
+        means.add({"loss": loss.detach(), **stats}, weight)
+    return {**means.result(), "grad_norm": engine.step()}
 
 
-def algorithm_loss(model: Any, config: OfflineConfig, part: list[int], device: torch.device,
+class WeightedMeans:
+    """Weighted means of micro-batch statistics; a NaN (a KTO micro-batch without one kind of completion)
+    is left out of its statistic instead of spoiling it."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, stats: dict[str, Any], weight: float) -> None:
+        for key, value in stats.items():
+            value = float(value)
+            if math.isfinite(value):
+                self.sums[key] = self.sums.get(key, 0.0) + value * weight
+                self.weights[key] = self.weights.get(key, 0.0) + weight
+
+    def result(self) -> dict[str, float]:
+        return {key: total / self.weights[key] for key, total in self.sums.items()}
+
+
+def algorithm_loss(model: Any, config: OfflineConfig, split: Split, part: list[int], device: torch.device,
                    kl_baseline: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    examples, reference = config.examples, config.reference
+    examples, reference = split.examples, split.reference
     prompts = [examples.prompts[i] for i in part]
     completions = [examples.completions[i] for i in part]
     if config.algorithm == "sft":
@@ -173,17 +209,37 @@ def algorithm_loss(model: Any, config: OfflineConfig, part: list[int], device: t
 
 
 @torch.no_grad()
-def kto_reference_point(engine: Any, config: OfflineConfig, indices: list[int], device: torch.device) -> torch.Tensor:
+def kto_reference_point(engine: Any, config: OfflineConfig, split: Split, indices: list[int],
+                        device: torch.device) -> torch.Tensor:
     """KTO's z0 over this step's whole batch (all ranks): the policy's log-ratio on mismatched completions."""
-    examples = config.examples
+    examples = split.examples
     prompts = [examples.prompts[i] for i in indices]
     batch = make_batch(prompts, [examples.kl_completions[i] for i in indices], config.pad_token_id).to(device)
     logprobs, _ = response_logprobs(engine.forward_module, batch, temperature=1.0)
-    ratio = sequence_logprobs(logprobs, batch.response_mask) - config.reference["kl"][indices].to(device)
+    ratio = sequence_logprobs(logprobs, batch.response_mask) - split.reference["kl"][indices].to(device)
     mean = torch.stack([ratio.sum(), torch.tensor(float(len(indices)), device=device)])
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(mean)
     return kto_kl_baseline(mean[0:1] / mean[1], torch.zeros(1, device=device))
+
+
+@torch.no_grad()
+def evaluate(engine: Any, config: OfflineConfig, device: torch.device, rank: int, world: int) -> dict[str, float]:
+    """The algorithm's loss and statistics on data.eval (`eval/...`): every rank scores an equal share (the
+    remainder of an uneven split is left out, so every rank runs the same forward passes, as ZeRO-3 needs)."""
+    split = config.evaluation
+    share = len(split.examples) // world
+    mine = list(range(rank * share, (rank + 1) * share))
+    engine.model.eval()
+    kl_baseline = kto_reference_point(engine, config, split, mine, device) if config.algorithm == "kto" else None
+    micro = config.setup.micro_batch_size
+    means = WeightedMeans()
+    for start in range(0, len(mine), micro):
+        part = mine[start : start + micro]
+        loss, stats = algorithm_loss(engine.forward_module, config, split, part, device, kl_baseline)
+        means.add({"loss": loss, **stats}, len(part))
+    engine.model.train()
+    return {f"eval/{key}": value for key, value in average_over_ranks(means.result(), world).items()}
 
 
 def reference_of(sums: torch.Tensor, completions: list[list[int]], part: list[int], average: bool) -> torch.Tensor:
