@@ -1,0 +1,227 @@
+#!/usr/bin/env python
+"""DPO with KubeRLHF vs TRL's ``DPOTrainer``: step time and held-out accuracy, side by side, same start.
+
+Both train the SFT-warmed tiny Llama of ``kuberlhf.tasks.addition`` for one epoch over the same 4000 preference
+pairs (``pairs.jsonl``: the right sum chosen, a wrong one 1-9 away rejected), batch 32 pairs, one optimizer
+step per batch, AdamW at a constant learning rate, the sigmoid DPO loss plus the NLL term on the chosen answers
+(ours: ``dpo.sftWeight``; TRL: ``loss_type=["sigmoid", "sft"]``, ``loss_weights=[1, sftWeight]``, the same token
+mean), reference log-probs computed once before training on both sides (ours: a reference actor; TRL:
+``precompute_ref_log_probs=True``). Completions end with EOS on both sides; one torch thread each (ours: one
+Ray Train worker with ``cpus: 1``; TRL: a fresh subprocess with ``torch.set_num_threads(1)``).
+
+Scored afterwards by this script, with the same functions for both final models and the start model:
+held-out sampled accuracy (``eval.jsonl``, temperature 1, 4 samples per prompt) and held-out pair accuracy
+(share of 256 held-out pairs whose implicit reward beta * (log pi - log pi_ref) ranks the right sum first).
+Step time: ours from ``metrics.jsonl`` (``time/step``: forward, backward and optimizer step inside the worker),
+TRL from ``on_step_begin`` -> ``on_step_end``; medians after the first 2 steps. Ratios < 1: ours is faster.
+
+Run: ``.venv/bin/python benchmarks/dpo_vs_trl.py`` (a few minutes on 2 CPU cores; keep the machine idle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bench_env import git_info, load_average, machine_info, write_results
+
+REPO = Path(__file__).resolve().parents[1]
+WARMUP_STEPS = 2
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=32, help="pairs per optimizer step (default 32)")
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--sft-weight", type=float, default=1.0, help="NLL term on chosen answers (default 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--assets", default=".cache/bench-assets")
+    parser.add_argument("--out", default="benchmarks/results/dpo_vs_trl.json")
+    parser.add_argument("--trl-worker", help=argparse.SUPPRESS)  # internal: run TRL in this process
+    return parser.parse_args(argv)
+
+
+def median_after_warmup(seconds: list[float]) -> float:
+    return statistics.median(seconds[WARMUP_STEPS:] if len(seconds) > WARMUP_STEPS else seconds)
+
+
+def run_ours(args: argparse.Namespace, assets: dict[str, str], out: Path) -> dict[str, Any]:
+    from kuberlhf.jobfile import validate_job
+    from kuberlhf.launcher import run_job
+
+    job = validate_job({
+        "apiVersion": "kuberlhf.io/v1alpha1", "kind": "RLHFJob", "metadata": {"name": "bench-dpo"},
+        "spec": {"algorithm": "dpo", "policy": {"model": assets["model"]},
+                 "data": {"train": assets["pairs"], "maxLength": 16},
+                 "dpo": {"beta": args.beta, "sftWeight": args.sft_weight},
+                 "training": {"epochs": 1, "batchSize": args.batch, "learningRate": args.learning_rate,
+                              "seed": args.seed},
+                 "resources": {"policy": {"cpus": 1}}, "output": {"dir": str(out)}},
+    })
+    started = time.perf_counter()
+    summary = run_job(job, dashboard=False)
+    records = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
+    steps = [r["time/step"] for r in records]
+    return {"name": "kuberlhf", "steps": len(steps), "median_step_s": median_after_warmup(steps),
+            "total_wall_s": round(time.perf_counter() - started, 1), "final_model": summary["final_model"]}
+
+
+def run_trl(args: argparse.Namespace, assets: dict[str, str], out: Path) -> dict[str, Any]:
+    config = out / "worker.json"
+    out.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps({**vars(args), "assets": assets, "run_dir": str(out)}))
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    started = time.perf_counter()
+    subprocess.run([sys.executable, __file__, "--trl-worker", str(config)], cwd=REPO, env=env, check=True)
+    result = json.loads((out / "result.json").read_text())
+    return {**result, "total_wall_s": round(time.perf_counter() - started, 1)}
+
+
+def trl_worker(config_path: str) -> None:
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    torch.set_num_threads(1)
+    cfg = json.loads(Path(config_path).read_text())
+    run_dir = Path(cfg["run_dir"])
+    rows = [json.loads(line) for line in Path(cfg["assets"]["pairs"]).read_text().splitlines()]
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+            self.started = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seconds.append(time.perf_counter() - self.started)
+
+    timer = StepTimer()
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(cfg["assets"]["model"], dtype=torch.float32),
+        args=DPOConfig(
+            output_dir=str(run_dir / "trainer"), per_device_train_batch_size=cfg["batch"], num_train_epochs=1,
+            learning_rate=cfg["learning_rate"], beta=cfg["beta"], loss_type=["sigmoid", "sft"],
+            loss_weights=[1.0, cfg["sft_weight"]], max_length=16, precompute_ref_log_probs=True,
+            lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
+            adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, use_cpu=True, bf16=False, fp16=False,
+            gradient_checkpointing=False, seed=cfg["seed"], logging_steps=1, report_to="none", save_strategy="no",
+            dataloader_num_workers=0, disable_tqdm=True,
+        ),
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=AutoTokenizer.from_pretrained(cfg["assets"]["model"]),
+        callbacks=[timer],
+    )
+    trainer.train()
+    trainer.save_model(str(run_dir / "final"))
+    trainer.processing_class.save_pretrained(str(run_dir / "final"))
+    (run_dir / "result.json").write_text(json.dumps({
+        "name": "trl", "steps": len(timer.seconds), "median_step_s": median_after_warmup(timer.seconds),
+        "torch_threads": torch.get_num_threads(), "final_model": str(run_dir / "final")}))
+
+
+def sequence_logprobs_of(model_dir: str, pairs: list[dict]) -> tuple[Any, Any]:
+    """Summed log-probs of each pair's chosen and rejected answer (+ EOS) under a model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from kuberlhf.algorithms.preference import sequence_logprobs
+    from kuberlhf.data.examples import make_batch
+    from kuberlhf.models.forward import response_logprobs
+    from kuberlhf.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    prompts = tokenizer([p["prompt"] for p in pairs]).input_ids
+    scores = []
+    for key in ("chosen", "rejected"):
+        answers = [ids + [tokenizer.eos_token_id] for ids in
+                   tokenizer([p[key] for p in pairs], add_special_tokens=False).input_ids]
+        batch = make_batch(prompts, answers, tokenizer.pad_token_id)
+        with torch.no_grad():
+            logprobs, _ = response_logprobs(model, batch, 1.0)
+        scores.append(sequence_logprobs(logprobs, batch.response_mask))
+    return scores[0], scores[1]
+
+
+def evaluate(models: dict[str, str], assets: dict[str, str], seed: int) -> dict[str, dict[str, float]]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kuberlhf.tasks.addition import make_offline_rows, read_jsonl, sampled_accuracy
+
+    eval_rows = read_jsonl(assets["eval"])
+    pairs = make_offline_rows(eval_rows, seed=1)["pairs"]
+    ref_chosen, ref_rejected = sequence_logprobs_of(models["start"], pairs)
+    scores = {}
+    for name, path in models.items():
+        chosen, rejected = sequence_logprobs_of(path, pairs)
+        pair_accuracy = float(((chosen - ref_chosen) > (rejected - ref_rejected)).float().mean())
+        model = AutoModelForCausalLM.from_pretrained(path)
+        sampled = sampled_accuracy(model, AutoTokenizer.from_pretrained(path), eval_rows, seed=seed)
+        scores[name] = {"sampled_accuracy": sampled, "pair_accuracy": pair_accuracy if name != "start" else None}
+    return scores
+
+
+def markdown(results: dict[str, Any]) -> str:
+    runs, scores = results["runs"], results["scores"]
+    lines = [
+        "# DPO: KubeRLHF vs TRL DPOTrainer", "",
+        f"Generated by `{results['command']}` at {results['timestamp']} (commit "
+        f"`{(results['git']['commit'] or 'unknown')[:12]}`). Machine: {results['machine']['nproc']} CPU cores, "
+        f"torch {results['machine']['torch']}, TRL {results['machine']['trl']}; load average before/after "
+        f"{results['load_average']['before']} / {results['load_average']['after']}.",
+        f"1 epoch of 4000 pairs, batch {results['config']['batch']}, lr {results['config']['learning_rate']:g}, "
+        f"beta {results['config']['beta']:g}, NLL weight {results['config']['sft_weight']:g}, one thread each.", "",
+        "| run | steps | median step (ms) | wall (s) | held-out sampled accuracy | held-out pair accuracy |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| start | | | | {scores['start']['sampled_accuracy']:.3f} | |",
+    ]
+    for name, run in runs.items():
+        lines.append(f"| {name} | {run['steps']} | {run['median_step_s'] * 1e3:.1f} | {run['total_wall_s']} | "
+                     f"{scores[name]['sampled_accuracy']:.3f} | {scores[name]['pair_accuracy']:.3f} |")
+    lines += ["", f"Median step time, KubeRLHF / TRL: **{results['step_ratio']:.2f}** (wall time includes start-up: "
+              "Ray and Ray Train for ours, model and dataset preparation for TRL).", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.trl_worker:
+        trl_worker(args.trl_worker)
+        return
+    os.chdir(REPO)
+    from kuberlhf.tasks.addition import build_demo_assets
+
+    before = load_average()
+    assets = build_demo_assets(args.assets, seed=args.seed)
+    work = Path(tempfile.mkdtemp(prefix="dpo_vs_trl-"))
+    runs = {"kuberlhf": run_ours(args, assets, work / "ours"), "trl": run_trl(args, assets, work / "trl")}
+    scores = evaluate({"start": assets["model"], **{n: r.pop("final_model") for n, r in runs.items()}}, assets,
+                      args.seed)
+    results = {
+        "benchmark": "dpo_vs_trl", "command": " ".join(["benchmarks/dpo_vs_trl.py", *sys.argv[1:]]),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git": git_info(),
+        "machine": machine_info(transformers=("transformers",), trl=("trl",), ray=("ray",)),
+        "load_average": {"before": before, "after": load_average()},
+        "config": {k: v for k, v in vars(args).items() if k != "trl_worker"},
+        "runs": runs, "scores": scores,
+        "step_ratio": runs["kuberlhf"]["median_step_s"] / runs["trl"]["median_step_s"],
+    }
+    write_results(args.out, results, markdown(results))
+
+
+if __name__ == "__main__":
+    main()
