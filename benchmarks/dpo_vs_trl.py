@@ -175,6 +175,15 @@ def evaluate(models: dict[str, str], assets: dict[str, str], seed: int) -> dict[
     return scores
 
 
+def weight_difference(first: str, second: str, start: str) -> dict[str, float]:
+    """Largest element-wise difference between two final models, and how far training moved the first."""
+    from safetensors.torch import load_file
+
+    a, b, s = (load_file(str(Path(path) / "model.safetensors")) for path in (first, second, start))
+    return {"max_abs_difference": max(float((a[k] - b[k]).abs().max()) for k in a),
+            "max_abs_change_from_start": max(float((a[k] - s[k]).abs().max()) for k in a)}
+
+
 def markdown(results: dict[str, Any]) -> str:
     runs, scores = results["runs"], results["scores"]
     lines = [
@@ -192,8 +201,12 @@ def markdown(results: dict[str, Any]) -> str:
     for name, run in runs.items():
         lines.append(f"| {name} | {run['steps']} | {run['median_step_s'] * 1e3:.1f} | {run['total_wall_s']} | "
                      f"{scores[name]['sampled_accuracy']:.3f} | {scores[name]['pair_accuracy']:.3f} |")
+    weights = results["weights"]
     lines += ["", f"Median step time, KubeRLHF / TRL: **{results['step_ratio']:.2f}** (wall time includes start-up: "
-              "Ray and Ray Train for ours, model and dataset preparation for TRL).", ""]
+              "Ray and Ray Train for ours, model and dataset preparation for TRL).",
+              f"Final weights: the two models differ by at most {weights['max_abs_difference']:.1e} per element, "
+              f"while training moved them by up to {weights['max_abs_change_from_start']:.1e}: both samplers draw "
+              "the same batch order from the same seed (`torch.randperm`), so this is the same computation.", ""]
     return "\n".join(lines)
 
 
@@ -209,15 +222,16 @@ def main(argv: list[str] | None = None) -> None:
     assets = build_demo_assets(args.assets, seed=args.seed)
     work = Path(tempfile.mkdtemp(prefix="dpo_vs_trl-"))
     runs = {"kuberlhf": run_ours(args, assets, work / "ours"), "trl": run_trl(args, assets, work / "trl")}
-    scores = evaluate({"start": assets["model"], **{n: r.pop("final_model") for n, r in runs.items()}}, assets,
-                      args.seed)
+    finals = {name: run.pop("final_model") for name, run in runs.items()}
+    scores = evaluate({"start": assets["model"], **finals}, assets, args.seed)
+    weights = weight_difference(finals["kuberlhf"], finals["trl"], assets["model"])
     results = {
         "benchmark": "dpo_vs_trl", "command": " ".join(["benchmarks/dpo_vs_trl.py", *sys.argv[1:]]),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git": git_info(),
         "machine": machine_info(transformers=("transformers",), trl=("trl",), ray=("ray",)),
         "load_average": {"before": before, "after": load_average()},
         "config": {k: v for k, v in vars(args).items() if k != "trl_worker"},
-        "runs": runs, "scores": scores,
+        "runs": runs, "scores": scores, "weights": weights,
         "step_ratio": runs["kuberlhf"]["median_step_s"] / runs["trl"]["median_step_s"],
     }
     write_results(args.out, results, markdown(results))
