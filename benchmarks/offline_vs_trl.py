@@ -1,12 +1,18 @@
 #!/usr/bin/env python
-"""DPO with KubeRLHF vs TRL's ``DPOTrainer``: step time and held-out accuracy, side by side, same start.
+"""DPO and KTO with KubeRLHF vs TRL's ``DPOTrainer`` / ``KTOTrainer``: step time and held-out accuracy, side by
+side, from the same start.
 
-Both train the SFT-warmed tiny Llama of ``kuberlhf.tasks.addition`` for one epoch over the same 4000 preference
-pairs (``pairs.jsonl``: the right sum chosen, a wrong one 1-9 away rejected), batch 32 pairs, one optimizer
-step per batch, AdamW at a constant learning rate, the sigmoid DPO loss plus the NLL term on the chosen answers
-(ours: ``dpo.sftWeight``; TRL: ``loss_type=["sigmoid", "sft"]``, ``loss_weights=[1, sftWeight]``, the same token
-mean), reference log-probs computed once before training on both sides (ours: a reference actor; TRL:
-``precompute_ref_log_probs=True``). Completions end with EOS on both sides; one torch thread each (ours: one
+Both train the SFT-warmed tiny Llama of ``kuberlhf.tasks.addition`` for one epoch, batch 32, one optimizer step
+per batch, AdamW at a constant learning rate, reference log-probs computed once before training on both sides
+(ours: a reference actor; TRL: ``precompute_ref_log_probs=True``):
+
+* ``--algorithm dpo`` (default): the 4000 preference pairs of ``pairs.jsonl`` (the right sum chosen, a wrong
+  one 1-9 away rejected), the sigmoid loss plus the NLL term on the chosen answers (ours: ``dpo.sftWeight``;
+  TRL: ``loss_type=["sigmoid", "sft"]``, ``loss_weights=[1, sftWeight]``, the same token mean), lr 1e-4.
+* ``--algorithm kto``: the 4000 labelled completions of ``labels.jsonl``, desirable and undesirable weights 1,
+  lr 3e-5. The KL reference point's mismatched completions differ: TRL pairs each example with a neighbour in a
+  fixed sequential order, ours pairs example i with example i+1 of the file and shuffles the batches.
+ Completions end with EOS on both sides; one torch thread each (ours: one
 Ray Train worker with ``cpus: 1``; TRL: a fresh subprocess with ``torch.set_num_threads(1)``).
 
 Scored afterwards by this script, with the same functions for both final models and the start model:
@@ -15,7 +21,8 @@ held-out sampled accuracy (``eval.jsonl``, temperature 1, 4 samples per prompt) 
 Step time: ours from ``metrics.jsonl`` (``time/step``: forward, backward and optimizer step inside the worker),
 TRL from ``on_step_begin`` -> ``on_step_end``; medians after the first 2 steps. Ratios < 1: ours is faster.
 
-Run: ``.venv/bin/python benchmarks/dpo_vs_trl.py`` (a few minutes on 2 CPU cores; keep the machine idle).
+Run: ``.venv/bin/python benchmarks/offline_vs_trl.py [--algorithm kto]`` (about a minute on 2 CPU cores; keep
+the machine idle).
 """
 
 from __future__ import annotations
@@ -36,19 +43,25 @@ from bench_env import git_info, load_average, machine_info, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 2
+DATA = {"dpo": "pairs", "kto": "labels"}  # the demo assets' file for each algorithm
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=32, help="pairs per optimizer step (default 32)")
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--algorithm", choices=("dpo", "kto"), default="dpo")
+    parser.add_argument("--batch", type=int, default=32, help="examples per optimizer step (default 32)")
+    parser.add_argument("--learning-rate", type=float, help="default 1e-4 (dpo), 3e-5 (kto)")
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--sft-weight", type=float, default=1.0, help="NLL term on chosen answers (default 1)")
+    parser.add_argument("--sft-weight", type=float, default=1.0, help="dpo: NLL term on chosen answers (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--assets", default=".cache/bench-assets")
-    parser.add_argument("--out", default="benchmarks/results/dpo_vs_trl.json")
+    parser.add_argument("--out", help="default benchmarks/results/<algorithm>_vs_trl.json")
     parser.add_argument("--trl-worker", help=argparse.SUPPRESS)  # internal: run TRL in this process
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.learning_rate is None:
+        args.learning_rate = 1e-4 if args.algorithm == "dpo" else 3e-5
+    args.out = args.out or f"benchmarks/results/{args.algorithm}_vs_trl.json"
+    return args
 
 
 def median_after_warmup(seconds: list[float]) -> float:
@@ -59,11 +72,12 @@ def run_ours(args: argparse.Namespace, assets: dict[str, str], out: Path) -> dic
     from kuberlhf.jobfile import validate_job
     from kuberlhf.launcher import run_job
 
+    settings = {"dpo": {"beta": args.beta, "sftWeight": args.sft_weight}} if args.algorithm == "dpo" else \
+        {"kto": {"beta": args.beta}}
     job = validate_job({
-        "apiVersion": "kuberlhf.io/v1alpha1", "kind": "RLHFJob", "metadata": {"name": "bench-dpo"},
-        "spec": {"algorithm": "dpo", "policy": {"model": assets["model"]},
-                 "data": {"train": assets["pairs"], "maxLength": 16},
-                 "dpo": {"beta": args.beta, "sftWeight": args.sft_weight},
+        "apiVersion": "kuberlhf.io/v1alpha1", "kind": "RLHFJob", "metadata": {"name": f"bench-{args.algorithm}"},
+        "spec": {"algorithm": args.algorithm, "policy": {"model": assets["model"]},
+                 "data": {"train": assets[DATA[args.algorithm]], "maxLength": 16}, **settings,
                  "training": {"epochs": 1, "batchSize": args.batch, "learningRate": args.learning_rate,
                               "seed": args.seed},
                  "resources": {"policy": {"cpus": 1}}, "output": {"dir": str(out)}},
@@ -91,12 +105,12 @@ def trl_worker(config_path: str) -> None:
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
     torch.set_num_threads(1)
     cfg = json.loads(Path(config_path).read_text())
     run_dir = Path(cfg["run_dir"])
-    rows = [json.loads(line) for line in Path(cfg["assets"]["pairs"]).read_text().splitlines()]
+    rows = [json.loads(line) for line in Path(cfg["assets"][DATA[cfg["algorithm"]]]).read_text().splitlines()]
 
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
@@ -110,17 +124,22 @@ def trl_worker(config_path: str) -> None:
             self.seconds.append(time.perf_counter() - self.started)
 
     timer = StepTimer()
-    trainer = DPOTrainer(
+    common = dict(
+        output_dir=str(run_dir / "trainer"), per_device_train_batch_size=cfg["batch"], num_train_epochs=1,
+        learning_rate=cfg["learning_rate"], beta=cfg["beta"], max_length=16, precompute_ref_log_probs=True,
+        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
+        adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, use_cpu=True, bf16=False, fp16=False,
+        gradient_checkpointing=False, seed=cfg["seed"], logging_steps=1, report_to="none", save_strategy="no",
+        dataloader_num_workers=0, disable_tqdm=True,
+    )
+    if cfg["algorithm"] == "dpo":
+        trainer_class, config = DPOTrainer, DPOConfig(**common, loss_type=["sigmoid", "sft"],
+                                                      loss_weights=[1.0, cfg["sft_weight"]])
+    else:
+        trainer_class, config = KTOTrainer, KTOConfig(**common, desirable_weight=1.0, undesirable_weight=1.0)
+    trainer = trainer_class(
         model=AutoModelForCausalLM.from_pretrained(cfg["assets"]["model"], dtype=torch.float32),
-        args=DPOConfig(
-            output_dir=str(run_dir / "trainer"), per_device_train_batch_size=cfg["batch"], num_train_epochs=1,
-            learning_rate=cfg["learning_rate"], beta=cfg["beta"], loss_type=["sigmoid", "sft"],
-            loss_weights=[1.0, cfg["sft_weight"]], max_length=16, precompute_ref_log_probs=True,
-            lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
-            adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, use_cpu=True, bf16=False, fp16=False,
-            gradient_checkpointing=False, seed=cfg["seed"], logging_steps=1, report_to="none", save_strategy="no",
-            dataloader_num_workers=0, disable_tqdm=True,
-        ),
+        args=config,
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=AutoTokenizer.from_pretrained(cfg["assets"]["model"]),
         callbacks=[timer],
@@ -187,13 +206,16 @@ def weight_difference(first: str, second: str, start: str) -> dict[str, float]:
 def markdown(results: dict[str, Any]) -> str:
     runs, scores = results["runs"], results["scores"]
     lines = [
-        "# DPO: KubeRLHF vs TRL DPOTrainer", "",
+        f"# {results['config']['algorithm'].upper()}: KubeRLHF vs TRL "
+        f"{'DPOTrainer' if results['config']['algorithm'] == 'dpo' else 'KTOTrainer'}", "",
         f"Generated by `{results['command']}` at {results['timestamp']} (commit "
         f"`{(results['git']['commit'] or 'unknown')[:12]}`). Machine: {results['machine']['nproc']} CPU cores, "
         f"torch {results['machine']['torch']}, TRL {results['machine']['trl']}; load average before/after "
         f"{results['load_average']['before']} / {results['load_average']['after']}.",
-        f"1 epoch of 4000 pairs, batch {results['config']['batch']}, lr {results['config']['learning_rate']:g}, "
-        f"beta {results['config']['beta']:g}, NLL weight {results['config']['sft_weight']:g}, one thread each.", "",
+        f"1 epoch of the 4000 rows of {DATA[results['config']['algorithm']]}.jsonl, batch {results['config']['batch']}, "
+        f"lr {results['config']['learning_rate']:g}, beta {results['config']['beta']:g}"
+        + (f", NLL weight {results['config']['sft_weight']:g}" if results['config']['algorithm'] == "dpo" else "")
+        + ", one thread each.", "",
         "| run | steps | median step (ms) | wall (s) | held-out sampled accuracy | held-out pair accuracy |",
         "|---|---:|---:|---:|---:|---:|",
         f"| start | | | | {scores['start']['sampled_accuracy']:.3f} | |",
@@ -205,8 +227,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["", f"Median step time, KubeRLHF / TRL: **{results['step_ratio']:.2f}** (wall time includes start-up: "
               "Ray and Ray Train for ours, model and dataset preparation for TRL).",
               f"Final weights: the two models differ by at most {weights['max_abs_difference']:.1e} per element, "
-              f"while training moved them by up to {weights['max_abs_change_from_start']:.1e}: both samplers draw "
-              "the same batch order from the same seed (`torch.randperm`), so this is the same computation.", ""]
+              f"while training moved them by up to {weights['max_abs_change_from_start']:.1e}.", ""]
     return "\n".join(lines)
 
 
@@ -220,13 +241,13 @@ def main(argv: list[str] | None = None) -> None:
 
     before = load_average()
     assets = build_demo_assets(args.assets, seed=args.seed)
-    work = Path(tempfile.mkdtemp(prefix="dpo_vs_trl-"))
+    work = Path(tempfile.mkdtemp(prefix=f"{args.algorithm}_vs_trl-"))
     runs = {"kuberlhf": run_ours(args, assets, work / "ours"), "trl": run_trl(args, assets, work / "trl")}
     finals = {name: run.pop("final_model") for name, run in runs.items()}
     scores = evaluate({"start": assets["model"], **finals}, assets, args.seed)
     weights = weight_difference(finals["kuberlhf"], finals["trl"], assets["model"])
     results = {
-        "benchmark": "dpo_vs_trl", "command": " ".join(["benchmarks/dpo_vs_trl.py", *sys.argv[1:]]),
+        "benchmark": f"{args.algorithm}_vs_trl", "command": " ".join(["benchmarks/offline_vs_trl.py", *sys.argv[1:]]),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git": git_info(),
         "machine": machine_info(transformers=("transformers",), trl=("trl",), ray=("ray",)),
         "load_average": {"before": before, "after": load_average()},
