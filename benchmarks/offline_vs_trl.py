@@ -9,6 +9,9 @@ per batch, AdamW at a constant learning rate, reference log-probs computed once 
 * ``--algorithm dpo`` (default): the 4000 preference pairs of ``pairs.jsonl`` (the right sum chosen, a wrong
   one 1-9 away rejected), the sigmoid loss plus the NLL term on the chosen answers (ours: ``dpo.sftWeight``;
   TRL: ``loss_type=["sigmoid", "sft"]``, ``loss_weights=[1, sftWeight]``, the same token mean), lr 1e-4.
+* ``--algorithm rm``: 4000 pairs of a well-formed answer over the same answer with a stray '+' (written by this
+  script: whether a sum is right is beyond this model's last-token head, so on ``pairs.jsonl`` both stay at
+  chance), lr 1e-4, the Bradley-Terry loss; scored by held-out pair accuracy of the rewards.
 * ``--algorithm kto``: the 4000 labelled completions of ``labels.jsonl``, desirable and undesirable weights 1,
   lr 3e-5. The KL reference point's mismatched completions differ: TRL pairs each example with a neighbour in a
   fixed sequential order, ours pairs example i with example i+1 of the file and shuffles the batches.
@@ -43,14 +46,15 @@ from bench_env import git_info, load_average, machine_info, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 2
-DATA = {"dpo": "pairs", "kto": "labels"}  # the demo assets' file for each algorithm
+DATA = {"dpo": "pairs", "kto": "labels", "rm": "format_pairs"}  # the data file of each algorithm
+TRAINERS = {"dpo": "DPOTrainer", "kto": "KTOTrainer", "rm": "RewardTrainer"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--algorithm", choices=("dpo", "kto"), default="dpo")
+    parser.add_argument("--algorithm", choices=("dpo", "kto", "rm"), default="dpo")
     parser.add_argument("--batch", type=int, default=32, help="examples per optimizer step (default 32)")
-    parser.add_argument("--learning-rate", type=float, help="default 1e-4 (dpo), 3e-5 (kto)")
+    parser.add_argument("--learning-rate", type=float, help="default 1e-4 (dpo, rm), 3e-5 (kto)")
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--sft-weight", type=float, default=1.0, help="dpo: NLL term on chosen answers (default 1)")
     parser.add_argument("--seed", type=int, default=0)
@@ -59,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--trl-worker", help=argparse.SUPPRESS)  # internal: run TRL in this process
     args = parser.parse_args(argv)
     if args.learning_rate is None:
-        args.learning_rate = 1e-4 if args.algorithm == "dpo" else 3e-5
+        args.learning_rate = 3e-5 if args.algorithm == "kto" else 1e-4
     args.out = args.out or f"benchmarks/results/{args.algorithm}_vs_trl.json"
     return args
 
@@ -72,8 +76,8 @@ def run_ours(args: argparse.Namespace, assets: dict[str, str], out: Path) -> dic
     from kuberlhf.jobfile import validate_job
     from kuberlhf.launcher import run_job
 
-    settings = {"dpo": {"beta": args.beta, "sftWeight": args.sft_weight}} if args.algorithm == "dpo" else \
-        {"kto": {"beta": args.beta}}
+    settings = {"dpo": {"dpo": {"beta": args.beta, "sftWeight": args.sft_weight}}, "kto": {"kto": {"beta": args.beta}},
+                "rm": {}}[args.algorithm]
     job = validate_job({
         "apiVersion": "kuberlhf.io/v1alpha1", "kind": "RLHFJob", "metadata": {"name": f"bench-{args.algorithm}"},
         "spec": {"algorithm": args.algorithm, "policy": {"model": assets["model"]},
@@ -105,7 +109,8 @@ def trl_worker(config_path: str) -> None:
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
+    from transformers import AutoModelForSequenceClassification
+    from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, RewardConfig, RewardTrainer
 
     torch.set_num_threads(1)
     cfg = json.loads(Path(config_path).read_text())
@@ -126,19 +131,25 @@ def trl_worker(config_path: str) -> None:
     timer = StepTimer()
     common = dict(
         output_dir=str(run_dir / "trainer"), per_device_train_batch_size=cfg["batch"], num_train_epochs=1,
-        learning_rate=cfg["learning_rate"], beta=cfg["beta"], max_length=16, precompute_ref_log_probs=True,
-        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
+        learning_rate=cfg["learning_rate"], max_length=16, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
         adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, use_cpu=True, bf16=False, fp16=False,
         gradient_checkpointing=False, seed=cfg["seed"], logging_steps=1, report_to="none", save_strategy="no",
         dataloader_num_workers=0, disable_tqdm=True,
     )
+    preference = dict(beta=cfg["beta"], precompute_ref_log_probs=True)
+    model = AutoModelForCausalLM.from_pretrained(cfg["assets"]["model"], dtype=torch.float32)
     if cfg["algorithm"] == "dpo":
-        trainer_class, config = DPOTrainer, DPOConfig(**common, loss_type=["sigmoid", "sft"],
+        trainer_class, config = DPOTrainer, DPOConfig(**common, **preference, loss_type=["sigmoid", "sft"],
                                                       loss_weights=[1.0, cfg["sft_weight"]])
+    elif cfg["algorithm"] == "kto":
+        trainer_class, config = KTOTrainer, KTOConfig(**common, **preference, desirable_weight=1.0,
+                                                      undesirable_weight=1.0)
     else:
-        trainer_class, config = KTOTrainer, KTOConfig(**common, desirable_weight=1.0, undesirable_weight=1.0)
+        trainer_class, config = RewardTrainer, RewardConfig(**common)
+        model = AutoModelForSequenceClassification.from_pretrained(cfg["assets"]["model"], num_labels=1,
+                                                                   dtype=torch.float32)
     trainer = trainer_class(
-        model=AutoModelForCausalLM.from_pretrained(cfg["assets"]["model"], dtype=torch.float32),
+        model=model,
         args=config,
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=AutoTokenizer.from_pretrained(cfg["assets"]["model"]),
@@ -176,6 +187,31 @@ def sequence_logprobs_of(model_dir: str, pairs: list[dict]) -> tuple[Any, Any]:
     return scores[0], scores[1]
 
 
+def format_pairs(rows: list[dict]) -> list[dict]:
+    return [{"prompt": r["prompt"], "chosen": r["answer"], "rejected": r["answer"] + "+"} for r in rows]
+
+
+def evaluate_reward_models(models: dict[str, str], assets: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Held-out pair accuracy of each reward model, scored the way KubeRLHF's reward role scores."""
+    import torch
+
+    from kuberlhf.models.loading import load_reward_model, load_tokenizer
+    from kuberlhf.models.reward import score_texts
+    from kuberlhf.tasks.addition import read_jsonl
+
+    pairs = format_pairs(read_jsonl(assets["eval"]))
+    scores: dict[str, dict[str, Any]] = {"start": {"sampled_accuracy": None, "pair_accuracy": None}}
+    for name, path in models.items():
+        if name == "start":
+            continue
+        model, tokenizer = load_reward_model(path).eval(), load_tokenizer(path, padding_side="right")
+        rewards = {key: score_texts(model, tokenizer, [p["prompt"] for p in pairs], [p[key] for p in pairs], 64,
+                                    torch.device("cpu")) for key in ("chosen", "rejected")}
+        scores[name] = {"sampled_accuracy": None,
+                        "pair_accuracy": float((rewards["chosen"] > rewards["rejected"]).float().mean())}
+    return scores
+
+
 def evaluate(models: dict[str, str], assets: dict[str, str], seed: int) -> dict[str, dict[str, float]]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -203,11 +239,14 @@ def weight_difference(first: str, second: str, start: str) -> dict[str, float]:
             "max_abs_change_from_start": max(float((a[k] - s[k]).abs().max()) for k in a)}
 
 
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def markdown(results: dict[str, Any]) -> str:
     runs, scores = results["runs"], results["scores"]
     lines = [
-        f"# {results['config']['algorithm'].upper()}: KubeRLHF vs TRL "
-        f"{'DPOTrainer' if results['config']['algorithm'] == 'dpo' else 'KTOTrainer'}", "",
+        f"# {results['config']['algorithm'].upper()}: KubeRLHF vs TRL {TRAINERS[results['config']['algorithm']]}", "",
         f"Generated by `{results['command']}` at {results['timestamp']} (commit "
         f"`{(results['git']['commit'] or 'unknown')[:12]}`). Machine: {results['machine']['nproc']} CPU cores, "
         f"torch {results['machine']['torch']}, TRL {results['machine']['trl']}; load average before/after "
@@ -218,16 +257,18 @@ def markdown(results: dict[str, Any]) -> str:
         + ", one thread each.", "",
         "| run | steps | median step (ms) | wall (s) | held-out sampled accuracy | held-out pair accuracy |",
         "|---|---:|---:|---:|---:|---:|",
-        f"| start | | | | {scores['start']['sampled_accuracy']:.3f} | |",
+        f"| start | | | | {fmt(scores['start']['sampled_accuracy'])} | |",
     ]
     for name, run in runs.items():
         lines.append(f"| {name} | {run['steps']} | {run['median_step_s'] * 1e3:.1f} | {run['total_wall_s']} | "
-                     f"{scores[name]['sampled_accuracy']:.3f} | {scores[name]['pair_accuracy']:.3f} |")
-    weights = results["weights"]
+                     f"{fmt(scores[name]['sampled_accuracy'])} | {fmt(scores[name]['pair_accuracy'])} |")
     lines += ["", f"Median step time, KubeRLHF / TRL: **{results['step_ratio']:.2f}** (wall time includes start-up: "
-              "Ray and Ray Train for ours, model and dataset preparation for TRL).",
-              f"Final weights: the two models differ by at most {weights['max_abs_difference']:.1e} per element, "
-              f"while training moved them by up to {weights['max_abs_change_from_start']:.1e}.", ""]
+              "Ray and Ray Train for ours, model and dataset preparation for TRL)."]
+    weights = results["weights"]  # None for rm: each side draws its own random score head
+    if weights is not None:
+        lines.append(f"Final weights: the two models differ by at most {weights['max_abs_difference']:.1e} per "
+                     f"element, while training moved them by up to {weights['max_abs_change_from_start']:.1e}.")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -242,10 +283,18 @@ def main(argv: list[str] | None = None) -> None:
     before = load_average()
     assets = build_demo_assets(args.assets, seed=args.seed)
     work = Path(tempfile.mkdtemp(prefix=f"{args.algorithm}_vs_trl-"))
+    if args.algorithm == "rm":
+        from kuberlhf.tasks.addition import read_jsonl, write_jsonl
+
+        assets = {**assets, "format_pairs": str(write_jsonl(format_pairs(read_jsonl(assets["train"])),
+                                                            work / "format_pairs.jsonl"))}
     runs = {"kuberlhf": run_ours(args, assets, work / "ours"), "trl": run_trl(args, assets, work / "trl")}
     finals = {name: run.pop("final_model") for name, run in runs.items()}
-    scores = evaluate({"start": assets["model"], **finals}, assets, args.seed)
-    weights = weight_difference(finals["kuberlhf"], finals["trl"], assets["model"])
+    if args.algorithm == "rm":
+        scores, weights = evaluate_reward_models({"start": assets["model"], **finals}, assets), None
+    else:
+        scores = evaluate({"start": assets["model"], **finals}, assets, args.seed)
+        weights = weight_difference(finals["kuberlhf"], finals["trl"], assets["model"])
     results = {
         "benchmark": f"{args.algorithm}_vs_trl", "command": " ".join(["benchmarks/offline_vs_trl.py", *sys.argv[1:]]),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git": git_info(),
