@@ -81,3 +81,24 @@ def write_results(out: str | Path, results: dict[str, Any], table: str) -> None:
     out.write_text(json.dumps(results, indent=2) + "\n")
     out.with_suffix(".md").write_text(table)
     print(table)
+
+
+def trl_step_timer() -> Any:
+    """A transformers `TrainerCallback` that records each optimizer step's wall time (`on_step_begin` ->
+    `on_step_end`) in `.seconds`: how the TRL side of a benchmark is timed."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+            self.started = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seconds.append(time.perf_counter() - self.started)
+
+    return StepTimer()

@@ -79,7 +79,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench_env import git_info, load_average, machine_info
+from bench_env import git_info, load_average, machine_info, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 1024**3
@@ -566,7 +566,6 @@ def main(argv: list[str] | None = None) -> None:
 
     os.chdir(REPO)
     out_json = Path(args.out).absolute()
-    out_md = out_json.with_suffix(".md")
     load_before = load_average()
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="bench-engines-"))
@@ -593,13 +592,8 @@ def main(argv: list[str] | None = None) -> None:
         "total_wall_s": round(time.perf_counter() - started, 1),
         **results,
     }
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(results)
-    out_md.write_text(table)
-    print()
-    print(table)
-    print(f"wrote {out_json} and {out_md}")
+    write_results(out_json, results, markdown(results))
+    print(f"wrote {out_json} and {out_json.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

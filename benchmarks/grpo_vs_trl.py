@@ -98,7 +98,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench_env import git_info, load_average, machine_info
+from bench_env import git_info, load_average, machine_info, trl_step_timer, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 2
@@ -353,7 +353,7 @@ def trl_worker(config_path: str) -> None:
     torch.set_num_threads(threads)
 
     import datasets
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     from kuberlhf.reward_functions import import_reward_function
@@ -361,17 +361,6 @@ def trl_worker(config_path: str) -> None:
 
     run_dir = Path(cfg["run_dir"])
     started = time.perf_counter()
-
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.step_s: list[float] = []
-            self._t0 = 0.0
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self._t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.step_s.append(time.perf_counter() - self._t0)
 
     class TimedGRPOTrainer(GRPOTrainer):
         """Also times generation + reward scoring (everything before the loss) of each step."""
@@ -392,7 +381,7 @@ def trl_worker(config_path: str) -> None:
     rows = read_jsonl(cfg["train"])
     train_dataset = datasets.Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows])
     config = GRPOConfig(**trl_config_kwargs(cfg, str(run_dir / "trainer")))
-    timer = StepTimer()
+    timer = trl_step_timer()
     trainer = TimedGRPOTrainer(
         model=model,
         reward_funcs=[import_reward_function(REWARDS[cfg["reward"]])],
@@ -414,9 +403,9 @@ def trl_worker(config_path: str) -> None:
         "threads": threads,
         "torch_threads_seen": torch.get_num_threads(),
         "grpo_config": {k: v for k, v in trl_config_kwargs(cfg, "").items() if k != "output_dir"},
-        "step_time": step_stats(timer.step_s),
+        "step_time": step_stats(timer.seconds),
         "generation_scoring_time": step_stats(gen_score),
-        "training_time": step_stats([s - g for s, g in zip(timer.step_s, gen_score)]),
+        "training_time": step_stats([s - g for s, g in zip(timer.seconds, gen_score)]),
         "train_reward_mean_per_step": rewards,
         "total_wall_s": round(time.perf_counter() - started, 2),
         "total_wall_note": "subprocess body: load model and data, build trainer, train, save",
@@ -516,7 +505,6 @@ def main(argv: list[str] | None = None) -> None:
 
     os.chdir(REPO)
     out_json = Path(args.out).absolute()
-    out_md = out_json.with_suffix(".md")
     load_before = load_average()
 
     from kuberlhf.tasks.addition import build_demo_assets, read_jsonl
@@ -605,13 +593,8 @@ def main(argv: list[str] | None = None) -> None:
         "accuracy": {"start": scores["start"], "final": {n: scores[n] for n in runs}},
         "runs": runs,
     }
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown_table(results)
-    out_md.write_text(table)
-    print()
-    print(table)
-    print(f"wrote {out_json} and {out_md}")
+    write_results(out_json, results, markdown_table(results))
+    print(f"wrote {out_json} and {out_json.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench_env import git_info, load_average, machine_info, write_results
+from bench_env import git_info, load_average, machine_info, trl_step_timer, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 2
@@ -108,7 +108,7 @@ def run_trl(args: argparse.Namespace, assets: dict[str, str], out: Path) -> dict
 def trl_worker(config_path: str) -> None:
     import datasets
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers import AutoModelForSequenceClassification
     from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, RewardConfig, RewardTrainer
 
@@ -117,18 +117,7 @@ def trl_worker(config_path: str) -> None:
     run_dir = Path(cfg["run_dir"])
     rows = [json.loads(line) for line in Path(cfg["assets"][DATA[cfg["algorithm"]]]).read_text().splitlines()]
 
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.seconds: list[float] = []
-            self.started = 0.0
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.seconds.append(time.perf_counter() - self.started)
-
-    timer = StepTimer()
+    timer = trl_step_timer()
     common = dict(
         output_dir=str(run_dir / "trainer"), per_device_train_batch_size=cfg["batch"], num_train_epochs=1,
         learning_rate=cfg["learning_rate"], max_length=16, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",

@@ -31,7 +31,7 @@ def run_job(job: RLHFJob, dashboard: bool = True) -> dict[str, Any]:
 
     import ray
 
-    from kuberlhf.telemetry.run_log import StepDisplay, print_summary
+    from kuberlhf.telemetry.run_log import StepDisplay
     from kuberlhf.trainers.online import train
     from kuberlhf.workers.launch import start_workers
 
@@ -49,10 +49,7 @@ def run_job(job: RLHFJob, dashboard: bool = True) -> dict[str, Any]:
             raise
         finally:
             workers.shutdown()
-    summary = build_summary(job, result, time.perf_counter() - started)
-    Path(job.output_dir, "summary.json").write_text(json.dumps(summary, indent=2))
-    print_summary(summary, display.console)
-    return summary
+    return finish(job, result, time.perf_counter() - started, display.console)
 
 
 def run_stages(job: RLHFJob, dashboard: bool) -> dict[str, Any]:
@@ -82,7 +79,8 @@ def run_stages(job: RLHFJob, dashboard: bool) -> dict[str, Any]:
 
 def run_offline_job(job: RLHFJob, dashboard: bool) -> dict[str, Any]:
     """sft, rm, dpo, kto: checked inputs, then Ray Train; Ray Train's own checkpoints resume a re-run."""
-    from kuberlhf.telemetry.run_log import StepDisplay, print_summary
+    from rich.console import Console
+
     from kuberlhf.trainers.offline import train_offline
 
     inputs = check_offline_inputs(job)
@@ -91,14 +89,20 @@ def run_offline_job(job: RLHFJob, dashboard: bool) -> dict[str, Any]:
         raise UserError(f"spec.output.dir: {final} exists: this stage has finished; remove it or choose another "
                         f"output.dir (nothing was overwritten)")
     Path(job.output_dir).mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    display = StepDisplay(job.spec.training.steps, first_step=0)
+    started, console = time.perf_counter(), Console(stderr=True)
     with ray_session(job, dashboard) as where:
-        display.note(f"RLHFJob {job.metadata.name}: {job.spec.algorithm} on {where}")
-        result = train_offline(job, inputs, display.note)
-    summary = build_summary(job, result, time.perf_counter() - started)
+        console.print(f"RLHFJob {job.metadata.name}: {job.spec.algorithm} on {where}")
+        result = train_offline(job, inputs, console.print)
+    return finish(job, result, time.perf_counter() - started, console)
+
+
+def finish(job: RLHFJob, result: dict[str, Any], wall_seconds: float, console: Any) -> dict[str, Any]:
+    """Write `summary.json` next to the final model and print it."""
+    from kuberlhf.telemetry.run_log import print_summary
+
+    summary = build_summary(job, result, wall_seconds)
     Path(job.output_dir, "summary.json").write_text(json.dumps(summary, indent=2))
-    print_summary(summary, display.console)
+    print_summary(summary, console)
     return summary
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from kuberlhf.data.examples import Examples, make_batch, tokenize_dataset
-from kuberlhf.errors import UserError
+from kuberlhf.errors import UserError, user_error_in
 from kuberlhf.models.loading import load_tokenizer
 from kuberlhf.preflight import OfflineInputs
 from kuberlhf.spec import RLHFJob
@@ -29,26 +29,28 @@ def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any) -> dict[str, A
 
     spec = job.spec
     tokenizer = load_tokenizer(inputs.policy_model)
-    examples = tokenize_dataset(inputs.train, tokenizer, spec.data.max_length)
-    if spec.algorithm == "sft" and not spec.sft.completion_only:
-        examples = whole_sequences(examples)
-    if examples.truncated:
-        note(f"{examples.truncated} completions were longer than spec.data.maxLength = {spec.data.max_length} "
-             f"tokens and were cut")
-    for message in inputs.train.notes:
-        note(message)
-    train = Split(examples, score_with_reference(job, inputs.reference_model, examples) if inputs.reference_model
-                  else {})
-    evaluation = None
-    if inputs.eval is not None:
-        eval_examples = tokenize_dataset(inputs.eval, tokenizer, spec.data.max_length, "spec.data.eval")
+
+    def tokenize(dataset: Any, field: str) -> Examples:
+        examples = tokenize_dataset(dataset, tokenizer, spec.data.max_length, field)
         if spec.algorithm == "sft" and not spec.sft.completion_only:
-            eval_examples = whole_sequences(eval_examples)
-        if len(eval_examples) < spec.resources.policy.workers:
-            raise UserError(f"spec.data.eval: {len(eval_examples)} examples for {spec.resources.policy.workers} "
-                            f"workers; each worker scores at least one")
-        evaluation = Split(eval_examples, score_with_reference(job, inputs.reference_model, eval_examples)
-                           if inputs.reference_model else {})
+            examples = whole_sequences(examples)
+        if examples.truncated:
+            note(f"{field}: {examples.truncated} completions were longer than spec.data.maxLength = "
+                 f"{spec.data.max_length} tokens and were cut")
+        for message in dataset.notes:
+            note(message)
+        return examples
+
+    examples = tokenize(inputs.train, "spec.data.train")
+    eval_examples = tokenize(inputs.eval, "spec.data.eval") if inputs.eval is not None else None
+    if eval_examples is not None and len(eval_examples) < spec.resources.policy.workers:
+        raise UserError(f"spec.data.eval: {len(eval_examples)} examples for {spec.resources.policy.workers} "
+                        f"workers; each worker scores at least one")
+    scored = [examples] + ([eval_examples] if eval_examples is not None else [])
+    references = score_with_reference(job, inputs.reference_model, scored, tokenizer.pad_token_id) \
+        if inputs.reference_model else [{} for _ in scored]
+    train = Split(examples, references[0])
+    evaluation = Split(eval_examples, references[1]) if eval_examples is not None else None
     config = offline_config(job, inputs, train, evaluation, tokenizer.pad_token_id)
     note(f"{spec.algorithm}: {len(examples)} examples, {config.steps_per_epoch} steps per epoch, "
          f"{config.total_steps} steps")
@@ -66,8 +68,6 @@ def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any) -> dict[str, A
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as err:
-        from kuberlhf.errors import user_error_in
-
         cause = user_error_in(err)
         if cause is not None:
             raise cause from None
@@ -107,9 +107,10 @@ def whole_sequences(examples: Examples) -> Examples:
     return Examples(prompts, completions, truncated=examples.truncated, where=examples.where)
 
 
-def score_with_reference(job: RLHFJob, model: str, examples: Examples) -> dict[str, torch.Tensor]:
-    """Sequence log-prob sums of every completion under the frozen reference model, computed once by a
-    reference actor: chosen and rejected answers (dpo), completions and mismatched completions (kto)."""
+def score_with_reference(job: RLHFJob, model: str, datasets: list[Examples], pad_token_id: int,
+                         ) -> list[dict[str, torch.Tensor]]:
+    """Sequence log-prob sums of every completion of each dataset under the frozen reference model, computed
+    once by one reference actor: chosen and rejected answers (dpo), completions and mismatched completions (kto)."""
     import ray
 
     from kuberlhf.workers.reference import ReferenceWorker
@@ -119,18 +120,23 @@ def score_with_reference(job: RLHFJob, model: str, examples: Examples) -> dict[s
     actor = ray.remote(ReferenceWorker).options(
         name=f"{job.metadata.name}-reference-0", namespace="kuberlhf", num_cpus=role.cpus, num_gpus=role.gpus,
     ).remote(model, cpus=role.cpus, seed=spec.training.seed, bf16=spec.training.bf16)
-    wanted = {"chosen": examples.completions, "rejected": examples.rejected} if spec.algorithm == "dpo" else \
-        {"completion": examples.completions, "kl": examples.kl_completions}
-    pad = load_tokenizer(model).pad_token_id
     try:
-        scores = {}
-        for name, completions in wanted.items():
-            refs = []
-            for start in range(0, len(examples), REFERENCE_BATCH):
-                stop = min(start + REFERENCE_BATCH, len(examples))
-                batch = make_batch(examples.prompts[start:stop], completions[start:stop], pad)
-                refs.append(actor.compute_logprobs.remote(batch, 1.0))
-            scores[name] = torch.cat([logprobs.sum(-1) for logprobs in ray.get(refs)])
-        return scores
+        return [_reference_sums(actor, examples, spec.algorithm, pad_token_id) for examples in datasets]
     finally:
         ray.kill(actor)
+
+
+def _reference_sums(actor: Any, examples: Examples, algorithm: str, pad_token_id: int) -> dict[str, torch.Tensor]:
+    import ray
+
+    wanted = {"chosen": examples.completions, "rejected": examples.rejected} if algorithm == "dpo" else \
+        {"completion": examples.completions, "kl": examples.kl_completions}
+    sums = {}
+    for name, completions in wanted.items():
+        refs = []
+        for start in range(0, len(examples), REFERENCE_BATCH):
+            stop = min(start + REFERENCE_BATCH, len(examples))
+            batch = make_batch(examples.prompts[start:stop], completions[start:stop], pad_token_id)
+            refs.append(actor.compute_logprobs.remote(batch, 1.0))
+        sums[name] = torch.cat([logprobs.sum(-1) for logprobs in ray.get(refs)])
+    return sums
