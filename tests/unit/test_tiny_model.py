@@ -130,13 +130,15 @@ def test_sft_lowers_loss_and_accuracy_is_deterministic(tok):
 def test_build_demo_assets_is_idempotent(tmp_path):
     out = tmp_path / "assets"
     paths = build_demo_assets(out, seed=0, sft_steps=2, n_train=64, n_eval=8)
-    assert set(paths) == {"model", "train", "eval", "sft", "pairs", "labels"}
-    files = [os.path.join(paths["model"], "config.json"), paths["train"], paths["eval"]]
+    assert set(paths) == {"model", "reward_base", "train", "eval", "sft", "pairs", "labels"}
+    files = [os.path.join(paths[m], "config.json") for m in ("model", "reward_base")] + [paths["train"], paths["eval"]]
     assert all(os.path.isfile(f) for f in files)
     assert len(open(paths["train"]).read().splitlines()) == 64
     assert json.loads(open(paths["eval"]).readline()).keys() == {"prompt", "answer"}
     AutoModelForCausalLM.from_pretrained(paths["model"])
     AutoTokenizer.from_pretrained(paths["model"])
+    bigger = AutoModelForCausalLM.from_pretrained(paths["reward_base"])
+    assert bigger.config.hidden_size > AutoModelForCausalLM.from_pretrained(paths["model"]).config.hidden_size
     assert [p.name for p in tmp_path.iterdir()] == ["assets"]  # no temporary directory left behind
 
     mtimes = {f: os.stat(f).st_mtime_ns for f in files}

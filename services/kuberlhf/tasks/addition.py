@@ -40,6 +40,11 @@ DEFAULT_N_TRAIN = 4000
 DEFAULT_N_EVAL = 256
 DEFAULT_SFT_STEPS = 1200
 
+# The reward model's starting point: a larger Llama (661k parameters) warmed up on the task like the policy.
+# Judging whether a sum is right is beyond the 84k-parameter policy's size: a reward model trained from it
+# stays at chance on held-out pairs; from this one it reaches ~0.9 (docs/architecture.md, chained stages).
+REWARD_BASE_SIZE = dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=256)
+
 
 # ----------------------------------------------------------------------------------------------- data
 
@@ -214,25 +219,29 @@ def warmup_sft(model, tokenizer, rows, steps: int, batch_size: int = 64, learnin
 
 
 DATA_FILES = ("train", "eval", "sft", "pairs", "labels")
+MODEL_DIRS = {"reward_base": "reward-base", "model": "model"}  # "model" last: its presence marks a complete build
 
 
 def _asset_paths(out_dir: Path) -> dict:
-    return {"model": str(out_dir / "model"), **{name: str(out_dir / f"{name}.jsonl") for name in DATA_FILES}}
+    return {**{key: str(out_dir / name) for key, name in MODEL_DIRS.items()},
+            **{name: str(out_dir / f"{name}.jsonl") for name in DATA_FILES}}
 
 
 def _complete(out_dir: Path) -> bool:
-    return (out_dir / "model" / "config.json").is_file() and all(
+    return all((out_dir / name / "config.json").is_file() for name in MODEL_DIRS.values()) and all(
         (out_dir / f"{name}.jsonl").is_file() for name in DATA_FILES)
 
 
 def build_demo_assets(out_dir: str | os.PathLike, seed: int = 0, sft_steps: int = DEFAULT_SFT_STEPS,
                       n_train: int = DEFAULT_N_TRAIN, n_eval: int = DEFAULT_N_EVAL) -> dict:
-    """Build (once) a warmed-up tiny model and the JSONL files under ``out_dir``: ``train`` / ``eval``
+    """Build (once) a warmed-up tiny model, a larger warmed-up model to start reward models from
+    (``reward-base``, :data:`REWARD_BASE_SIZE`) and the JSONL files under ``out_dir``: ``train`` / ``eval``
     prompts with answers, and ``sft``, ``pairs``, ``labels`` for the offline stages (`make_offline_rows`).
 
     Idempotent: if the model and every file already exist nothing is rewritten. Everything is written to a temporary sibling directory and renamed into place at the end,
-    the model directory last, so an interrupted build never looks complete.
-    Returns ``{"model": dir, "train": path, "eval": path, "sft": path, "pairs": path, "labels": path}``.
+    the policy model directory last, so an interrupted build never looks complete.
+    Returns ``{"model": dir, "reward_base": dir, "train": path, "eval": path, "sft": path, "pairs": path,
+    "labels": path}``.
     """
     from kuberlhf.models.tiny import build_char_tokenizer, build_tiny_llama, save_model_dir
 
@@ -244,9 +253,10 @@ def build_demo_assets(out_dir: str | os.PathLike, seed: int = 0, sft_steps: int 
     try:
         train, evals = make_addition_rows(seed, n_train, n_eval)
         tok = build_char_tokenizer(ALPHABET)
-        model = build_tiny_llama(tok, seed=seed)
-        warmup_sft(model, tok, train, steps=sft_steps, seed=seed)
-        save_model_dir(model, tok, tmp / "model")
+        for key, size in (("reward_base", REWARD_BASE_SIZE), ("model", {})):
+            model = build_tiny_llama(tok, seed=seed, **size)
+            warmup_sft(model, tok, train, steps=sft_steps, seed=seed)
+            save_model_dir(model, tok, tmp / MODEL_DIRS[key])
         write_jsonl(train, tmp / "train.jsonl")
         write_jsonl(evals, tmp / "eval.jsonl")
         for name, rows in make_offline_rows(train, seed).items():
@@ -259,13 +269,14 @@ def build_demo_assets(out_dir: str | os.PathLike, seed: int = 0, sft_steps: int 
         except OSError:
             if _complete(out_dir):
                 return _asset_paths(out_dir)
-            # out_dir exists (empty or a leftover partial build): move the pieces in, the model last.
+            # out_dir exists (empty or a leftover partial build): move the pieces in, the policy model last.
             out_dir.mkdir(parents=True, exist_ok=True)
             for name in DATA_FILES:
                 os.replace(tmp / f"{name}.jsonl", out_dir / f"{name}.jsonl")
-            if (out_dir / "model").exists():
-                shutil.rmtree(out_dir / "model")
-            os.rename(tmp / "model", out_dir / "model")
+            for name in MODEL_DIRS.values():
+                if (out_dir / name).exists():
+                    shutil.rmtree(out_dir / name)
+                os.rename(tmp / name, out_dir / name)
         return _asset_paths(out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
