@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -116,8 +117,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             metrics.update(evaluate(engine, config, device, rank, world))
         if metrics_file is not None:
             metrics_file.write({"step": step, **metrics})
+            # To the process's own stdout: Ray Train's patched print would also echo it through its logger (twice).
             print(f"step {step}/{config.total_steps}  loss {metrics['loss']:.4f}"
-                  + (f"  accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""), flush=True)
+                  + (f"  accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""), file=sys.__stdout__,
+                  flush=True)
         if config.checkpoint_every and step % config.checkpoint_every == 0:
             save_checkpoint(engine, metrics, step, rank)
     if rank == 0 and config.evaluation is not None:
