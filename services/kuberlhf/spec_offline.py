@@ -21,6 +21,10 @@ class SFTSpec(SpecModel):
     completion_only: bool = True
     """Prompt-completion data: train on the completion's tokens only (the prompt is context). Language
     modelling data (`text`, `messages`) always trains on every token."""
+    packing: bool = False
+    """Pack several examples into each sequence of up to `data.maxLength` tokens (best-fit decreasing), so
+    batches hold tokens instead of padding. Attention never crosses examples (position ids restart in each)
+    and the loss is the same as unpacked; `training.batchSize` then counts packed sequences."""
 
 
 class DPOSpec(SpecModel):

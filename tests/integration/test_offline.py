@@ -64,6 +64,19 @@ def test_sft_raises_heldout_accuracy(assets, tmp_path, start_accuracy):
     assert final >= start_accuracy + 0.05
 
 
+def test_packed_sft_raises_heldout_accuracy(assets, tmp_path, start_accuracy, capfd):
+    summary = run_offline(assets, tmp_path, "sft", assets["sft"], "spec.sft.packing=true", "spec.data.maxLength=32",
+                          "spec.training.batchSize=8", "spec.training.learningRate=0.0003")
+    final = heldout_sampled_accuracy(summary["final_model"], assets["eval"])
+    packed = [line for line in capfd.readouterr().err.splitlines() if "sft packing:" in line]
+    print(f"packed sft: {packed}; held-out sampled accuracy {start_accuracy:.3f} -> {final:.3f} in "
+          f"{summary['steps']} steps")
+    sequences = int(packed[0].split(" in ")[1].split()[0])
+    assert sequences < 4000 / 2  # at least two examples to a sequence of 32 tokens
+    assert summary["steps"] == sequences // 8  # batchSize counts packed sequences
+    assert final >= start_accuracy + 0.05
+
+
 def format_pairs(rows: list[dict]) -> list[dict]:
     """Pairs a reward model of this size can learn: a well-formed answer over the same answer with a stray '+'.
     (Whether a sum is right is beyond the 84k-parameter model's last-token head: on pairs.jsonl it stays at

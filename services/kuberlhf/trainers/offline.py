@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from kuberlhf.data.examples import Examples, make_batch, tokenize_dataset
+from kuberlhf.data.packing import pack_by_best_fit
 from kuberlhf.errors import UserError, user_error_in
 from kuberlhf.models.loading import load_tokenizer
 from kuberlhf.preflight import OfflineInputs
@@ -49,7 +50,8 @@ def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any) -> dict[str, A
     scored = [examples] + ([eval_examples] if eval_examples is not None else [])
     references = score_with_reference(job, inputs.reference_model, scored, tokenizer.pad_token_id) \
         if inputs.reference_model else [{} for _ in scored]
-    train = Split(examples, references[0])
+    train = Split(examples, references[0], packs=packs_of(examples, spec.data.max_length, note)
+                  if spec.algorithm == "sft" and spec.sft.packing else None)
     evaluation = Split(eval_examples, references[1]) if eval_examples is not None else None
     config = offline_config(job, inputs, train, evaluation, tokenizer.pad_token_id)
     note(f"{spec.algorithm}: {len(examples)} examples, {config.steps_per_epoch} steps per epoch, "
@@ -81,9 +83,10 @@ def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any) -> dict[str, A
 def offline_config(job: RLHFJob, inputs: OfflineInputs, train: Split, evaluation: Split | None,
                    pad_token_id: int) -> OfflineConfig:
     spec, t = job.spec, job.spec.training
-    if len(train.examples) < t.batch_size:
-        raise UserError(f"spec.training.batchSize: {t.batch_size} examples per step but {spec.data.train} has "
-                        f"only {len(train.examples)}")
+    if train.size < t.batch_size:
+        unit = "packed sequences" if train.packs is not None else "examples"
+        raise UserError(f"spec.training.batchSize: {t.batch_size} {unit} per step but {spec.data.train} has "
+                        f"only {train.size}")
     settings: dict[str, Any] = {}
     if spec.dpo is not None:
         settings = dict(beta=spec.dpo.beta, loss_type=spec.dpo.loss_type, label_smoothing=spec.dpo.label_smoothing,
@@ -98,6 +101,15 @@ def offline_config(job: RLHFJob, inputs: OfflineInputs, train: Split, evaluation
         checkpoint_every=spec.checkpoint.every_steps, pad_token_id=pad_token_id, train=train, evaluation=evaluation,
         eval_every=t.eval_every_steps, lora=spec.policy.lora, merge_lora=spec.output.merge_lora, **settings,
     )
+
+
+def packs_of(examples: Examples, max_length: int, note: Callable[[str], None]) -> list[list[int]]:
+    """sft.packing: the examples of each packed sequence, and a note of how full they are."""
+    lengths = [len(p) + len(c) for p, c in zip(examples.prompts, examples.completions)]
+    packs = pack_by_best_fit(lengths, max_length)
+    note(f"sft packing: {len(examples)} examples in {len(packs)} sequences of up to {max_length} tokens, "
+         f"{sum(lengths) / (len(packs) * max_length):.0%} full")
+    return packs
 
 
 def whole_sequences(examples: Examples) -> Examples:

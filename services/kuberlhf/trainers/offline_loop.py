@@ -28,6 +28,7 @@ from kuberlhf.algorithms.preference import (
     sft_loss,
 )
 from kuberlhf.data.examples import Examples, make_batch
+from kuberlhf.data.packing import packed_batch, packed_logprobs
 from kuberlhf.engines.training import TrainingSetup, make_training_engine
 from kuberlhf.models.forward import response_logprobs
 from kuberlhf.models.reward import sequence_rewards
@@ -45,6 +46,15 @@ class Split:
 
     examples: Examples
     reference: dict[str, torch.Tensor]
+    packs: list[list[int]] | None = None  # sft.packing: the examples of each packed sequence
+
+    @property
+    def size(self) -> int:
+        """What a batch is drawn from: examples, or packed sequences."""
+        return len(self.packs) if self.packs is not None else len(self.examples)
+
+    def examples_of(self, indices: list[int]) -> list[int]:
+        return [i for index in indices for i in self.packs[index]] if self.packs is not None else indices
 
 
 @dataclass(frozen=True)
@@ -76,7 +86,7 @@ class OfflineConfig:
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.train.examples) // self.batch_size
+        return self.train.size // self.batch_size
 
     @property
     def total_steps(self) -> int:
@@ -104,7 +114,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     while step < config.total_steps:
         started = time.perf_counter()
         epoch, index = divmod(step, config.steps_per_epoch)
-        order = torch.randperm(len(config.train.examples), generator=torch.Generator().manual_seed(config.seed + epoch))
+        order = torch.randperm(config.train.size, generator=torch.Generator().manual_seed(config.seed + epoch))
         batch = order[index * config.batch_size : (index + 1) * config.batch_size].tolist()
         mine = batch[rank * share : (rank + 1) * share]
         model.train()
@@ -139,12 +149,14 @@ def load_trained_model(config: OfflineConfig, device: torch.device) -> torch.nn.
 
 def train_step(engine: Any, config: OfflineConfig, indices: list[int], device: torch.device) -> dict[str, float]:
     """One optimizer step over this rank's examples, `micro_batch_size` at a time; each micro-batch's loss is
-    weighted by its share of the examples (its share of target tokens for sft)."""
+    weighted by its share of the examples (its share of target tokens for sft). With sft packing, `indices`
+    are packed sequences."""
     micro = config.setup.micro_batch_size
     parts = [indices[start : start + micro] for start in range(0, len(indices), micro)]
     weights = [len(part) / len(indices) for part in parts]
     if config.algorithm == "sft":
-        tokens = [sum(len(config.train.examples.completions[i]) for i in part) for part in parts]
+        tokens = [sum(len(config.train.examples.completions[i]) for i in config.train.examples_of(part))
+                  for part in parts]
         weights = [count / sum(tokens) for count in tokens]
     kl_baseline = kto_reference_point(engine, config, config.train, indices, device) if config.algorithm == "kto" \
         else None
@@ -178,6 +190,9 @@ class WeightedMeans:
 def algorithm_loss(model: Any, config: OfflineConfig, split: Split, part: list[int], device: torch.device,
                    kl_baseline: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     examples, reference = split.examples, split.reference
+    if split.packs is not None:  # sft packing: `part` lists packed sequences
+        batch = packed_batch(examples, [split.packs[i] for i in part], config.pad_token_id).to(device)
+        return sft_loss(*packed_logprobs(model, batch)), {}
     prompts = [examples.prompts[i] for i in part]
     completions = [examples.completions[i] for i in part]
     if config.algorithm == "sft":
