@@ -28,7 +28,10 @@ def errors(raw: dict) -> list[str]:
 def test_stages_train_the_previous_policy_and_score_with_the_newest_reward_model():
     sft, rm, ppo = stage_jobs(CHAIN)
     assert sft.spec.policy.model == "examples/assets/model"
-    assert rm.spec.policy.model == "runs/chain-tiny/sft/final"  # the reward model starts from the SFT model
+    assert rm.spec.policy.model == "examples/assets/reward-base"  # the stage's own starting point
+    raw = raw_chain()
+    del raw["spec"]["stages"][1]["policy"]
+    assert stage_jobs(validate_job(raw))[1].spec.policy.model == "runs/chain-tiny/sft/final"  # default: the SFT model
     assert ppo.spec.policy.model == "runs/chain-tiny/sft/final"
     assert ppo.spec.reward.model == "runs/chain-tiny/rm/final"
     assert [job.output_dir for job in (sft, rm, ppo)] == [f"runs/chain-tiny/{n}" for n in ("sft", "rm", "ppo")]
@@ -54,7 +57,7 @@ def test_a_stage_must_hold_together_as_a_job():
     raw = raw_chain()
     raw["spec"]["stages"][2]["training"]["miniBatchSize"] = 48
     assert errors(raw) == ["spec.stages.2.training.miniBatchSize: must divide promptsPerStep x samplesPerPrompt "
-                           "= 64, got 48"]
+                           "= 128, got 48"]
 
 
 def test_stages_and_a_job_algorithm_do_not_mix_and_names_are_unique():
