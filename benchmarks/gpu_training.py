@@ -240,8 +240,9 @@ def worker_main(payload: str) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def run_subprocess(config: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(config)], capture_output=True,
+def run_subprocess(config: dict[str, Any], script: str = __file__) -> dict[str, Any]:
+    """`script --worker CONFIG` in a fresh process; its RESULT line, or the error it ended with."""
+    proc = subprocess.run([sys.executable, script, "--worker", json.dumps(config)], capture_output=True,
                           text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):

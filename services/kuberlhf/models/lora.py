@@ -37,7 +37,7 @@ def quantization_config(spec: Any) -> Any:
         raise UserError("spec.policy.lora.quantize: 4-bit QLoRA needs a CUDA GPU (bitsandbytes); this worker has "
                         "none. Use LoRA without quantize here")
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes  # noqa: F401  (only whether it is installed)
     except ImportError:
         raise UserError("spec.policy.lora.quantize: 4-bit QLoRA needs the bitsandbytes package") from None
     from transformers import BitsAndBytesConfig
@@ -52,12 +52,16 @@ def is_lora(model: nn.Module) -> bool:
 
 def merged_state_dict(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The base model's weights with the adapters folded in, under the base model's own names (what vLLM and
-    HF load): W + (alpha / r) B A per adapted layer. `weights` is the LoRA model's state dict."""
+    HF load): W + (alpha / r) B A per adapted layer. `weights` is the LoRA model's state dict. QLoRA's 4-bit
+    weights are dequantized first (the bf16 weights its forward pass computes with), their quantization
+    state left out."""
     scaling = {name: layer.scaling["default"] for name, layer in model.named_modules() if _is_lora_layer(layer)}
+    dense = dequantized_weights(model)
     merged = {}
     for name, tensor in weights.items():
-        if ".lora_" in name:
+        if ".lora_" in name or any(name.startswith(f"{weight}.") for weight in dense):
             continue
+        tensor = dense.get(name, tensor)
         if name.endswith(".base_layer.weight"):
             layer = name.removesuffix(".base_layer.weight")
             a, b = weights[f"{layer}.lora_A.default.weight"], weights[f"{layer}.lora_B.default.weight"]
@@ -73,11 +77,41 @@ def save_trained(model: nn.Module, weights: dict[str, torch.Tensor], path: Path,
     if not is_lora(model):
         model.save_pretrained(path, state_dict={k: v.cpu() for k, v in weights.items()}, safe_serialization=True)
     elif merge_lora:
+        merged = {k: v.cpu() for k, v in merged_state_dict(model, weights).items()}
         base = model.get_base_model()
-        base.save_pretrained(path, state_dict={k: v.cpu() for k, v in merged_state_dict(model, weights).items()},
-                             safe_serialization=True)
+        if getattr(base, "is_loaded_in_4bit", False):
+            base = dense_copy(base, merged)  # QLoRA: the merged model is a plain bf16 one
+        base.save_pretrained(path, state_dict=merged, safe_serialization=True)
     else:  # peft keeps the adapter's entries of the full state dict
         model.save_pretrained(path, state_dict={k: v.cpu() for k, v in weights.items()}, safe_serialization=True)
+
+
+def dense_copy(base: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """A plain (unquantized) CPU model of `base`'s architecture holding `weights`; its config has no
+    quantization settings, so the directory it saves loads as an ordinary model."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(base.config)
+    for attribute in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attribute):
+            delattr(config, attribute)
+    dense = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    dense.load_state_dict(weights)
+    dense.generation_config = base.generation_config
+    return dense
+
+
+def dequantized_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The dense weight of every bitsandbytes 4-bit layer, by state-dict name (empty without QLoRA)."""
+    if not getattr(model, "is_loaded_in_4bit", False):
+        return {}
+    import bitsandbytes as bnb
+    from peft.utils.integrations import dequantize_bnb_weight
+
+    return {f"{name}.weight": dequantize_bnb_weight(module.weight, module.weight.quant_state)
+            for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)}
 
 
 def _is_lora_layer(module: nn.Module) -> bool:
