@@ -77,3 +77,21 @@ def test_grpo_with_lora_learns_and_vllm_gets_exactly_the_merged_weights(assets, 
     print(f"grpo, LoRA r=16: held-out sampled accuracy {start_accuracy:.3f} -> {final:.3f}; max mismatch KL {mismatch:.2e}")
     assert final >= start_accuracy + MARGIN
     assert mismatch < 1e-4  # the engines sample from the merged adapters, not from the base model
+
+
+def test_grpo_with_qlora_learns_from_a_4bit_base(assets, tmp_path, start_accuracy):
+    summary = run_example("grpo-tiny", assets, tmp_path, "spec.policy.lora.rank=16", "spec.policy.lora.quantize=4bit",
+                          "spec.training.learningRate=0.001")
+    final = heldout_sampled_accuracy(summary["final_model"], assets["eval"])
+    records = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
+    mismatch = max(r["rollout/mismatch_kl"] for r in records)
+    print(f"grpo, QLoRA r=16: held-out sampled accuracy {start_accuracy:.3f} -> {final:.3f}; eval reward "
+          f"{summary['eval']['eval/reward_mean_start']:.3f} -> {summary['eval']['eval/reward_mean_end']:.3f}; "
+          f"max mismatch KL {mismatch:.2e}")
+    # 4 bits cost this 84k-parameter model accuracy (the eval's start is the quantized model's); training
+    # recovers that and more (measured 0.324 -> 0.455, and 0.405 -> 0.432 against the unquantized start)
+    assert summary["eval"]["eval/reward_mean_end"] >= summary["eval"]["eval/reward_mean_start"] + MARGIN
+    assert final >= start_accuracy
+    # vLLM samples from the dequantized base plus the adapters from the first step on (float32 on the CPU)
+    assert mismatch < 1e-4
+    assert "quantization_config" not in json.loads((tmp_path / "final" / "config.json").read_text())

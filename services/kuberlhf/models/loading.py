@@ -28,12 +28,14 @@ def load_tokenizer(path: str, padding_side: str = "left") -> PreTrainedTokenizer
 
 
 def load_causal_lm(path: str, field: str, dtype: torch.dtype = torch.float32,
-                   quantization: object | None = None) -> PreTrainedModel:
-    """A causal LM for the policy, reference or rollout roles (`quantization`: a bitsandbytes config, QLoRA)."""
+                   quantization: object | None = None, device: torch.device | None = None) -> PreTrainedModel:
+    """A causal LM for the policy, reference or rollout roles (`quantization`: a bitsandbytes config, QLoRA,
+    quantized straight onto `device`)."""
     try:
         if quantization is not None:
-            return AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, quantization_config=quantization,
-                                                        device_map={"": 0})
+            return AutoModelForCausalLM.from_pretrained(path, dtype=quantization.bnb_4bit_compute_dtype,
+                                                        quantization_config=quantization,
+                                                        device_map={"": device or torch.device("cpu")})
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as err:
         raise UserError(f"{field}: cannot load a causal language model from {path!r}: {err}") from None
@@ -44,11 +46,22 @@ def load_policy(path: str, lora: object | None, device: torch.device) -> PreTrai
     (4-bit for QLoRA) with LoRA adapters."""
     from kuberlhf.models.lora import add_lora, quantization_config
 
-    quantization = quantization_config(lora)
-    model = load_causal_lm(path, "spec.policy.model", quantization=quantization)
+    quantization = quantization_config(lora, device)
+    model = load_causal_lm(path, "spec.policy.model", quantization=quantization, device=device)
     if quantization is None:
         model = model.to(device)
+    else:
+        keep_4bit_weights_canonical(model)
     return add_lora(model, lora) if lora is not None else model
+
+
+def keep_4bit_weights_canonical(model: torch.nn.Module) -> None:
+    """bitsandbytes repacks a 4-bit layer's weight for its AVX512-bf16 CPU kernel at the first no-grad forward,
+    and requantizes it back whenever the state dict is read: a log-prob pass and a weight sync every step
+    would nudge the frozen base each time. Off: CPU QLoRA computes with the canonical weights throughout."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def load_reward_model(path: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:

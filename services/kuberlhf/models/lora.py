@@ -3,7 +3,8 @@ the final model merged or as an adapter.
 
 Only the adapters train (the optimizer sees only parameters that require gradients); the frozen base is the
 reference policy, so the reference role loads the base model as before. QLoRA quantizes the frozen base to
-4 bits with bitsandbytes, which needs a CUDA GPU: elsewhere it is refused with the field named.
+4 bits with bitsandbytes (CUDA or CPU); the weights the rollout engines get, and the merged final model, are
+the dequantized base plus the adapters, as a plain model.
 """
 
 from __future__ import annotations
@@ -29,21 +30,26 @@ def add_lora(model: nn.Module, spec: Any) -> nn.Module:
         raise UserError(f"spec.policy.lora.targetModules: {err}") from None
 
 
-def quantization_config(spec: Any) -> Any:
-    """bitsandbytes 4-bit settings for QLoRA (`policy.lora.quantize: 4bit`), or None."""
+def quantization_config(spec: Any, device: torch.device = torch.device("cpu")) -> Any:
+    """bitsandbytes 4-bit settings for QLoRA (`policy.lora.quantize: 4bit`), or None: NF4 with double
+    quantization (Dettmers et al. 2023), computing in bf16 on a GPU and in float32 on the CPU, where the rest
+    of the job (and the rollout engines) compute in float32 too."""
     if spec is None or spec.quantize is None:
         return None
-    if not torch.cuda.is_available():
-        raise UserError("spec.policy.lora.quantize: 4-bit QLoRA needs a CUDA GPU (bitsandbytes); this worker has "
-                        "none. Use LoRA without quantize here")
     try:
         import bitsandbytes  # noqa: F401  (only whether it is installed)
     except ImportError:
-        raise UserError("spec.policy.lora.quantize: 4-bit QLoRA needs the bitsandbytes package") from None
+        raise UserError("spec.policy.lora.quantize: 4-bit QLoRA needs the bitsandbytes package "
+                        "(pip install bitsandbytes)") from None
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
+                              bnb_4bit_compute_dtype=qlora_dtype(device))
+
+
+def qlora_dtype(device: torch.device) -> torch.dtype:
+    """What a QLoRA model computes in, and the dtype of its unquantized parts."""
+    return torch.float32 if device.type == "cpu" else torch.bfloat16
 
 
 def is_lora(model: nn.Module) -> bool:
@@ -56,7 +62,7 @@ def merged_state_dict(model: nn.Module, weights: dict[str, torch.Tensor]) -> dic
     weights are dequantized first (the bf16 weights its forward pass computes with), their quantization
     state left out."""
     scaling = {name: layer.scaling["default"] for name, layer in model.named_modules() if _is_lora_layer(layer)}
-    dense = dequantized_weights(model)
+    dense = dequantized_weights(model, weights)
     merged = {}
     for name, tensor in weights.items():
         if ".lora_" in name or any(name.startswith(f"{weight}.") for weight in dense):
@@ -65,7 +71,7 @@ def merged_state_dict(model: nn.Module, weights: dict[str, torch.Tensor]) -> dic
         if name.endswith(".base_layer.weight"):
             layer = name.removesuffix(".base_layer.weight")
             a, b = weights[f"{layer}.lora_A.default.weight"], weights[f"{layer}.lora_B.default.weight"]
-            tensor = tensor + (b.float() @ a.float()).to(tensor.dtype) * scaling[layer]
+            tensor = (tensor.float() + (b.float() @ a.float()) * scaling[layer]).to(tensor.dtype)
         merged[name.removeprefix("base_model.model.").replace(".base_layer.", ".")] = tensor
     return merged
 
@@ -97,21 +103,28 @@ def dense_copy(base: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
     for attribute in ("quantization_config", "_pre_quantization_dtype"):
         if hasattr(config, attribute):
             delattr(config, attribute)
-    dense = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    dense = AutoModelForCausalLM.from_config(config, dtype=base.dtype)
     dense.load_state_dict(weights)
     dense.generation_config = base.generation_config
     return dense
 
 
-def dequantized_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The dense weight of every bitsandbytes 4-bit layer, by state-dict name (empty without QLoRA)."""
+def dequantized_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The dense weight of every bitsandbytes 4-bit layer, by state-dict name (empty without QLoRA), from the
+    state dict's packed weight and quantization state: the serialized form, which bitsandbytes keeps exact even
+    where it repacks a layer's live weight for its CPU kernels."""
     if not getattr(model, "is_loaded_in_4bit", False):
         return {}
     import bitsandbytes as bnb
-    from peft.utils.integrations import dequantize_bnb_weight
+    from bitsandbytes.functional import QuantState, dequantize_4bit
 
-    return {f"{name}.weight": dequantize_bnb_weight(module.weight, module.weight.quant_state)
-            for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)}
+    dense = {}
+    for name, module in model.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            key = f"{name}.weight"
+            state = {k[len(key) + 1:]: v for k, v in weights.items() if k.startswith(f"{key}.")}
+            dense[key] = dequantize_4bit(weights[key], QuantState.from_dict(state, device=weights[key].device))
+    return dense
 
 
 def _is_lora_layer(module: nn.Module) -> bool:

@@ -61,6 +61,8 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
         sampler.load_state(state["sampler"])
         kl_coef, first_step = state["kl_coef"], state["step"] + 1
         display.note(f"resuming from {resume_from} (step {state['step']})")
+    elif spec.policy.lora is not None and spec.policy.lora.quantize:  # QLoRA: the engines loaded the model
+        workers.rollout.call("load_weights", workers.policy.call("state_dict").refs[0]).get()  # unquantized
     metrics_file = MetricsFile(output_dir / "metrics.jsonl", resume_step=first_step - 1)
     evals: dict[str, float] = {}
     if eval_data is not None and first_step == 1:
