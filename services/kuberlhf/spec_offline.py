@@ -66,4 +66,5 @@ class LoRASpec(SpecModel):
     target_modules: str | list[str] = "all-linear"
     """Module names to adapt (e.g. [q_proj, v_proj]), or `all-linear` for every linear layer but the LM head."""
     quantize: Literal["4bit"] | None = None
-    """QLoRA: keep the frozen base in 4-bit NF4 with bf16 compute (bitsandbytes, on CUDA GPUs or the CPU)."""
+    """QLoRA: keep the frozen base in 4-bit NF4 (bitsandbytes), computing in bf16 on GPUs and float32 on the
+    CPU. The rollout engines and the merged final model get the dequantized base plus the adapters."""
