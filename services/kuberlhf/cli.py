@@ -110,6 +110,13 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Print the field reference generated from the spec (the source of docs/spec.md).",
     )
     docs.set_defaults(handler=_spec_docs)
+    crd = commands.add_parser(
+        "crd",
+        help="print the RLHFJob CustomResourceDefinition (YAML)",
+        description="Print the rlhfjobs.kuberlhf.io CRD generated from the spec (the source of "
+                    "helm/kuberlhf/crds/).",
+    )
+    crd.set_defaults(handler=_crd)
     return parser
 
 
@@ -123,6 +130,13 @@ def _spec_docs(args: argparse.Namespace) -> int:
     from kuberlhf.spec_docs import render_spec_markdown
 
     print(render_spec_markdown(), end="")
+    return 0
+
+
+def _crd(args: argparse.Namespace) -> int:
+    from kuberlhf.crd import crd_yaml
+
+    print(crd_yaml(), end="")
     return 0
 
 

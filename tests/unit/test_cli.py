@@ -90,11 +90,19 @@ def test_run_with_a_bad_data_row_stops_before_ray_starts(workspace):
 
 
 def test_help_describes_every_command(capsys):
-    for command in ("run", "validate", "demo-assets", "spec-docs"):
+    for command in ("run", "validate", "demo-assets", "spec-docs", "crd", "init", "serve-reward"):
         with pytest.raises(SystemExit) as exited:
             main([command, "--help"])
         assert exited.value.code == 0
         assert "usage: kuberlhf " + command in capsys.readouterr().out
+
+
+def test_crd_prints_the_generated_definition(capsys):
+    import yaml
+
+    assert main(["crd"]) == 0
+    crd = yaml.safe_load(capsys.readouterr().out)
+    assert crd["kind"] == "CustomResourceDefinition" and crd["metadata"]["name"] == "rlhfjobs.kuberlhf.io"
 
 
 def test_a_user_error_inside_a_ray_train_worker_is_found_behind_the_training_failure():
