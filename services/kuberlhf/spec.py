@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from kuberlhf.spec_base import SpecModel
+from kuberlhf.spec_cluster import ClusterSpec
 from kuberlhf.spec_offline import OFFLINE_ALGORITHMS, DPOSpec, KTOSpec, LoRASpec, SFTSpec
 from kuberlhf.spec_online import ISCorrectionSpec, KLSpec, RolloutSpec
 
@@ -325,6 +326,11 @@ class RLHFJobSpec(SpecModel):
     stages: list[StageSpec] | None = Field(default=None, min_length=1)
     """Stages run one after the other in one job, e.g. sft -> rm -> ppo; then `algorithm` is not set and
     the job's other sections are every stage's defaults."""
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    """The Ray cluster the operator starts for the job on Kubernetes (ignored by a local `kuberlhf run`)."""
+    suspend: bool = False
+    """On Kubernetes: true holds the job (its RayJob is suspended, its pods deleted; Kueue sets this too), false
+    lets it run; a resumed job continues from its newest checkpoint."""
 
     @model_validator(mode="after")
     def _consistent(self) -> RLHFJobSpec:

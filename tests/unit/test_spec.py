@@ -59,7 +59,7 @@ def test_unknown_field_is_rejected_with_a_suggestion():
 
 def test_unknown_top_level_spec_field_lists_nothing_close_as_allowed_fields():
     (line,) = error_lines(job_with(spec__zzz=1))
-    assert line.startswith("spec.zzz: unknown field (allowed: algorithm, checkpoint, critic,")
+    assert line.startswith("spec.zzz: unknown field (allowed: algorithm, checkpoint, cluster, critic,")
 
 
 def test_wrong_type_names_expected_type():
