@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import ray
-from ray.util.placement_group import PlacementGroup, placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from typing import TYPE_CHECKING
 
 from kuberlhf.errors import UserError
 from kuberlhf.spec import ResourcesSpec, RoleResources
+
+if TYPE_CHECKING:  # Ray is imported where it is used: the operator sizes clusters with plan_placement, without Ray
+    from ray.util.placement_group import PlacementGroup
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class ActorPlacement:
     num_gpus: float
 
     def options(self, group: PlacementGroup) -> dict:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
         return {
             "num_cpus": self.num_cpus,
             "num_gpus": self.num_gpus,
@@ -58,6 +61,9 @@ def plan_placement(resources: ResourcesSpec, roles: list[str]) -> tuple[list[dic
 
 def create_placement_group(bundles: list[dict[str, float]], separate: bool, timeout_s: float = 60.0) -> PlacementGroup:
     """Reserve the bundles; fail with the numbers when the cluster cannot hold them."""
+    import ray
+    from ray.util.placement_group import placement_group
+
     group = placement_group(bundles, strategy="SPREAD" if separate else "PACK")
     ready, _ = ray.wait([group.ready()], timeout=timeout_s)
     if not ready:

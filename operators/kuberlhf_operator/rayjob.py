@@ -1,0 +1,206 @@
+"""The children of an RLHFJob, as pure functions of the job: a ConfigMap holding the job file and a KubeRay
+`RayJob` (ray.io/v1) whose entrypoint runs `kuberlhf run` on it.
+
+Cluster size: the roles' placement-group bundles (`kuberlhf.workers.placement.plan_placement`, the function
+the job itself reserves them with), for the largest stage of a chained job. The head pod runs the driver and
+the dashboard only (`num-cpus: 0`); worker pods of `cluster.gpusPerWorker` GPUs hold every bundle, so Ray can
+place the job's placement group. Both children are owned by the RLHFJob (deleting it deletes them) and are
+named after it, so a second create of the same child fails with a conflict instead of making a duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from kuberlhf.spec import API_VERSION, KIND, ONLINE_ALGORITHMS, RLHFJob, RLHFJobSpec
+from kuberlhf.stages import stage_jobs
+from kuberlhf.workers.placement import plan_placement
+
+JOB_DIR, JOB_FILE, DATA_DIR = "/etc/kuberlhf", "job.yaml", "/data"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+SPEC_HASH = "kuberlhf.io/spec-hash"
+JOB_LABEL = "kuberlhf.io/job"
+RAY_VERSION = "2.60.0"
+MAX_GPUS_PER_WORKER = 8
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """What the Helm chart configures: the default runtime image and the pods' service account."""
+
+    runtime_image: str
+    job_service_account: str | None = None
+    image_pull_policy: str = "IfNotPresent"
+
+
+@dataclass(frozen=True)
+class ClusterSize:
+    """What the job's placement group needs: total CPUs and GPUs, and the largest single bundle."""
+
+    cpus: float
+    gpus: float
+    largest_bundle_gpus: float
+    largest_bundle_cpus: float
+
+
+def cluster_size(spec: RLHFJobSpec, name: str) -> ClusterSize:
+    """Resources of the largest stage (a single-stage job is its own only stage)."""
+    jobs = stage_jobs(RLHFJob.model_validate({"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name},
+                                              "spec": spec.model_dump(by_alias=True, exclude_unset=True)})) \
+        if spec.stages else [None]
+    sizes = []
+    for job in jobs:
+        stage_spec = job.spec if job is not None else spec
+        bundles, _ = plan_placement(stage_spec.resources, roles_of(stage_spec))
+        sizes.append(ClusterSize(cpus=sum(b["CPU"] for b in bundles), gpus=sum(b.get("GPU", 0) for b in bundles),
+                                 largest_bundle_gpus=max(b.get("GPU", 0) for b in bundles),
+                                 largest_bundle_cpus=max(b["CPU"] for b in bundles)))
+    return max(sizes, key=lambda s: (s.gpus, s.cpus))
+
+
+def roles_of(spec: RLHFJobSpec) -> list[str]:
+    """The roles a job may start: an upper bound (the reference only where KL or the algorithm needs it)."""
+    if spec.algorithm not in ONLINE_ALGORITHMS:
+        return ["policy", "reference"]  # Ray Train workers, and the actor that scores reference log-probs
+    roles = ["policy", "rollout", "reference"]
+    roles += ["reward"] if spec.reward is not None and spec.reward.model else []
+    roles += ["critic"] if spec.algorithm == "ppo" else []
+    return roles
+
+
+def worker_group(spec: RLHFJobSpec, size: ClusterSize, settings: OperatorSettings) -> dict[str, Any]:
+    cluster = spec.cluster
+    if size.gpus > 0:
+        per_worker = cluster.gpus_per_worker or min(MAX_GPUS_PER_WORKER, math.ceil(size.gpus))
+        per_worker = max(per_worker, math.ceil(size.largest_bundle_gpus))
+        replicas = math.ceil(size.gpus / per_worker)
+        cpus = max(math.ceil(per_worker * cluster.cpus_per_gpu), math.ceil(size.cpus / replicas))
+        memory = _scaled(cluster.memory_per_gpu, per_worker)
+        limits = {"cpu": str(cpus), "memory": memory, "nvidia.com/gpu": str(per_worker)}
+    else:
+        replicas, cpus = 1, max(1, math.ceil(size.cpus))
+        limits = {"cpu": str(cpus), "memory": _scaled(cluster.memory_per_gpu, max(1, math.ceil(cpus / 8)))}
+    return {
+        "groupName": "workers", "replicas": replicas, "minReplicas": replicas, "maxReplicas": replicas,
+        "rayStartParams": {},
+        "template": pod_template(spec, settings, "ray-worker", limits, head=False),
+    }
+
+
+def pod_template(spec: RLHFJobSpec, settings: OperatorSettings, container: str, limits: dict[str, str],
+                 head: bool) -> dict[str, Any]:
+    cluster = spec.cluster
+    mounts, volumes = [], []
+    if head:
+        mounts.append({"name": "job", "mountPath": JOB_DIR, "readOnly": True})
+        volumes.append({"name": "job", "configMap": {"name": "__CONFIGMAP__"}})
+    if cluster.persistent_volume_claim:
+        mounts.append({"name": "data", "mountPath": DATA_DIR})
+        volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": cluster.persistent_volume_claim}})
+    main = {
+        "name": container, "image": cluster.image or settings.runtime_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "resources": {"requests": dict(limits), "limits": dict(limits)},
+        "volumeMounts": mounts,
+        "securityContext": {"allowPrivilegeEscalation": False},
+    }
+    if head:
+        main["ports"] = [{"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
+                         {"containerPort": 10001, "name": "client"}, {"containerPort": 8080, "name": "metrics"}]
+    else:
+        main["ports"] = [{"containerPort": 8080, "name": "metrics"}]
+    pod: dict[str, Any] = {"containers": [main], "volumes": volumes}
+    account = cluster.service_account_name or settings.job_service_account
+    if account:
+        pod["serviceAccountName"] = account
+    if cluster.node_selector:
+        pod["nodeSelector"] = dict(cluster.node_selector)
+    if cluster.tolerations:
+        pod["tolerations"] = [t.model_dump(exclude_none=True) for t in cluster.tolerations]
+    return {"spec": pod}
+
+
+def build_configmap(job: dict[str, Any]) -> dict[str, Any]:
+    """The job file the head pod mounts: the RLHFJob's name, namespace, labels and spec as the user wrote it."""
+    meta = job["metadata"]
+    document = {"apiVersion": API_VERSION, "kind": KIND,
+                "metadata": {"name": meta["name"], "namespace": meta.get("namespace"),
+                             "labels": dict(meta.get("labels") or {})},
+                "spec": job["spec"]}
+    return {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": child_metadata(job, configmap_name(job)),
+        "data": {JOB_FILE: yaml.safe_dump(document, sort_keys=False)},
+    }
+
+
+def build_rayjob(job: dict[str, Any], spec: RLHFJobSpec, settings: OperatorSettings) -> dict[str, Any]:
+    """The RayJob that runs `kuberlhf run` on the mounted job file."""
+    name = job["metadata"]["name"]
+    size = cluster_size(spec, name)
+    head_limits = {"cpu": _cpus(spec.cluster.head_cpus), "memory": spec.cluster.head_memory}
+    head = pod_template(spec, settings, "ray-head", head_limits, head=True)
+    head["spec"]["volumes"][0]["configMap"]["name"] = configmap_name(job)
+    workdir = f"cd {DATA_DIR} && " if spec.cluster.persistent_volume_claim else ""
+    rayjob_spec: dict[str, Any] = {
+        "entrypoint": f"{workdir}kuberlhf run {JOB_DIR}/{JOB_FILE}",
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": spec.cluster.ttl_seconds_after_finished,
+        "backoffLimit": spec.cluster.backoff_limit,
+        "suspend": spec.suspend,
+        "submissionMode": "K8sJobMode",
+        "runtimeEnvYAML": yaml.safe_dump({"env_vars": {"KUBERLHF_RLHFJOB": f"{namespace_of(job)}/{name}"}}),
+        "rayClusterSpec": {
+            "rayVersion": RAY_VERSION,
+            "headGroupSpec": {"rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"}, "template": head},
+            "workerGroupSpecs": [worker_group(spec, size, settings)],
+        },
+    }
+    if spec.cluster.active_deadline_seconds:
+        rayjob_spec["activeDeadlineSeconds"] = spec.cluster.active_deadline_seconds
+    metadata = child_metadata(job, name)
+    metadata["annotations"] = {SPEC_HASH: spec_hash(job["spec"])}
+    return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": metadata, "spec": rayjob_spec}
+
+
+def child_metadata(job: dict[str, Any], name: str) -> dict[str, Any]:
+    meta = job["metadata"]
+    labels = {"app.kubernetes.io/name": "kuberlhf", "app.kubernetes.io/managed-by": "kuberlhf-operator",
+              JOB_LABEL: meta["name"]}
+    queue = (meta.get("labels") or {}).get(QUEUE_LABEL)
+    if queue:
+        labels[QUEUE_LABEL] = queue
+    return {"name": name, "namespace": namespace_of(job), "labels": labels,
+            "ownerReferences": [{"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"],
+                                 "controller": True, "blockOwnerDeletion": True}]}
+
+
+def configmap_name(job: dict[str, Any]) -> str:
+    return f"{job['metadata']['name']}-job"
+
+
+def namespace_of(job: dict[str, Any]) -> str:
+    return job["metadata"].get("namespace") or "default"
+
+
+def spec_hash(raw_spec: dict[str, Any]) -> str:
+    """A digest of the spec without `suspend` (the one field that may change while the job runs)."""
+    stable = {k: v for k, v in raw_spec.items() if k != "suspend"}
+    return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cpus(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{int(value * 1000)}m"
+
+
+def _scaled(quantity: str, factor: int) -> str:
+    number, unit = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)", quantity).groups()
+    scaled = float(number) * factor
+    return f"{int(scaled) if scaled.is_integer() else scaled}{unit}"

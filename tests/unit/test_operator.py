@@ -1,0 +1,199 @@
+"""The operator's pure parts: the RayJob and ConfigMap built from an RLHFJob, and reconcile's decisions and
+status for every RayJob state KubeRay reports."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kuberlhf_operator.rayjob import OperatorSettings, build_configmap, build_rayjob, cluster_size
+from kuberlhf_operator.reconcile import phase_of, reconcile
+from kuberlhf.spec import RLHFJobSpec
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+SETTINGS = OperatorSettings(runtime_image="ghcr.io/kuberlhf/runtime:0.1.0", job_service_account="kuberlhf-job")
+T0, T1 = "2026-11-24T12:00:00Z", "2026-11-24T12:05:00Z"
+
+
+def k8s_job(example: str = "ppo-tiny", **spec_changes: Any) -> dict[str, Any]:
+    """An example as the API server holds it (uid, generation, namespace)."""
+    job = yaml.safe_load((EXAMPLES / f"{example}.yaml").read_text())
+    job["metadata"].update(uid="1234-abcd", generation=1, namespace="team-a")
+    job["spec"].update(spec_changes)
+    return job
+
+
+def spec_of(job: dict[str, Any]) -> RLHFJobSpec:
+    return RLHFJobSpec.model_validate(job["spec"])
+
+
+def test_the_rayjob_runs_kuberlhf_on_the_mounted_job_file_and_is_owned_by_the_job():
+    job = k8s_job()
+    rayjob = build_rayjob(job, spec_of(job), SETTINGS)
+    assert rayjob["apiVersion"] == "ray.io/v1" and rayjob["metadata"]["name"] == "ppo-tiny"
+    assert rayjob["metadata"]["namespace"] == "team-a"
+    assert rayjob["metadata"]["ownerReferences"] == [{"apiVersion": "kuberlhf.io/v1alpha1", "kind": "RLHFJob",
+                                                      "name": "ppo-tiny", "uid": "1234-abcd", "controller": True,
+                                                      "blockOwnerDeletion": True}]
+    spec = rayjob["spec"]
+    assert spec["entrypoint"] == "kuberlhf run /etc/kuberlhf/job.yaml"
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] == 600
+    assert spec["backoffLimit"] == 0 and spec["suspend"] is False
+    head = spec["rayClusterSpec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"  # the head runs the driver, not the roles
+    pod = head["template"]["spec"]
+    assert pod["volumes"][0] == {"name": "job", "configMap": {"name": "ppo-tiny-job"}}
+    assert pod["containers"][0]["image"] == SETTINGS.runtime_image
+    assert pod["serviceAccountName"] == "kuberlhf-job"
+    assert "ppo-tiny-job" == build_configmap(job)["metadata"]["name"]
+
+
+def test_the_configmap_holds_the_job_as_written():
+    job = k8s_job()
+    document = yaml.safe_load(build_configmap(job)["data"]["job.yaml"])
+    assert document["spec"] == job["spec"] and document["metadata"]["name"] == "ppo-tiny"
+    from kuberlhf.jobfile import validate_job
+
+    assert validate_job(document).spec.algorithm == "ppo"  # what `kuberlhf run` in the head pod reads
+
+
+def test_a_cpu_job_gets_one_worker_pod_with_every_bundles_cpus():
+    job = k8s_job()
+    group = build_rayjob(job, spec_of(job), SETTINGS)["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert group["replicas"] == 1
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["cpu"] == "1" and "nvidia.com/gpu" not in limits  # colocated roles share one 1-CPU bundle
+
+
+def gpu_job(placement: str, workers: int, **cluster: Any) -> dict[str, Any]:
+    role = {"workers": workers, "gpus": 1, "cpus": 4}
+    return k8s_job(resources={"placement": placement, "policy": role, "rollout": role, "critic": role},
+                   cluster=cluster)
+
+
+@pytest.mark.parametrize("placement, workers, cluster, replicas, gpus", [
+    ("colocate", 4, {}, 1, 4),                      # ranks share bundles: 4 GPUs in all
+    ("separate", 4, {}, 2, 8),                      # policy, rollout and critic 4 each: 12 GPUs in 8-GPU pods
+    ("colocate", 4, {"gpusPerWorker": 2}, 2, 2),    # the user's pod size
+])
+def test_gpu_jobs_get_worker_pods_that_hold_every_bundle(placement, workers, cluster, replicas, gpus):
+    job = gpu_job(placement, workers, **cluster)
+    group = build_rayjob(job, spec_of(job), SETTINGS)["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert (group["replicas"], int(limits["nvidia.com/gpu"])) == (replicas, gpus)
+    assert group["replicas"] * gpus >= cluster_size(spec_of(job), "x").gpus
+    assert limits["memory"] == f"{64 * gpus}Gi" and int(limits["cpu"]) == 8 * gpus
+
+
+def test_a_chained_job_is_sized_for_its_largest_stage():
+    job = k8s_job("chain-tiny")
+    job["spec"]["stages"][2]["resources"] = {"policy": {"workers": 2, "gpus": 1}, "rollout": {"workers": 2, "gpus": 1}}
+    assert cluster_size(spec_of(job), "chain-tiny").gpus == 2
+
+
+def test_kueue_queue_label_suspend_pvc_and_deadline_pass_through():
+    job = k8s_job(suspend=True, cluster={"persistentVolumeClaim": "rlhf-data", "activeDeadlineSeconds": 3600,
+                                         "nodeSelector": {"gpu": "h100"},
+                                         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]})
+    job["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "research"}
+    rayjob = build_rayjob(job, spec_of(job), SETTINGS)
+    assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "research"
+    assert rayjob["spec"]["suspend"] is True and rayjob["spec"]["activeDeadlineSeconds"] == 3600
+    assert rayjob["spec"]["entrypoint"].startswith("cd /data && ")
+    worker = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert worker["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": "rlhf-data"}}]
+    assert worker["nodeSelector"] == {"gpu": "h100"}
+    assert worker["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+
+
+# ------------------------------------------------------------------------------------------- reconcile
+
+
+def submitted(job: dict[str, Any], deployment: str = "", ray_status: str = "", **status: Any) -> dict[str, Any]:
+    rayjob = build_rayjob(job, spec_of(job), SETTINGS)
+    rayjob["status"] = {"jobDeploymentStatus": deployment, "jobStatus": ray_status, **status}
+    return rayjob
+
+
+def conditions(actions) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in actions.status["conditions"]}
+
+
+def test_a_new_job_creates_its_configmap_and_rayjob_once():
+    job = k8s_job()
+    actions = reconcile(job, None, None, SETTINGS, T0)
+    assert [o["kind"] for o in actions.create] == ["ConfigMap", "RayJob"]
+    assert actions.status["phase"] == "Starting" and conditions(actions)["Accepted"] == ("True", "Submitted")
+    replay = reconcile({**job, "status": actions.status}, submitted(job), build_configmap(job), SETTINGS, T1)
+    assert replay.create == [] and replay.patch_rayjob is None  # a replayed event or a restart: nothing new
+
+
+def test_an_invalid_spec_fails_the_job_and_never_reaches_ray():
+    job = k8s_job()
+    job["spec"]["training"]["steps"] = 0
+    actions = reconcile(job, None, None, SETTINGS, T0)
+    assert actions.create == []
+    assert conditions(actions)["Failed"] == ("True", "InvalidSpec")
+    failed = next(c for c in actions.status["conditions"] if c["type"] == "Failed")
+    assert "spec.training.steps: must be >= 1, got 0" in failed["message"]
+    assert actions.status["phase"] == "Failed" and actions.status["completionTime"] == T0
+
+
+@pytest.mark.parametrize("deployment, ray_status, reason, phase, failed", [
+    ("Initializing", "", "", "Starting", None),
+    ("Running", "PENDING", "", "Starting", None),
+    ("Running", "RUNNING", "", "Running", None),
+    ("Complete", "SUCCEEDED", "", "Succeeded", None),
+    ("Failed", "FAILED", "AppFailed", "Failed", "AppFailed"),
+    ("Failed", "", "DeadlineExceeded", "Failed", "DeadlineExceeded"),
+    ("Failed", "", "SubmissionFailed", "Failed", "SubmissionFailed"),
+    ("Complete", "FAILED", "", "Failed", "AppFailed"),
+    ("Suspended", "", "", "Suspended", None),
+])
+def test_the_status_follows_the_rayjob(deployment, ray_status, reason, phase, failed):
+    job = k8s_job()
+    rayjob = submitted(job, deployment, ray_status, reason=reason, message="details",
+                       dashboardURL="ppo-tiny-head-svc.team-a.svc:8265", startTime=T0, endTime=T1)
+    actions = reconcile(job, rayjob, build_configmap(job), SETTINGS, T1)
+    assert actions.status["phase"] == phase
+    assert conditions(actions)["Failed"] == (("True", failed) if failed else ("False", "NotFailed"))
+    assert actions.status["rayJobName"] == "ppo-tiny" and actions.status["observedGeneration"] == 1
+    assert actions.status["dashboardURL"] == "ppo-tiny-head-svc.team-a.svc:8265"
+    assert ("completionTime" in actions.status) == (phase in ("Succeeded", "Failed"))
+
+
+def test_a_spec_change_after_submission_is_rejected_but_suspend_applies():
+    job = k8s_job()
+    rayjob = submitted(job, "Running", "RUNNING")
+    changed = copy.deepcopy(job)
+    changed["metadata"]["generation"] = 2
+    changed["spec"]["training"]["steps"] = 80
+    actions = reconcile(changed, rayjob, build_configmap(job), SETTINGS, T1)
+    assert conditions(actions)["Accepted"] == ("True", "SpecChangeRejected") and actions.patch_rayjob is None
+    assert actions.status["phase"] == "Running"  # runs on as submitted
+    suspended = copy.deepcopy(job)
+    suspended["spec"]["suspend"] = True
+    actions = reconcile(suspended, rayjob, build_configmap(job), SETTINGS, T1)
+    assert actions.patch_rayjob == {"spec": {"suspend": True}}
+    assert conditions(actions)["Accepted"] == ("True", "Submitted")
+
+
+def test_transition_times_move_only_when_a_condition_changes():
+    job = k8s_job()
+    first = reconcile(job, submitted(job, "Running", "RUNNING"), build_configmap(job), SETTINGS, T0)
+    later = reconcile({**job, "status": first.status}, submitted(job, "Running", "RUNNING"), build_configmap(job),
+                      SETTINGS, T1)
+    assert [c["lastTransitionTime"] for c in later.status["conditions"]] == [T0] * 6
+    done = reconcile({**job, "status": later.status}, submitted(job, "Complete", "SUCCEEDED"), build_configmap(job),
+                     SETTINGS, T1)
+    times = {c["type"]: c["lastTransitionTime"] for c in done.status["conditions"]}
+    assert times["Succeeded"] == T1 and times["Running"] == T1 and times["Accepted"] == T0
+
+
+def test_phase_is_derived_from_conditions():
+    assert phase_of([]) == "Pending"
+    assert phase_of([{"type": "Failed", "status": "True"}, {"type": "Running", "status": "True"}]) == "Failed"
