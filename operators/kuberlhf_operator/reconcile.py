@@ -50,6 +50,12 @@ def reconcile(job: dict[str, Any], rayjob: dict[str, Any] | None, configmap: dic
             actions.status = finish_status(status, conditions, generation, rayjob=None, now=now)
             return actions
         spec = None  # an edit broke a running job's spec: it runs on as submitted
+    if rayjob is not None and not owned_by(rayjob, job):
+        message = (f"a RayJob named {rayjob['metadata']['name']} exists and belongs to something else; "
+                   "rename the RLHFJob or remove that RayJob")
+        conditions = set_condition(conditions, "Failed", "True", "RayJobNameTaken", message, now, generation)
+        actions.status = finish_status(status, conditions, generation, rayjob=None, now=now)
+        return actions
     if configmap is None and rayjob is None and spec is not None:
         actions.create.append(build_configmap(job))
     if rayjob is None and spec is not None:
@@ -72,6 +78,10 @@ def reconcile(job: dict[str, Any], rayjob: dict[str, Any] | None, configmap: dic
         conditions = rayjob_conditions(conditions, rayjob, suspend, now, generation)
     actions.status = finish_status(status, conditions, generation, rayjob, now)
     return actions
+
+
+def owned_by(child: dict[str, Any], job: dict[str, Any]) -> bool:
+    return any(ref.get("uid") == job["metadata"]["uid"] for ref in child["metadata"].get("ownerReferences") or [])
 
 
 def rayjob_conditions(conditions: list[dict[str, Any]], rayjob: dict[str, Any], suspend: bool, now: str,

@@ -194,6 +194,15 @@ def test_transition_times_move_only_when_a_condition_changes():
     assert times["Succeeded"] == T1 and times["Running"] == T1 and times["Accepted"] == T0
 
 
+def test_a_rayjob_of_the_same_name_that_is_not_ours_is_left_alone():
+    job = k8s_job()
+    stranger = submitted(job, "Running", "RUNNING")
+    stranger["metadata"]["ownerReferences"] = []
+    actions = reconcile(job, stranger, None, SETTINGS, T0)
+    assert actions.create == [] and actions.patch_rayjob is None
+    assert conditions(actions)["Failed"] == ("True", "RayJobNameTaken")
+
+
 def test_phase_is_derived_from_conditions():
     assert phase_of([]) == "Pending"
     assert phase_of([{"type": "Failed", "status": "True"}, {"type": "Running", "status": "True"}]) == "Failed"
