@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from kuberlhf.telemetry.job_status import ENV as STATUS_ENV
 from kuberlhf.errors import UserError, user_error_in
 from kuberlhf.preflight import check_local_inputs, check_offline_inputs
 from kuberlhf.quiet import quiet_libraries
@@ -114,6 +115,8 @@ def ray_session(job: RLHFJob, dashboard: bool) -> Iterator[str]:
     quiet_libraries()  # also names DeepSpeed's accelerator, which the workers inherit below
     env = {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p),
            "DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}
+    if os.environ.get(STATUS_ENV):  # under the operator: the workers write progress to the RLHFJob too
+        env[STATUS_ENV] = os.environ[STATUS_ENV]
     metadata = {"rlhfjob": job.metadata.name, "namespace": job.metadata.namespace or "", **job.metadata.labels}
     address = os.environ.get("RAY_ADDRESS")
     if address:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from kuberlhf.spec import ONLINE_ALGORITHMS, RLHFJob, RLHFJobSpec
 from kuberlhf.spec_offline import OFFLINE_ALGORITHMS
+from kuberlhf.telemetry.job_status import STAGE_LABEL
 
 SETTINGS_BLOCKS = ("sft", "dpo", "kto")
 
@@ -67,9 +68,10 @@ def check_stages(spec: RLHFJobSpec) -> None:
 def stage_jobs(job: RLHFJob) -> list[RLHFJob]:
     """The stages of a chained job as runnable single-stage jobs (same metadata)."""
     output = str(Path(job.output_dir))
-    return [RLHFJob.model_validate({"apiVersion": job.api_version, "kind": job.kind,
-                                    "metadata": job.metadata.model_dump(by_alias=True), "spec": raw})
-            for _, raw in stage_documents(job.spec, output)]
+    metadata = job.metadata.model_dump(by_alias=True)
+    return [RLHFJob.model_validate({"apiVersion": job.api_version, "kind": job.kind, "spec": raw,
+                                    "metadata": {**metadata, "labels": {**metadata["labels"], STAGE_LABEL: name}}})
+            for name, raw in stage_documents(job.spec, output)]
 
 
 def _applies(section: str, algorithm: str) -> bool:

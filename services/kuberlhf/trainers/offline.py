@@ -99,7 +99,8 @@ def offline_config(job: RLHFJob, inputs: OfflineInputs, train: Split, evaluation
         setup=training_setup(spec, t.learning_rate, "policy"), batch_size=t.batch_size, epochs=t.epochs,
         max_steps=t.steps if "steps" in t.model_fields_set else None, seed=t.seed, cpus=spec.resources.policy.cpus,
         checkpoint_every=spec.checkpoint.every_steps, pad_token_id=pad_token_id, train=train, evaluation=evaluation,
-        eval_every=t.eval_every_steps, lora=spec.policy.lora, merge_lora=spec.output.merge_lora, **settings,
+        eval_every=t.eval_every_steps, lora=spec.policy.lora, merge_lora=spec.output.merge_lora,
+        job_labels=dict(job.metadata.labels), **settings,
     )
 
 

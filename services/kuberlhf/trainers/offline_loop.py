@@ -13,7 +13,7 @@ import math
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from kuberlhf.data.packing import packed_batch, packed_logprobs
 from kuberlhf.engines.training import TrainingSetup, make_training_engine
 from kuberlhf.models.forward import response_logprobs
 from kuberlhf.models.reward import sequence_rewards
+from kuberlhf.telemetry.job_status import status_reporter
 from kuberlhf.telemetry.run_log import MetricsFile
 from kuberlhf.workers.common import configure_process, worker_device
 
@@ -83,6 +84,7 @@ class OfflineConfig:
     sft_weight: float = 0.0
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
+    job_labels: dict[str, str] = field(default_factory=dict)  # the stage label names a chain's stage
 
     @property
     def steps_per_epoch(self) -> int:
@@ -110,6 +112,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     engine = make_training_engine(model, config.setup, world)
     step = restore(engine)
     metrics_file = MetricsFile(Path(config.output_dir, "metrics.jsonl"), resume_step=step) if rank == 0 else None
+    reporter = status_reporter(config.total_steps, step + 1, config.job_labels) if rank == 0 else None
     share = config.batch_size // world
     while step < config.total_steps:
         started = time.perf_counter()
@@ -127,6 +130,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             metrics.update(evaluate(engine, config, device, rank, world))
         if metrics_file is not None:
             metrics_file.write({"step": step, **metrics})
+            if reporter is not None:
+                reporter.report(step, metrics)
             # To the process's own stdout: Ray Train's patched print would also echo it through its logger (twice).
             print(f"step {step}/{config.total_steps}  loss {metrics['loss']:.4f}"
                   + (f"  accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""), file=sys.__stdout__,

@@ -23,6 +23,7 @@ from kuberlhf.data.prompts import PromptDataset
 from kuberlhf.data.sampler import PromptSampler
 from kuberlhf.engines.generation import SamplingParams
 from kuberlhf.spec import RLHFJob
+from kuberlhf.telemetry.job_status import status_reporter
 from kuberlhf.telemetry.run_log import MetricsFile, PhaseTimer, StepDisplay
 from kuberlhf.trainers import checkpoint
 from kuberlhf.trainers.experience import AdvantageConfig, make_experience
@@ -64,6 +65,7 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
     elif spec.policy.lora is not None and spec.policy.lora.quantize:  # QLoRA: the engines loaded the model
         workers.rollout.call("load_weights", workers.policy.call("state_dict").refs[0]).get()  # unquantized
     metrics_file = MetricsFile(output_dir / "metrics.jsonl", resume_step=first_step - 1)
+    reporter = status_reporter(t.steps, first_step, job.metadata.labels)  # on Kubernetes: the RLHFJob's status
     evals: dict[str, float] = {}
     if eval_data is not None and first_step == 1:
         evals["eval/reward_mean_start"] = evaluate(workers, eval_data, sampling, t.seed)
@@ -133,6 +135,8 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
             metrics.update(timer.seconds)
             metrics["time/step"] = time.perf_counter() - step_started
             metrics_file.write({"step": step, **metrics})
+            if reporter is not None:
+                reporter.report(step, metrics)
             display.update(step, metrics)
 
     if weights_synced is not None:
