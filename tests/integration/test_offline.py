@@ -152,7 +152,9 @@ def test_a_chained_job_runs_sft_then_rm_then_ppo_and_skips_finished_stages_when_
           f"accuracy sft {sft_accuracy:.3f}, ppo {ppo_accuracy:.3f}")
     assert rm_accuracy >= 0.85  # the reward model, started from reward-base, ranks held-out pairs
     assert ppo_eval["eval/reward_mean_end"] > ppo_eval["eval/reward_mean_start"]  # PPO raises that reward
-    assert ppo_accuracy > sft_accuracy  # and the task's own reward with it (measured 0.511 -> 0.534)
+    # Not asserted: that the task's own reward rises with it. This reward model ranks 83% of the policy's own
+    # right/wrong pairs correctly, and PPO's gain over SFT is within run-to-run variation (0.511 -> 0.534 in
+    # one run, -> 0.495 in another; docs/architecture.md).
     assert json.loads((tmp_path / "ppo" / "final" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     again = run_job(validate_job(raw), dashboard=False)
     assert [s["status"] for s in again["stages"]] == ["skipped"] * 3
