@@ -140,23 +140,32 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def prepare_update(worker: Any, setup: Any, config: dict[str, Any]) -> tuple[Any, Any]:
+    """The worker's engine (one rank), a synthetic batch, and one PPO-clip epoch over it in micro-batches."""
+    from kuberlhf.workers.policy import PolicyUpdateConfig
+
+    worker.setup_training(setup, 0, 1, "127.0.0.1", free_port())
+    experience = synthetic_experience(config["batch"], config["prompt_tokens"], config["response_tokens"],
+                                      QWEN25_05B["vocab_size"])
+    update = PolicyUpdateConfig(epochs=1, mini_batch_size=None, clip_low=0.2, clip_high=0.2, dual_clip=None,
+                                temperature=1.0, kl_loss_coef=0.0, kl_estimator="k3",
+                                micro_batch_size=config["micro_batch"])
+    return experience, update
+
+
 def run_update(config: dict[str, Any]) -> dict[str, Any]:
     """Policy updates under DeepSpeed (one rank, NCCL), timed; plus the policy's no-grad log-prob pass."""
     import torch
 
     from kuberlhf.engines.training import TrainingSetup
-    from kuberlhf.workers.policy import PolicyUpdateConfig, PolicyWorker
+    from kuberlhf.workers.policy import PolicyWorker
 
     worker = PolicyWorker(config["model"], cpus=8, seed=0)
     micro = config["micro_batch"]
     setup = TrainingSetup(learning_rate=1e-6, weight_decay=0.0, max_grad_norm=1.0, zero_stage=config["stage"],
                           bf16=True, gradient_checkpointing=config["checkpointing"], micro_batch_size=micro,
                           accumulation_steps=config["batch"] // micro)
-    worker.setup_training(setup, 0, 1, "127.0.0.1", free_port())
-    experience = synthetic_experience(config["batch"], config["prompt_tokens"], config["response_tokens"],
-                                      QWEN25_05B["vocab_size"])
-    update = PolicyUpdateConfig(epochs=1, mini_batch_size=None, clip_low=0.2, clip_high=0.2, dual_clip=None,
-                                temperature=1.0, kl_loss_coef=0.0, kl_estimator="k3", micro_batch_size=micro)
+    experience, update = prepare_update(worker, setup, config)
     times = []
     for step in range(config["warmup"] + config["steps"]):
         torch.cuda.synchronize()

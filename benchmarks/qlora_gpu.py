@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_env import git_info, machine_info, write_results
-from gpu_training import QWEN25_05B, build_model, free_port, run_subprocess, synthetic_experience
+from gpu_training import build_model, prepare_update, run_subprocess
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "services"))
@@ -63,7 +63,7 @@ def run_lora(config: dict[str, Any]) -> dict[str, Any]:
 
     from kuberlhf.engines.training import TrainingSetup
     from kuberlhf.spec_offline import LoRASpec
-    from kuberlhf.workers.policy import PolicyUpdateConfig, PolicyWorker
+    from kuberlhf.workers.policy import PolicyWorker
 
     lora = LoRASpec(rank=16, alpha=32, quantize=config["quantize"])
     worker = PolicyWorker(config["model"], cpus=8, seed=0, lora=lora)
@@ -71,11 +71,7 @@ def run_lora(config: dict[str, Any]) -> dict[str, Any]:
     micro = config["micro_batch"]
     setup = TrainingSetup(learning_rate=1e-4, weight_decay=0.0, max_grad_norm=1.0, micro_batch_size=micro,
                           accumulation_steps=config["batch"] // micro)
-    worker.setup_training(setup, 0, 1, "127.0.0.1", free_port())
-    experience = synthetic_experience(config["batch"], config["prompt_tokens"], config["response_tokens"],
-                                      QWEN25_05B["vocab_size"])
-    update = PolicyUpdateConfig(epochs=1, mini_batch_size=None, clip_low=0.2, clip_high=0.2, dual_clip=None,
-                                temperature=1.0, kl_loss_coef=0.0, kl_estimator="k3", micro_batch_size=micro)
+    experience, update = prepare_update(worker, setup, config)
     before = {n: p.detach().clone() for n, p in worker.model.named_parameters() if p.requires_grad}
     times, losses = [], []
     for step in range(1 + config["steps"]):
