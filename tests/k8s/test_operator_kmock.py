@@ -131,3 +131,18 @@ def test_the_operator_runs_jobs_as_rayjobs_and_follows_them(cluster, monkeypatch
     kubernetes.client.CustomObjectsApi().delete_namespaced_custom_object("kuberlhf.io", "v1alpha1", NAMESPACE,
                                                                          "rlhfjobs", "ppo-tiny")
     assert cluster.stored(RLHFJOBS, NAMESPACE, "ppo-tiny") is None  # no finalizer holds the deletion
+
+
+def test_a_running_job_writes_its_progress_into_its_status(cluster, monkeypatch):
+    from kuberlhf.telemetry.job_status import status_reporter
+
+    submit("chain-tiny", example="chain-tiny")
+    monkeypatch.setenv("KUBERLHF_RLHFJOB", f"{NAMESPACE}/chain-tiny")  # what the operator's RayJob sets
+    reporter = status_reporter(total_steps=40, first_step=1, labels={"kuberlhf.io/stage": "ppo"})
+    assert reporter is not None
+    for step in range(1, 41):
+        reporter.report(step, {"reward/mean": 0.5 + step / 100, "kl/sequence": 0.01})
+    progress = job_status(cluster, "chain-tiny")["progress"]
+    assert (progress["steps"], progress["stage"], progress["percent"], progress["reward"]) == ("40/40", "ppo", 100.0, 0.9)
+    assert not reporter.failed
+    assert cluster.stored(RLHFJOBS, NAMESPACE, "chain-tiny")["spec"]["stages"][0]["name"] == "sft"  # spec untouched
