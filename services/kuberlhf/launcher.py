@@ -125,7 +125,9 @@ def ray_session(job: RLHFJob, dashboard: bool) -> Iterator[str]:
         where = f"Ray cluster {address}"
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local dashboard without a token
-        context = ray.init(num_cpus=os.cpu_count(), include_dashboard=dashboard, runtime_env={"env_vars": env},
+        # "local": never attach to whatever cluster /tmp/ray/ray_current_cluster names (a stale one from a
+        # killed `ray start` or test would otherwise be joined, and reject num_cpus)
+        context = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=dashboard, runtime_env={"env_vars": env},
                            namespace="kuberlhf", job_config=ray.job_config.JobConfig(metadata=metadata),
                            log_to_driver=True, configure_logging=False)
         url = context.dashboard_url

@@ -8,6 +8,7 @@ The numbers these tests see are recorded in docs/learning.md.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -53,9 +54,16 @@ def test_random_reward_control_does_not_raise_accuracy(start_accuracy, control_a
     assert control_accuracy < start_accuracy + MARGIN / 2
 
 
-def test_run_writes_a_loadable_model_metrics_and_summary(assets, tmp_path):
+def test_run_writes_a_loadable_model_metrics_and_summary(assets, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
+    # A killed `ray start` or test leaves its address in <ray tmp>/ray_current_cluster; with RAY_ADDRESS unset
+    # the run must still start its own embedded Ray rather than try to join that dead cluster.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     summary = run_example("grpo-tiny", assets, tmp_path, "spec.training.steps=3")
     records = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]

@@ -22,7 +22,7 @@ def start_reward_service(model: str, host: str = "127.0.0.1", port: int = 8000, 
     quiet_libraries()
     if not ray.is_initialized():
         env = {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}
-        ray.init(address=os.environ.get("RAY_ADDRESS"), namespace="kuberlhf", runtime_env={"env_vars": env},
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", namespace="kuberlhf", runtime_env={"env_vars": env},
                  configure_logging=False)
     serve.start(http_options={"host": host, "port": port})
     serve.run(reward_app(model, batch_size, replicas, cpus, gpus), name=APP_NAME, route_prefix=ROUTE)
