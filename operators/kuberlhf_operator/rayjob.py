@@ -117,6 +117,8 @@ def pod_template(spec: RLHFJobSpec, settings: OperatorSettings, container: str, 
     if head:
         main["ports"] = [{"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
                          {"containerPort": 10001, "name": "client"}, {"containerPort": 8080, "name": "metrics"}]
+        if spec.metrics.enabled and spec.metrics.port:  # the job's own endpoint: its driver runs on the head
+            main["ports"].append({"containerPort": spec.metrics.port, "name": "kuberlhf"})
     else:
         main["ports"] = [{"containerPort": 8080, "name": "metrics"}]
     pod: dict[str, Any] = {"containers": [main], "volumes": volumes}

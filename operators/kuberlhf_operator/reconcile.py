@@ -76,6 +76,7 @@ def reconcile(job: dict[str, Any], rayjob: dict[str, Any] | None, configmap: dic
         if bool(rayjob.get("spec", {}).get("suspend", False)) != suspend:
             actions.patch_rayjob = {"spec": {"suspend": suspend}}
         conditions = rayjob_conditions(conditions, rayjob, suspend, now, generation)
+        conditions = monitor_condition(conditions, status.get("monitor"), now, generation)
     actions.status = finish_status(status, conditions, generation, rayjob, now)
     return actions
 
@@ -116,6 +117,21 @@ def rayjob_conditions(conditions: list[dict[str, Any]], rayjob: dict[str, Any], 
     return conditions
 
 
+def monitor_condition(conditions: list[dict[str, Any]], monitor: dict[str, Any] | None, now: str,
+                      generation: int | None) -> list[dict[str, Any]]:
+    """RewardHackingSuspected from the verdict the running job wrote to `status.monitor` (absent until the job
+    reports one): True with each signal's evidence, False once none holds."""
+    if not monitor:
+        return conditions
+    signals = monitor.get("signals") or []
+    if not signals:
+        return set_condition(conditions, "RewardHackingSuspected", "False", "NoSignal",
+                             f"no signal at step {monitor.get('step', 0)}", now, generation)
+    reason = "".join(part.capitalize() for part in signals[0]["signal"].split("_"))
+    message = "; ".join(f"{s['signal']} (step {s['step']}): {s['evidence']}" for s in signals)
+    return set_condition(conditions, "RewardHackingSuspected", "True", reason, message, now, generation)
+
+
 def set_condition(conditions: list[dict[str, Any]], kind: str, status: str, reason: str, message: str, now: str,
                   generation: int | None) -> list[dict[str, Any]]:
     """`conditions` with `kind` set; lastTransitionTime moves only when the status changes."""
@@ -140,7 +156,7 @@ def phase_of(conditions: list[dict[str, Any]]) -> str:
 
 def finish_status(status: dict[str, Any], conditions: list[dict[str, Any]], generation: int | None,
                   rayjob: dict[str, Any] | None, now: str) -> dict[str, Any]:
-    order = ["Accepted", "ClusterReady", "Running", "Suspended", "Succeeded", "Failed"]
+    order = ["Accepted", "ClusterReady", "Running", "Suspended", "Succeeded", "Failed", "RewardHackingSuspected"]
     conditions = sorted(conditions, key=lambda c: order.index(c["type"]))
     new = {**status, "conditions": conditions, "observedGeneration": generation, "phase": phase_of(conditions)}
     if rayjob is not None:

@@ -5,6 +5,11 @@ class UserError(Exception):
     """A mistake in the user's input (spec, data, reward function, environment) rather than a bug."""
 
 
+class JobStopped(UserError):
+    """The job stopped itself on purpose (the reward-hacking monitor with `action: stop`); the message says
+    why and where the checkpoint is. Printed like a user error: no traceback, a non-zero exit."""
+
+
 def user_error_in(error: BaseException) -> UserError | None:
     """The UserError behind a Ray error (a task or actor constructor that raised one, or a Ray Train worker),
     if any."""

@@ -32,6 +32,7 @@ def run_job(job: RLHFJob, dashboard: bool = True) -> dict[str, Any]:
 
     import ray
 
+    from kuberlhf.telemetry.exporter import serve_job_metrics
     from kuberlhf.telemetry.run_log import StepDisplay
     from kuberlhf.trainers.online import train
     from kuberlhf.workers.launch import start_workers
@@ -40,9 +41,10 @@ def run_job(job: RLHFJob, dashboard: bool = True) -> dict[str, Any]:
     display = StepDisplay(job.spec.training.steps, first_step=0)
     with ray_session(job, dashboard) as where:
         display.note(f"RLHFJob {job.metadata.name}: {job.spec.algorithm} on {where}, rollouts by {inputs.rollout_engine}")
+        exporter = serve_job_metrics(job, job.spec.training.steps, display.note)
         workers = start_workers(job, inputs)
         try:
-            result = train(job, workers, inputs.train, inputs.eval, display, resume_from)
+            result = train(job, workers, inputs.train, inputs.eval, display, resume_from, exporter)
         except ray.exceptions.RayError as err:
             cause = user_error_in(err)
             if cause is not None:

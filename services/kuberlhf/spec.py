@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 
 from kuberlhf.spec_base import SpecModel
 from kuberlhf.spec_cluster import ClusterSpec
+from kuberlhf.spec_monitor import MetricsSpec, MonitorSpec
 from kuberlhf.spec_offline import OFFLINE_ALGORITHMS, DPOSpec, KTOSpec, LoRASpec, SFTSpec
 from kuberlhf.spec_online import ISCorrectionSpec, KLSpec, RolloutSpec
 
@@ -323,6 +324,10 @@ class RLHFJobSpec(SpecModel):
     """Periodic checkpoints."""
     output: OutputSpec = Field(default_factory=OutputSpec)
     """Where the final model and metrics go."""
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    """The job's Prometheus endpoint."""
+    monitor: MonitorSpec = Field(default_factory=MonitorSpec)
+    """Reward-hacking and stability signals (online algorithms)."""
     stages: list[StageSpec] | None = Field(default=None, min_length=1)
     """Stages run one after the other in one job, e.g. sft -> rm -> ppo; then `algorithm` is not set and
     the job's other sections are every stage's defaults."""

@@ -12,7 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-ConditionType = Literal["Accepted", "ClusterReady", "Running", "Suspended", "Succeeded", "Failed"]
+ConditionType = Literal["Accepted", "ClusterReady", "Running", "Suspended", "Succeeded", "Failed",
+                        "RewardHackingSuspected"]
 Phase = Literal["Pending", "Starting", "Running", "Suspended", "Succeeded", "Failed"]
 
 
@@ -24,7 +25,8 @@ class Condition(StatusModel):
     """One aspect of the job's state (Kubernetes `metav1.Condition`)."""
 
     type: ConditionType
-    """Accepted, ClusterReady, Running, Suspended, Succeeded or Failed."""
+    """Accepted, ClusterReady, Running, Suspended, Succeeded, Failed, or RewardHackingSuspected (from the job's
+    monitor)."""
     status: Literal["True", "False", "Unknown"]
     """Whether the condition holds."""
     reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=1024)
@@ -62,6 +64,26 @@ class Progress(StatusModel):
     """When the job last wrote its progress (RFC 3339)."""
 
 
+class MonitorSignal(StatusModel):
+    """A reward-hacking or stability signal that holds (see `spec.monitor`)."""
+
+    signal: str
+    """length, kl_budget, kl_growth, entropy_collapse or proxy_divergence."""
+    step: int = Field(ge=0)
+    """The step it was judged at."""
+    evidence: str
+    """The numbers behind it."""
+
+
+class MonitorStatus(StatusModel):
+    """The reward-hacking monitor's verdict at the last step it reported; written by the job itself."""
+
+    signals: list[MonitorSignal] = Field(default_factory=list)
+    """The signals that hold (empty: none)."""
+    step: int = Field(default=0, ge=0)
+    """The step of this verdict."""
+
+
 class RLHFJobStatus(StatusModel):
     """Observed state of an RLHFJob."""
 
@@ -84,3 +106,6 @@ class RLHFJobStatus(StatusModel):
     """The newest checkpoint the job wrote."""
     progress: Progress | None = None
     """Steps done, ETA and the last step's headline metrics."""
+    monitor: MonitorStatus | None = None
+    """The reward-hacking monitor's signals (online algorithms); the operator mirrors them in the
+    RewardHackingSuspected condition."""

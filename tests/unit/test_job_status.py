@@ -55,3 +55,19 @@ def test_each_stage_of_a_chain_reports_under_its_name():
 
     chain = load_job(Path(__file__).resolve().parents[2] / "examples" / "chain-tiny.yaml")
     assert [job.metadata.labels["kuberlhf.io/stage"] for job in stage_jobs(chain)] == ["sft", "rm", "ppo"]
+
+
+def test_monitor_signals_go_out_at_once_and_fit_the_crd():
+    from kuberlhf.telemetry.monitor import Signal
+
+    sent = []
+    reporter = StatusReporter("ns", "job", total_steps=50, first_step=1, stage=None,
+                              patch=lambda ns, name, body: sent.append(body["status"]), interval=3600)
+    reporter.report(1, {}, signals=[])
+    reporter.report(2, {}, signals=[], force=False)  # rate-limited
+    reporter.report(3, {}, signals=[Signal("length", 3, "r=0.9, 3.0 -> 6.0 tokens")], force=True)
+    assert [s["progress"]["step"] for s in sent] == [1, 3]
+    assert sent[-1]["monitor"] == {"signals": [{"signal": "length", "step": 3, "evidence": "r=0.9, 3.0 -> 6.0 tokens"}],
+                                   "step": 3}
+    status = crd_document()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    OAS30Validator(status).validate(sent[-1])

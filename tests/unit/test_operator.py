@@ -206,3 +206,28 @@ def test_a_rayjob_of_the_same_name_that_is_not_ours_is_left_alone():
 def test_phase_is_derived_from_conditions():
     assert phase_of([]) == "Pending"
     assert phase_of([{"type": "Failed", "status": "True"}, {"type": "Running", "status": "True"}]) == "Failed"
+
+
+def test_the_monitor_signals_the_job_writes_become_the_reward_hacking_condition():
+    job = k8s_job()
+    rayjob = submitted(job, "Running", "RUNNING")
+    quiet = reconcile(job, rayjob, build_configmap(job), SETTINGS, T1)
+    assert "RewardHackingSuspected" not in conditions(quiet)  # the job has reported no verdict yet
+    evidence = "reward correlates with response length (mean r=0.93) and responses grew from 3.1 to 7.9 tokens"
+    job["status"] = {"monitor": {"step": 12, "signals": [{"signal": "length", "step": 12, "evidence": evidence}]}}
+    actions = reconcile(job, rayjob, build_configmap(job), SETTINGS, T1)
+    assert conditions(actions)["RewardHackingSuspected"] == ("True", "Length")
+    condition = next(c for c in actions.status["conditions"] if c["type"] == "RewardHackingSuspected")
+    assert evidence in condition["message"] and actions.status["phase"] == "Running"
+    job["status"] = {**actions.status, "monitor": {"step": 13, "signals": []}}
+    cleared = reconcile(job, rayjob, build_configmap(job), SETTINGS, T1)
+    assert conditions(cleared)["RewardHackingSuspected"] == ("False", "NoSignal")
+
+
+def test_the_head_declares_the_jobs_metrics_port_for_the_pod_monitor():
+    job = k8s_job(metrics={"port": 9555})
+    head = build_rayjob(job, spec_of(job), SETTINGS)["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
+    assert {"containerPort": 9555, "name": "kuberlhf"} in head["spec"]["containers"][0]["ports"]
+    job = k8s_job(metrics={"enabled": False})
+    head = build_rayjob(job, spec_of(job), SETTINGS)["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
+    assert all(p["name"] != "kuberlhf" for p in head["spec"]["containers"][0]["ports"])

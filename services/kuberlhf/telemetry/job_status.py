@@ -53,15 +53,21 @@ class StatusReporter:
         self.last_sent = float("-inf")
         self.failed = False
 
-    def report(self, step: int, metrics: dict[str, Any]) -> None:
+    def report(self, step: int, metrics: dict[str, Any], signals: list[Any] | None = None,
+               force: bool = False) -> None:
+        """Write progress (and the monitor's `signals`, when it runs) at most every `interval` seconds, on the
+        last step, and at once when `force` (a monitor signal started or cleared)."""
         now = time.monotonic()
-        if now - self.last_sent < self.interval and step < self.total_steps:
+        if now - self.last_sent < self.interval and step < self.total_steps and not force:
             return
         self.last_sent = now
-        progress = progress_status(step, self.total_steps, self.first_step, now - self.started, metrics,
-                                   self.stage, _now())
+        status: dict[str, Any] = {"progress": progress_status(step, self.total_steps, self.first_step,
+                                                              now - self.started, metrics, self.stage, _now())}
+        if signals is not None:  # the operator turns these into the RewardHackingSuspected condition
+            status["monitor"] = {"signals": [{"signal": s.name, "step": s.step, "evidence": s.evidence}
+                                             for s in signals], "step": step}
         try:
-            self.patch(self.namespace, self.name, {"status": {"progress": progress}})
+            self.patch(self.namespace, self.name, {"status": status})
         except Exception as err:  # noqa: BLE001 - progress must never stop training
             if not self.failed:
                 logging.getLogger("kuberlhf").warning(f"cannot write progress to RLHFJob {self.namespace}/"

@@ -23,6 +23,7 @@ from kuberlhf.algorithms import (
     rloo_advantages,
 )
 from kuberlhf.data.batch import Experience, RolloutBatch
+from kuberlhf.telemetry.monitor import pearson
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ def make_experience(
         "reward/max": float(scores.max()),
         "response_length/mean": float(lengths.mean()),
         "response_length/max": float(lengths.max()),
+        "reward/length_correlation": pearson(lengths.tolist(), scores.tolist()),
         "kl/sequence": float(kl.sum(-1).mean()),
         "kl/token": float(masked_mean(kl, mask)),
         "kl/coef": config.kl_coef,

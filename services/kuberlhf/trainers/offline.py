@@ -5,6 +5,7 @@ ZeRO as the spec says) with Ray Train's checkpoints and restore. The per-worker 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +18,7 @@ from kuberlhf.errors import UserError, user_error_in
 from kuberlhf.models.loading import load_tokenizer
 from kuberlhf.preflight import OfflineInputs
 from kuberlhf.spec import RLHFJob
+from kuberlhf.telemetry.exporter import serve_job_metrics
 from kuberlhf.trainers.offline_loop import EVAL_FILE, OfflineConfig, Split, train_loop
 from kuberlhf.workers.launch import training_setup
 
@@ -56,6 +58,7 @@ def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any) -> dict[str, A
     config = offline_config(job, inputs, train, evaluation, tokenizer.pad_token_id)
     note(f"{spec.algorithm}: {len(examples)} examples, {config.steps_per_epoch} steps per epoch, "
          f"{config.total_steps} steps")
+    config = dataclasses.replace(config, exporter=serve_job_metrics(job, config.total_steps, note))
     role = spec.resources.policy
     trainer = TorchTrainer(
         train_loop, train_loop_config={"config": config},

@@ -34,6 +34,7 @@ from kuberlhf.models.forward import response_logprobs
 from kuberlhf.models.reward import sequence_rewards
 from kuberlhf.telemetry.job_status import status_reporter
 from kuberlhf.telemetry.run_log import MetricsFile
+from kuberlhf.telemetry.step_sink import StepSink
 from kuberlhf.workers.common import configure_process, worker_device
 
 STATE_FILE = "trainer_state.json"
@@ -78,6 +79,7 @@ class OfflineConfig:
     train: Split
     evaluation: Split | None  # data.eval: scored every eval_every steps and at the end
     eval_every: int
+    exporter: Any = None  # the job's metrics server (a Ray actor handle), fed by rank 0
     beta: float = 0.1
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
@@ -111,8 +113,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         join_existing_group()
     engine = make_training_engine(model, config.setup, world)
     step = restore(engine)
-    metrics_file = MetricsFile(Path(config.output_dir, "metrics.jsonl"), resume_step=step) if rank == 0 else None
-    reporter = status_reporter(config.total_steps, step + 1, config.job_labels) if rank == 0 else None
+    sink = StepSink(MetricsFile(Path(config.output_dir, "metrics.jsonl"), resume_step=step), config.exporter,
+                    status_reporter(config.total_steps, step + 1, config.job_labels)) if rank == 0 else None
     share = config.batch_size // world
     while step < config.total_steps:
         started = time.perf_counter()
@@ -123,15 +125,15 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         model.train()
         metrics = train_step(engine, config, mine, device)
         step += 1
+        seconds = time.perf_counter() - started
         metrics = {**average_over_ranks(metrics, world), "epoch": epoch + 1, "lr": engine.learning_rate,
-                   "time/step": time.perf_counter() - started}
+                   "time/step": seconds, "throughput/samples_per_second": len(batch) / seconds,
+                   "throughput/tokens_per_second": tokens_in(config.train, batch) / seconds}
         if config.evaluation is not None and (step == config.total_steps or
                                               (config.eval_every and step % config.eval_every == 0)):
             metrics.update(evaluate(engine, config, device, rank, world))
-        if metrics_file is not None:
-            metrics_file.write({"step": step, **metrics})
-            if reporter is not None:
-                reporter.report(step, metrics)
+        if sink is not None:
+            sink.record(step, metrics)
             # To the process's own stdout: Ray Train's patched print would also echo it through its logger (twice).
             print(f"step {step}/{config.total_steps}  loss {metrics['loss']:.4f}"
                   + (f"  accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""), file=sys.__stdout__,
@@ -269,6 +271,15 @@ def reference_of(sums: torch.Tensor, completions: list[list[int]], part: list[in
     """The precomputed reference log-probs of `part` (sums), or per-token means for IPO."""
     values = sums[part]
     return values / torch.tensor([max(1, len(c)) for c in completions], dtype=values.dtype) if average else values
+
+
+def tokens_in(split: Split, indices: list[int]) -> int:
+    """Tokens of the examples behind these batch indices: prompt and completion (and rejected, or KTO's KL
+    completion, which are forwarded too)."""
+    ex = split.examples
+    extra = ex.rejected or ex.kl_completions
+    return sum(len(ex.prompts[i]) * (2 if extra else 1) + len(ex.completions[i]) + (len(extra[i]) if extra else 0)
+               for i in split.examples_of(indices))
 
 
 def average_over_ranks(metrics: dict[str, float], world: int) -> dict[str, float]:

@@ -22,9 +22,12 @@ from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.data.prompts import PromptDataset
 from kuberlhf.data.sampler import PromptSampler
 from kuberlhf.engines.generation import SamplingParams
+from kuberlhf.errors import JobStopped
 from kuberlhf.spec import RLHFJob
 from kuberlhf.telemetry.job_status import status_reporter
+from kuberlhf.telemetry.monitor import RewardHackingMonitor, Signal
 from kuberlhf.telemetry.run_log import MetricsFile, PhaseTimer, StepDisplay
+from kuberlhf.telemetry.step_sink import StepSink
 from kuberlhf.trainers import checkpoint
 from kuberlhf.trainers.experience import AdvantageConfig, make_experience
 from kuberlhf.workers.critic import CriticUpdateConfig
@@ -34,7 +37,7 @@ from kuberlhf.workers.policy import PolicyUpdateConfig
 
 
 def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_data: PromptDataset | None,
-          display: StepDisplay, resume_from: Path | None = None) -> dict[str, Any]:
+          display: StepDisplay, resume_from: Path | None = None, exporter: Any | None = None) -> dict[str, Any]:
     spec, t = job.spec, job.spec.training
     output_dir, checkpoint_dir = Path(job.output_dir), Path(job.checkpoint_dir)
     sampling = SamplingParams(spec.rollout.samples_per_prompt, spec.rollout.max_new_tokens,
@@ -55,20 +58,23 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
         t.epochs_per_step > 1 or (t.mini_batch_size or spec.batch_size) < spec.batch_size)
 
     sampler = PromptSampler(len(train_data), t.prompts_per_step, t.seed)
+    monitor = RewardHackingMonitor(spec.monitor)
     kl_coef, first_step = t.kl.coef, 1
     if resume_from is not None:
         state = checkpoint.read_trainer_state(resume_from)
         restore_workers(workers, resume_from)
         sampler.load_state(state["sampler"])
         kl_coef, first_step = state["kl_coef"], state["step"] + 1
+        if "monitor" in state:
+            monitor.load_state(state["monitor"])
         display.note(f"resuming from {resume_from} (step {state['step']})")
     elif spec.policy.lora is not None and spec.policy.lora.quantize:  # QLoRA: the engines loaded the model
         workers.rollout.call("load_weights", workers.policy.call("state_dict").refs[0]).get()  # unquantized
-    metrics_file = MetricsFile(output_dir / "metrics.jsonl", resume_step=first_step - 1)
-    reporter = status_reporter(t.steps, first_step, job.metadata.labels)  # on Kubernetes: the RLHFJob's status
+    sink = StepSink(MetricsFile(output_dir / "metrics.jsonl", resume_step=first_step - 1), exporter,
+                    status_reporter(t.steps, first_step, job.metadata.labels), monitor, display.note)
     evals: dict[str, float] = {}
     if eval_data is not None and first_step == 1:
-        evals["eval/reward_mean_start"] = evaluate(workers, eval_data, sampling, t.seed)
+        evals["eval/reward_mean_start"] = monitor.eval_start = evaluate(workers, eval_data, sampling, t.seed)
 
     def start_generation(step: int) -> tuple[Pending, dict[str, int]]:
         """Send step `step`'s prompts to the rollout workers; returns at once."""
@@ -128,23 +134,24 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
                 kl_coef = adaptive_kl_coef(kl_coef, metrics["kl/sequence"], t.kl.target, t.kl.horizon, len(rollout))
             if eval_data is not None and t.eval_every_steps and step % t.eval_every_steps == 0 and step < t.steps:
                 metrics["eval/reward_mean"] = evaluate(workers, eval_data, sampling, t.seed)
+            trainer_state = {"sampler": sampler_state, "kl_coef": kl_coef, "monitor": monitor.state()}
             if spec.checkpoint.every_steps and step % spec.checkpoint.every_steps == 0:
                 with timer("checkpoint"):
-                    save_checkpoint(workers, checkpoint_dir, step, sampler_state, kl_coef, spec.checkpoint.keep)
+                    save_checkpoint(workers, checkpoint_dir, step, trainer_state, spec.checkpoint.keep)
 
             metrics.update(timer.seconds)
-            metrics["time/step"] = time.perf_counter() - step_started
-            metrics_file.write({"step": step, **metrics})
-            if reporter is not None:
-                reporter.report(step, metrics)
+            metrics.update(throughput(rollout, time.perf_counter() - step_started))
+            signals = sink.record(step, metrics)
             display.update(step, metrics)
+            if signals and spec.monitor.action == "stop":
+                stop_for(signals, workers, checkpoint_dir, step, trainer_state, spec.checkpoint.keep)
 
     if weights_synced is not None:
         weights_synced.get()  # surface a failed last sync
     if eval_data is not None:
         evals["eval/reward_mean_end"] = evaluate(workers, eval_data, sampling, t.seed)
     final_model = save_final_model(workers, output_dir, spec.output.merge_lora)
-    return {"final_model": str(final_model), "metrics_file": str(metrics_file.path), "eval": evals,
+    return {"final_model": str(final_model), "metrics_file": str(sink.metrics_file.path), "eval": evals,
             "train_seconds": time.perf_counter() - started, "first_step": first_step}
 
 
@@ -161,15 +168,30 @@ def evaluate(workers: RoleWorkers, data: PromptDataset, sampling: SamplingParams
     return float(scores.mean())
 
 
-def save_checkpoint(workers: RoleWorkers, directory: Path, step: int, sampler_state: dict[str, int], kl_coef: float,
-                    keep: int) -> Path:
+def throughput(rollout: RolloutBatch, seconds: float) -> dict[str, float]:
+    """The step's wall time, and samples and tokens (prompt and response) per second of it."""
+    tokens = float(rollout.prompt_mask.sum()) + float(rollout.response_lengths().sum())
+    return {"time/step": seconds, "throughput/samples_per_second": len(rollout) / seconds,
+            "throughput/tokens_per_second": tokens / seconds}
+
+
+def stop_for(signals: list[Signal], workers: RoleWorkers, directory: Path, step: int, state: dict[str, Any],
+             keep: int) -> None:
+    """monitor.action stop: checkpoint, then end the job as failed with the signals' evidence."""
+    saved = save_checkpoint(workers, directory, step, state, keep)
+    evidence = "; ".join(f"{s.name}: {s.evidence}" for s in signals)
+    raise JobStopped(f"stopped by spec.monitor (action: stop) at step {step}: {evidence}. The checkpoint {saved} "
+                     f"holds this step; inspect it, then resume with another monitor setting or delete it")
+
+
+def save_checkpoint(workers: RoleWorkers, directory: Path, step: int, state: dict[str, Any], keep: int) -> Path:
     partial = checkpoint.partial_dir(directory, step)
     pending = [workers.policy.call("save_state", str(partial / "policy"))]
     if workers.critic:
         pending.append(workers.critic.call("save_state", str(partial / "critic")))
     for p in pending:
         p.get()
-    return checkpoint.commit_checkpoint(partial, step, {"sampler": sampler_state, "kl_coef": kl_coef}, keep)
+    return checkpoint.commit_checkpoint(partial, step, state, keep)
 
 
 def restore_workers(workers: RoleWorkers, saved: Path) -> None:

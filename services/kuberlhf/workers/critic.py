@@ -19,6 +19,7 @@ from kuberlhf.workers.common import (
     minibatches,
     worker_device,
 )
+from kuberlhf.workers.metrics import exports_metrics
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,13 @@ class CriticWorker(TrainedRole):
                       "critic/value_clip_fraction": float(stats["value_clip_fraction"])}
 
     @torch.no_grad()
+    @exports_metrics
     def compute_values(self, batch: RolloutBatch) -> torch.Tensor:
         self.model.eval()
         batch = batch.to(self.device)
         return (response_values(self.model, batch) * batch.response_mask).cpu()
 
+    @exports_metrics
     def update(self, experience: Experience, config: CriticUpdateConfig) -> dict[str, float]:
         self.model.train()
         started = time.perf_counter()

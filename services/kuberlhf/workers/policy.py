@@ -22,6 +22,7 @@ from kuberlhf.workers.common import (
     minibatches,
     worker_device,
 )
+from kuberlhf.workers.metrics import exports_metrics
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,14 @@ class PolicyWorker(TrainedRole):
         self.updates = 0  # the engine comes with setup_training, once the group's process group is up
 
     @torch.no_grad()
+    @exports_metrics
     def compute_logprobs(self, batch: RolloutBatch, temperature: float) -> torch.Tensor:
         self.model.eval()
         batch = batch.to(self.device)
         logprobs, _ = response_logprobs(self.model, batch, temperature)
         return (logprobs * batch.response_mask).cpu()
 
+    @exports_metrics
     def update(self, experience: Experience, config: PolicyUpdateConfig) -> dict[str, float]:
         """`config.epochs` passes of clipped policy-gradient updates over the experience."""
         self.model.train()

@@ -8,6 +8,7 @@ from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.models.forward import response_logprobs
 from kuberlhf.models.loading import load_causal_lm
 from kuberlhf.workers.common import configure_process, frozen_dtype, worker_device
+from kuberlhf.workers.metrics import exports_metrics
 
 
 class ReferenceWorker:
@@ -19,6 +20,7 @@ class ReferenceWorker:
         self.model.requires_grad_(False)
 
     @torch.no_grad()
+    @exports_metrics
     def compute_logprobs(self, batch: RolloutBatch, temperature: float) -> torch.Tensor:
         batch = batch.to(self.device)
         logprobs, _ = response_logprobs(self.model, batch, temperature)

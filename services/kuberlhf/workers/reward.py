@@ -11,6 +11,7 @@ from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.models.loading import load_reward_model, load_tokenizer
 from kuberlhf.models.reward import score_texts
 from kuberlhf.workers.common import configure_process, frozen_dtype, worker_device
+from kuberlhf.workers.metrics import exports_metrics
 
 
 class RewardWorker:
@@ -21,6 +22,7 @@ class RewardWorker:
         self.model = load_reward_model(model_path, frozen_dtype(self.device, bf16)).to(self.device).eval()
         self.tokenizer = load_tokenizer(model_path, padding_side="right")
 
+    @exports_metrics
     def score(self, batch: RolloutBatch) -> torch.Tensor:
         """One scalar reward per completion [B]: the model's output on prompt + completion + EOS."""
         return score_texts(self.model, self.tokenizer, batch.prompts, batch.completions, self.batch_size,

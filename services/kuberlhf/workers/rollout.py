@@ -14,6 +14,7 @@ from kuberlhf.engines.generation import HFGenerationEngine, SamplingParams
 from kuberlhf.models.loading import load_causal_lm, load_tokenizer
 from kuberlhf.reward_functions import RemoteReward, call_reward_function, import_reward_function
 from kuberlhf.workers.common import configure_process, frozen_dtype, worker_device
+from kuberlhf.workers.metrics import exports_metrics
 
 
 class RolloutWorker:
@@ -40,6 +41,7 @@ class RolloutWorker:
             model.requires_grad_(False)
             self.engine = HFGenerationEngine(model, tokenizer)
 
+    @exports_metrics
     def generate(self, prompts: list[str], columns: dict[str, list[Any]], params: SamplingParams, seed: int) -> RolloutBatch:
         """Sample completions (each rank from its own stream of the step's seed) and, with a reward function,
         score them; `columns` are the data file's other fields, one value per prompt."""

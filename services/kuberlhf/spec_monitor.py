@@ -1,0 +1,49 @@
+"""Spec sections for watching a job: the Prometheus endpoint (`spec.metrics`) and the reward-hacking monitor
+(`spec.monitor`). Pydantic and the standard library only (the operator imports the spec)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from kuberlhf.spec_base import SpecModel
+
+
+class MetricsSpec(SpecModel):
+    """The job's Prometheus endpoint (`/metrics`), served from the Ray head (the driver's node)."""
+
+    enabled: bool = True
+    """Serve the endpoint. Actors' own metrics go to Ray's metrics endpoint either way."""
+    port: int = Field(default=9400, ge=0, le=65535)
+    """TCP port of the endpoint; 0 picks a free one (`kuberlhf run` prints where it listens). On Kubernetes
+    the head pod declares it as the port `kuberlhf`, which the chart's PodMonitor scrapes."""
+
+
+class MonitorSpec(SpecModel):
+    """Reward-hacking and stability signals, judged every step over the last `window` steps (online
+    algorithms). A signal that trips is logged, exported as `kuberlhf_reward_hacking_suspected{signal}` and
+    shown as the RLHFJob condition `RewardHackingSuspected` with its evidence; `action: stop` also checkpoints
+    and ends the job as failed with that reason."""
+
+    action: Literal["warn", "stop"] = "warn"
+    """What a tripped signal does: `warn` (log, metric, condition) or `stop` (also checkpoint and fail)."""
+    window: int = Field(default=5, ge=2)
+    """Steps each signal averages over; the first `window` steps are the baseline later steps are compared to."""
+    length_correlation: float = Field(default=0.5, gt=0, le=1)
+    """Length signal, part 1: the mean Pearson correlation between a sample's response length and its reward
+    over the window is at least this (the reward pays for length)."""
+    length_drift: float = Field(default=0.3, gt=0)
+    """Length signal, part 2: the window's mean response length grew by at least this fraction over the
+    baseline's. Both parts must hold: a reward may rightly prefer longer answers without the policy drifting."""
+    kl_budget: float | None = Field(default=None, gt=0)
+    """KL signal: the window's mean sequence KL to the reference (nats) exceeds this. Unset: not checked."""
+    kl_growth: float | None = Field(default=None, gt=0)
+    """KL-growth signal: the least-squares slope of the sequence KL over the window exceeds this many nats per
+    step. Unset: not checked."""
+    entropy_collapse: float = Field(default=0.2, gt=0, lt=1)
+    """Entropy signal: the window's mean policy entropy fell below this fraction of the baseline's."""
+    heldout_drop: float = Field(default=0.5, gt=0)
+    """Proxy-divergence signal (needs `data.eval` and `training.evalEverySteps`): the training reward rose
+    while the held-out reward fell, both since the first evaluation, the fall by at least this many baseline
+    reward standard deviations."""
