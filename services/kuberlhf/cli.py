@@ -1,4 +1,4 @@
-"""The `kuberlhf` command line: run, validate, init, serve-reward, demo-assets, spec-docs.
+"""The `kuberlhf` command line: run, validate, init, report, serve-reward, demo-assets, spec-docs, crd, metrics-docs.
 
 User mistakes (a bad field, a missing file, a reward function that fails) print one clear message and exit
 with code 1, without a traceback; bugs keep their traceback. Heavy imports (torch, Ray) happen only in the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -88,6 +89,16 @@ def _build_parser() -> argparse.ArgumentParser:
     init.add_argument("--out", default="rlhfjob.yaml", help="where to write the job (default rlhfjob.yaml; an "
                       "existing file is never overwritten)")
     init.set_defaults(handler=_init)
+    report = commands.add_parser(
+        "report",
+        help="plot a run's training curves",
+        description="Read RUN_DIR/metrics.jsonl, print the first, last, min, max and mean of the headline "
+        "metrics, and write RUN_DIR/curves.png (reward, KL, response length and step time by phase; loss, "
+        "accuracy and margin for offline stages). For a chained job's dir: one table and one "
+        "RUN_DIR/<stage>/curves.png per stage.",
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run's output dir (spec.output.dir)")
+    report.set_defaults(handler=_report)
     serve_reward = commands.add_parser(
         "serve-reward",
         help="serve a reward model over HTTP (Ray Serve)",
@@ -117,6 +128,14 @@ def _build_parser() -> argparse.ArgumentParser:
                     "helm/kuberlhf/crds/).",
     )
     crd.set_defaults(handler=_crd)
+    metrics_docs = commands.add_parser(
+        "metrics-docs",
+        help="print the Prometheus metric reference (Markdown)",
+        description="Print the list of every metric a job exports, and with --rules the alert list (the "
+                    "generated part of docs/observability.md).",
+    )
+    metrics_docs.add_argument("--rules", help="a Prometheus rules file, e.g. helm/kuberlhf/rules/kuberlhf-alerts.yaml")
+    metrics_docs.set_defaults(handler=_metrics_docs)
     return parser
 
 
@@ -124,6 +143,19 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                         help="override a field by its dotted path, e.g. --set spec.training.steps=50 (repeatable; "
                         "the value is read as YAML, `PATH=` sets null)")
+
+
+def _metrics_docs(args: argparse.Namespace) -> int:
+    from kuberlhf.telemetry.catalog_docs import render_metrics_markdown
+
+    rules = None
+    if args.rules:
+        try:
+            rules = Path(args.rules).read_text()
+        except OSError as err:
+            raise UserError(f"--rules: cannot read {args.rules}: {err.strerror}") from None
+    print(render_metrics_markdown(rules), end="")
+    return 0
 
 
 def _spec_docs(args: argparse.Namespace) -> int:
@@ -188,6 +220,15 @@ def _init(args: argparse.Namespace) -> int:
     for reason in advice.reasons:
         print(f"  - {reason}")
     print(f"wrote {out}; check it with: kuberlhf validate {out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from kuberlhf.telemetry.report import report_run
+
+    report_run(args.run_dir, Console())
     return 0
 
 

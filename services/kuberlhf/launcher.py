@@ -100,11 +100,21 @@ def run_offline_job(job: RLHFJob, dashboard: bool) -> dict[str, Any]:
 
 
 def finish(job: RLHFJob, result: dict[str, Any], wall_seconds: float, console: Any) -> dict[str, Any]:
-    """Write `summary.json` next to the final model and print it."""
+    """Write `summary.json` next to the final model, plot `curves.png` beside it, and print the summary."""
     from kuberlhf.telemetry.run_log import print_summary
 
     summary = build_summary(job, result, wall_seconds)
-    Path(job.output_dir, "summary.json").write_text(json.dumps(summary, indent=2))
+    summary_file = Path(job.output_dir, "summary.json")
+    summary_file.write_text(json.dumps(summary, indent=2))
+    try:  # the curves are a convenience: a plot that fails never fails a finished run
+        from kuberlhf.telemetry.report import plot_run, read_metrics
+
+        title = f"{job.metadata.name} ({job.spec.algorithm})"
+        plot = plot_run(read_metrics(result["metrics_file"]), Path(job.output_dir, "curves.png"), title)
+        summary["plot"] = str(plot)
+        summary_file.write_text(json.dumps(summary, indent=2))
+    except Exception as err:
+        console.print(f"warning: curves.png not written: {type(err).__name__}: {err}")
     print_summary(summary, console)
     return summary
 

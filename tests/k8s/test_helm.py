@@ -51,7 +51,8 @@ def test_lint_strict_is_clean(helm_env):
 
 @pytest.mark.parametrize("sets", [
     (),
-    ("metrics.serviceMonitor.enabled=true", "metrics.podMonitor.enabled=true", "jobNamespaces={team-a,team-b}"),
+    ("metrics.serviceMonitor.enabled=true", "metrics.podMonitor.enabled=true", "metrics.prometheusRule.enabled=true",
+     "metrics.grafanaDashboard.enabled=true", "jobNamespaces={team-a,team-b}"),
 ])
 def test_every_rendered_object_is_valid_kubernetes(helm_env, sets):
     objects = render(helm_env, *sets)
@@ -63,7 +64,7 @@ def test_every_rendered_object_is_valid_kubernetes(helm_env, sets):
             continue  # Prometheus Operator kinds: not in kubernetes-validate's schemas
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     if sets:
-        assert {"ServiceMonitor", "PodMonitor"} <= set(kinds)
+        assert {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap"} <= set(kinds)
         assert sorted(o["metadata"]["namespace"] for o in objects if o["kind"] == "Role") == ["team-a", "team-b"]
 
 
