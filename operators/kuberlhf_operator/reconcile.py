@@ -162,7 +162,8 @@ def finish_status(status: dict[str, Any], conditions: list[dict[str, Any]], gene
     if rayjob is not None:
         observed = rayjob.get("status") or {}
         new["rayJobName"] = rayjob["metadata"]["name"]
-        for source, target in (("dashboardURL", "dashboardURL"), ("startTime", "startTime")):
+        for source, target in (("dashboardURL", "dashboardURL"), ("startTime", "startTime"),
+                               ("jobId", "raySubmissionId")):
             if observed.get(source):
                 new[target] = observed[source]
     if new["phase"] in ("Succeeded", "Failed") and not new.get("completionTime"):

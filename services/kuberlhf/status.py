@@ -96,6 +96,8 @@ class RLHFJobStatus(StatusModel):
     Failed."""
     ray_job_name: str | None = None
     """The KubeRay RayJob running this job."""
+    ray_submission_id: str | None = None
+    """The Ray job submission id KubeRay gave the job (`ray job status <id>`, the Ray dashboard's Jobs page)."""
     dashboard_url: str | None = Field(default=None, alias="dashboardURL")
     """The Ray dashboard of the job's cluster (in-cluster address; port-forward the head service to reach it)."""
     start_time: str | None = None

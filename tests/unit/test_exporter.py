@@ -83,3 +83,14 @@ def test_every_catalog_key_is_a_metric_some_trainer_writes():
     assert missing == []
     assert set(PHASES) == {m.labels["phase"] for m in STEP_METRICS if "phase" in m.labels}
     assert all(name.startswith("kuberlhf_") for name in OWN_METRICS)
+
+
+def test_the_metric_and_alert_reference_in_the_docs_is_current():
+    from kuberlhf.telemetry.catalog_docs import BEGIN, END, render_metrics_markdown
+
+    root = SERVICES.parents[1]
+    page = (root / "docs" / "observability.md").read_text()
+    checked_in = page[page.index(BEGIN): page.index(END) + len(END)] + "\n"
+    rules = (root / "helm" / "kuberlhf" / "rules" / "kuberlhf-alerts.yaml").read_text()
+    assert checked_in == render_metrics_markdown(rules), \
+        "regenerate: kuberlhf metrics-docs --rules helm/kuberlhf/rules/kuberlhf-alerts.yaml (into docs/observability.md)"

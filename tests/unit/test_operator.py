@@ -157,12 +157,14 @@ def test_an_invalid_spec_fails_the_job_and_never_reaches_ray():
 def test_the_status_follows_the_rayjob(deployment, ray_status, reason, phase, failed):
     job = k8s_job()
     rayjob = submitted(job, deployment, ray_status, reason=reason, message="details",
-                       dashboardURL="ppo-tiny-head-svc.team-a.svc:8265", startTime=T0, endTime=T1)
+                       dashboardURL="ppo-tiny-head-svc.team-a.svc:8265", startTime=T0, endTime=T1,
+                       jobId="ppo-tiny-x7k2p")
     actions = reconcile(job, rayjob, build_configmap(job), SETTINGS, T1)
     assert actions.status["phase"] == phase
     assert conditions(actions)["Failed"] == (("True", failed) if failed else ("False", "NotFailed"))
     assert actions.status["rayJobName"] == "ppo-tiny" and actions.status["observedGeneration"] == 1
     assert actions.status["dashboardURL"] == "ppo-tiny-head-svc.team-a.svc:8265"
+    assert actions.status["raySubmissionId"] == "ppo-tiny-x7k2p"
     assert ("completionTime" in actions.status) == (phase in ("Succeeded", "Failed"))
 
 

@@ -27,9 +27,9 @@ def render_metrics_markdown(rules_text: str | None = None) -> str:
     lines += [f"| `ray_{name}` | {_one_line(help)} |" for name, help in RAY_METRICS.items()]
     if rules_text is not None:
         lines += ["", "### Alerts (`helm/kuberlhf/rules/kuberlhf-alerts.yaml`)", "",
-                  "| alert | severity | for | fires when |", "|---|---|---|---|"]
+                  "| alert | severity | for | expression |", "|---|---|---|---|"]
         lines += [f"| `{r['alert']}` | {r.get('labels', {}).get('severity', '')} | {r.get('for', '0s')} | "
-                  f"{_one_line(r.get('annotations', {}).get('summary', ''))} |" for r in alert_rules(rules_text)]
+                  f"`{_one_line(r['expr'])}` |" for r in alert_rules(rules_text)]
     return "\n".join([*lines, "", END]) + "\n"
 
 
