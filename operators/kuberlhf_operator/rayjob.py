@@ -156,6 +156,8 @@ def build_rayjob(job: dict[str, Any], spec: RLHFJobSpec, settings: OperatorSetti
     workdir = f"cd {DATA_DIR} && " if spec.cluster.persistent_volume_claim else ""
     rayjob_spec: dict[str, Any] = {
         "entrypoint": f"{workdir}kuberlhf run {JOB_DIR}/{JOB_FILE}",
+        # Stored with the Ray job submission: the Ray dashboard's Jobs page names the RLHFJob.
+        "metadata": {"rlhfjob": name, "namespace": job["metadata"].get("namespace") or ""},
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": spec.cluster.ttl_seconds_after_finished,
         "backoffLimit": spec.cluster.backoff_limit,

@@ -128,7 +128,7 @@ def test_rayjobs_the_operator_builds_hold_valid_pods(example):
 # The ray.io/v1 RayJob fields KubeRLHF emits, with their types (KubeRay 1.3+ API reference).
 RAYJOB_SPEC_FIELDS = {"entrypoint": str, "shutdownAfterJobFinishes": bool, "ttlSecondsAfterFinished": int,
                       "backoffLimit": int, "suspend": bool, "submissionMode": str, "runtimeEnvYAML": str,
-                      "rayClusterSpec": dict, "activeDeadlineSeconds": int}
+                      "rayClusterSpec": dict, "activeDeadlineSeconds": int, "metadata": dict}
 WORKER_GROUP_FIELDS = {"groupName": str, "replicas": int, "minReplicas": int, "maxReplicas": int,
                        "rayStartParams": dict, "template": dict}
 
@@ -139,6 +139,7 @@ def validate_rayjob_fields(rayjob: dict[str, Any]) -> None:
         assert isinstance(value, RAYJOB_SPEC_FIELDS[key]), key
     assert rayjob["spec"]["submissionMode"] in ("K8sJobMode", "HTTPMode", "InteractiveMode")
     yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])
+    assert all(isinstance(v, str) for v in rayjob["spec"]["metadata"].values())  # map[string]string
     cluster = rayjob["spec"]["rayClusterSpec"]
     assert set(cluster) == {"rayVersion", "headGroupSpec", "workerGroupSpecs"}
     assert all(isinstance(v, str) for v in cluster["headGroupSpec"]["rayStartParams"].values())  # KubeRay wants strings

@@ -43,6 +43,7 @@ def test_the_rayjob_runs_kuberlhf_on_the_mounted_job_file_and_is_owned_by_the_jo
     assert spec["entrypoint"] == "kuberlhf run /etc/kuberlhf/job.yaml"
     assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] == 600
     assert spec["backoffLimit"] == 0 and spec["suspend"] is False
+    assert spec["metadata"] == {"rlhfjob": "ppo-tiny", "namespace": "team-a"}  # on the Ray dashboard's Jobs page
     head = spec["rayClusterSpec"]["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"  # the head runs the driver, not the roles
     pod = head["template"]["spec"]
