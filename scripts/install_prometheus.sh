@@ -4,6 +4,8 @@
 # `apt-get download`, then unpack the two binaries. Does nothing when both are already there.
 set -euo pipefail
 dest="${1:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin}"
+mkdir -p "$dest"
+dest="$(cd "$dest" && pwd)"  # absolute: the unpacking below happens in a temporary directory
 [ -x "$dest/prometheus" ] && [ -x "$dest/promtool" ] && exit 0
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -14,6 +16,5 @@ if ! apt-get download prometheus >/dev/null 2>&1; then
   apt-get download prometheus >/dev/null 2>&1
 fi
 dpkg-deb -x prometheus_*.deb unpacked
-mkdir -p "$dest"
 install -m 0755 unpacked/usr/bin/prometheus unpacked/usr/bin/promtool "$dest/"
 "$dest/promtool" --version 2>&1 | head -1

@@ -15,12 +15,13 @@ from transformers import (
 from kuberlhf.errors import UserError
 
 
-def load_tokenizer(path: str, padding_side: str = "left") -> PreTrainedTokenizerBase:
-    """The model's tokenizer, with a pad token (EOS when the model has none) and the given padding side."""
+def load_tokenizer(path: str, padding_side: str = "left", field: str = "spec.policy.model") -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with a pad token (EOS when the model has none) and the given padding side;
+    `field` names where the path came from in an error."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot load a tokenizer from {path!r}: {err}") from None
+        raise UserError(f"{field}: cannot load a tokenizer from {path!r}: {err}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side

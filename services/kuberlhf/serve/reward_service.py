@@ -27,7 +27,7 @@ class RewardModelServer:
         configure_process(1, seed=0)
         self.device = worker_device()
         self.model = load_reward_model(model_path).to(self.device).eval()
-        self.tokenizer = load_tokenizer(model_path, padding_side="right")
+        self.tokenizer = load_tokenizer(model_path, padding_side="right", field="--model")
         self.batch_size = batch_size
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)

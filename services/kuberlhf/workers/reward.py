@@ -20,7 +20,7 @@ class RewardWorker:
         self.batch_size = batch_size
         self.device = worker_device()
         self.model = load_reward_model(model_path, frozen_dtype(self.device, bf16)).to(self.device).eval()
-        self.tokenizer = load_tokenizer(model_path, padding_side="right")
+        self.tokenizer = load_tokenizer(model_path, padding_side="right", field="spec.reward.model")
 
     @exports_metrics
     def score(self, batch: RolloutBatch) -> torch.Tensor:
