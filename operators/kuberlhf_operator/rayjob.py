@@ -26,6 +26,7 @@ from kuberlhf.workers.placement import plan_placement
 JOB_DIR, JOB_FILE, DATA_DIR = "/etc/kuberlhf", "job.yaml", "/data"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 SPEC_HASH = "kuberlhf.io/spec-hash"
+RUNTIME_UID = 1000  # the user of images/runtime/Dockerfile
 JOB_LABEL = "kuberlhf.io/job"
 RAY_VERSION = "2.60.0"
 MAX_GPUS_PER_WORKER = 8
@@ -112,8 +113,11 @@ def pod_template(spec: RLHFJobSpec, settings: OperatorSettings, container: str, 
         "imagePullPolicy": settings.image_pull_policy,
         "resources": {"requests": dict(limits), "limits": dict(limits)},
         "volumeMounts": mounts,
-        "securityContext": {"allowPrivilegeEscalation": False},
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
+    if cluster.secret_env:  # references only: the operator never reads a Secret
+        main["env"] = [{"name": e.name, "valueFrom": {"secretKeyRef": {"name": e.secret_name, "key": e.key}}}
+                       for e in cluster.secret_env]
     if head:
         main["ports"] = [{"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
                          {"containerPort": 10001, "name": "client"}, {"containerPort": 8080, "name": "metrics"}]
@@ -121,7 +125,10 @@ def pod_template(spec: RLHFJobSpec, settings: OperatorSettings, container: str, 
             main["ports"].append({"containerPort": spec.metrics.port, "name": "kuberlhf"})
     else:
         main["ports"] = [{"containerPort": 8080, "name": "metrics"}]
-    pod: dict[str, Any] = {"containers": [main], "volumes": volumes}
+    # The runtime image runs as uid 1000 (Ray's convention); fsGroup lets it write to the PVC.
+    security = {"runAsNonRoot": True, "runAsUser": RUNTIME_UID, "runAsGroup": RUNTIME_UID, "fsGroup": RUNTIME_UID,
+                "seccompProfile": {"type": "RuntimeDefault"}}
+    pod: dict[str, Any] = {"containers": [main], "volumes": volumes, "securityContext": security}
     account = cluster.service_account_name or settings.job_service_account
     if account:
         pod["serviceAccountName"] = account

@@ -21,6 +21,19 @@ class TolerationSpec(SpecModel):
     """`NoSchedule`, `PreferNoSchedule` or `NoExecute` (empty: all)."""
 
 
+class SecretEnvSpec(SpecModel):
+    """An environment variable of every pod, read from a Kubernetes Secret (`valueFrom.secretKeyRef`): how hub
+    tokens and object-store credentials reach a job. Only the reference is in the job; the value never passes
+    through the RLHFJob, its ConfigMap, its status, or the job's logs and metrics."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """The variable, e.g. `HF_TOKEN`, `AWS_ACCESS_KEY_ID`."""
+    secret_name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
+    """The Secret in the job's namespace."""
+    key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)
+    """The key within the Secret."""
+
+
 class ClusterSpec(SpecModel):
     """The KubeRay Ray cluster of the job: one head pod (driver, dashboard; no training work) and enough
     worker pods to hold every role's resources (`spec.resources`), in pods of `gpusPerWorker` GPUs."""
@@ -49,6 +62,8 @@ class ClusterSpec(SpecModel):
     service_account_name: str | None = None
     """Service account of the pods. The job writes its progress to its RLHFJob's status with it (the Helm
     chart's `kuberlhf-job` account may do that). Default: the chart's job account."""
+    secret_env: list[SecretEnvSpec] = Field(default_factory=list)
+    """Environment variables from Secrets, e.g. `{name: HF_TOKEN, secretName: hub, key: token}`."""
     ttl_seconds_after_finished: int = Field(default=600, ge=0)
     """How long the finished RayJob (and its logs) stays before KubeRay deletes it."""
     active_deadline_seconds: int | None = Field(default=None, ge=1)

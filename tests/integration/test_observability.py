@@ -69,6 +69,9 @@ def prometheus(tmp_path):
     server.wait(timeout=30)
 
 
+SECRET = "hf_kuberlhf-test-secret-0c4f9a"  # a hub token in the job's environment must never be printed or exported
+
+
 def start_job(assets, tmp_path: Path, *overrides: str, dashboard: bool = False) -> subprocess.Popen:
     """`kuberlhf run` of grpo-tiny in the background. With the dashboard, Ray keeps RAY_DISCOVERY current."""
     return subprocess.Popen(
@@ -79,7 +82,8 @@ def start_job(assets, tmp_path: Path, *overrides: str, dashboard: bool = False) 
          "--set", "spec.rollout.maxNewTokens=8",
          "--set", "spec.monitor.window=3", *(arg for o in overrides for arg in ("--set", o))],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+             "HF_TOKEN": SECRET},
     )
 
 
@@ -93,12 +97,22 @@ def test_prometheus_scrapes_a_running_job_and_the_honest_reward_trips_no_signal(
         "step_time": 'kuberlhf_step_seconds{job="grpo-tiny"}',
         "memory": 'ray_kuberlhf_worker_memory_bytes{role="policy",device="cpu"}',
     }
+    exported = ""
     while job.poll() is None and len(seen) < len(wanted):  # query while it runs: its series go stale after
         for name, expr in wanted.items():
             if name not in seen and (result := query(base, expr)):
                 seen[name] = result
+        if "reward" in seen and not exported:
+            exported = urllib.request.urlopen(f"http://127.0.0.1:{job_port}/metrics", timeout=10).read().decode()
         time.sleep(1)
     stdout, stderr = job.communicate(timeout=600)
+    ray_logs = "".join(p.read_text(errors="replace") for p in Path("/tmp/ray/session_latest/logs").rglob("*")
+                       if p.is_file() and p.stat().st_size < 50_000_000)
+    written = "".join(p.read_text(errors="replace") for p in (tmp_path / "out").glob("*.json*"))
+    assert "kuberlhf_reward_mean" in exported
+    for where, text in {"stdout": stdout, "stderr": stderr, "/metrics": exported, "Ray's logs": ray_logs,
+                        "metrics.jsonl and summary.json": written}.items():
+        assert SECRET not in text, f"the hub token leaked into {where}"
     assert job.returncode == 0, stderr[-3000:]
     assert "Prometheus metrics at http://" in stderr and f":{job_port}/metrics" in stderr
     assert set(seen) == set(wanted), f"never scraped: {set(wanted) - set(seen)}"

@@ -234,3 +234,18 @@ def test_the_head_declares_the_jobs_metrics_port_for_the_pod_monitor():
     job = k8s_job(metrics={"enabled": False})
     head = build_rayjob(job, spec_of(job), SETTINGS)["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
     assert all(p["name"] != "kuberlhf" for p in head["spec"]["containers"][0]["ports"])
+
+
+def test_ray_pods_run_as_non_root_without_privilege_escalation_and_get_secrets_by_reference():
+    job = k8s_job(cluster={"secretEnv": [{"name": "HF_TOKEN", "secretName": "hub", "key": "token"}]})
+    rayjob = build_rayjob(job, spec_of(job), SETTINGS)
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    for template in templates:
+        pod = template["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
+        (container,) = pod["containers"]
+        assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+        assert container["env"] == [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hub", "key": "token"}}}]
+    with pytest.raises(ValueError, match="secretEnv.0.name"):
+        spec_of(k8s_job(cluster={"secretEnv": [{"name": "HF TOKEN=x", "secretName": "hub", "key": "token"}]}))

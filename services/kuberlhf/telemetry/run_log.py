@@ -78,7 +78,7 @@ class StepDisplay:
             print(f"step {step}/{self.total}  {stats}", file=sys.stderr, flush=True)
 
     def note(self, message: str) -> None:
-        self.console.print(message)
+        self.console.print(message, soft_wrap=True, markup=False, highlight=False)  # one line per note in logs
 
 
 def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:

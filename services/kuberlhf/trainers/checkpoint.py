@@ -65,9 +65,15 @@ def commit_checkpoint(partial: Path, step: int, trainer_state: dict[str, Any], k
     """Write the trainer state last, rename into place, then delete checkpoints beyond `keep`."""
     (partial / STATE_FILE).write_text(json.dumps({"step": step, **trainer_state}, indent=2))
     final = partial.parent / checkpoint_name(step)
-    if final.exists():  # same step written by an earlier attempt: replace it only now that this one is whole
-        shutil.rmtree(final)
-    partial.rename(final)
+    if final.exists():  # same step written by an earlier attempt: set it aside until this one is in place
+        previous = partial.parent / f".{checkpoint_name(step)}.previous"
+        if previous.exists():
+            shutil.rmtree(previous)
+        final.rename(previous)
+        partial.rename(final)
+        shutil.rmtree(previous)
+    else:
+        partial.rename(final)
     complete = sorted(p for p in partial.parent.glob("step-*") if (p / STATE_FILE).is_file())
     for old in complete[:-keep]:
         shutil.rmtree(old)

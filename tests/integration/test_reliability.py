@@ -1,0 +1,90 @@
+"""What survives what: a driver killed with SIGKILL mid-run, run again with the same command, resumes from its
+newest checkpoint, sees the same batches in the same order and ends with the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from .conftest import EXAMPLES
+
+pytestmark = pytest.mark.slow
+
+# The same reward as the example's, slowed down by an environment variable only the run we kill sets, so it is
+# surely killed between two checkpoints; the job file and the command are identical for every run.
+SLOW_REWARD = """import os, time
+from kuberlhf.tasks.addition import exact_match_reward
+
+def reward(prompts, completions, **columns):
+    time.sleep(float(os.environ.get("KUBERLHF_TEST_SLOW_REWARD", "0")))
+    return exact_match_reward(prompts, completions, **columns)
+"""
+
+
+def kuberlhf_run(assets, workdir: Path, output: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kuberlhf.cli", "run", str(EXAMPLES / "ppo-tiny.yaml"), "--no-dashboard",
+         "--set", f"spec.policy.model={assets['model']}", "--set", f"spec.data.train={assets['train']}",
+         "--set", "spec.data.eval=", "--set", f"spec.output.dir={output}", "--set", "spec.metrics.port=0",
+         "--set", "spec.reward.function=slow_reward:reward", "--set", "spec.training.steps=8",
+         "--set", "spec.checkpoint.everySteps=3", "--set", "spec.checkpoint.keep=1"],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": f"{workdir}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **(env or {})},
+    )
+
+
+def steps_logged(output: Path) -> list[int]:
+    metrics = output / "metrics.jsonl"
+    return [json.loads(line)["step"] for line in metrics.read_text().splitlines()] if metrics.exists() else []
+
+
+def finish(process: subprocess.Popen) -> str:
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    return stderr
+
+
+def test_a_driver_killed_mid_run_resumes_with_the_same_batches_and_ends_with_the_same_weights(assets, tmp_path):
+    (tmp_path / "slow_reward.py").write_text(SLOW_REWARD)
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    finish(kuberlhf_run(assets, tmp_path, straight))
+
+    driver = kuberlhf_run(assets, tmp_path, interrupted, {"KUBERLHF_TEST_SLOW_REWARD": "0.5"})
+    deadline = time.monotonic() + 300
+    while len(steps_logged(interrupted)) < 4 and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.05)
+    family = psutil.Process(driver.pid).children(recursive=True)
+    driver.send_signal(signal.SIGKILL)  # no handler, no cleanup: as an OOM kill or a lost node does it
+    driver.wait()
+    for orphan in family:  # Ray's agents outlive a killed driver; they are not ours to keep
+        try:
+            orphan.kill()
+        except psutil.NoSuchProcess:
+            pass
+    killed_at = steps_logged(interrupted)
+    assert 4 <= len(killed_at) < 6, killed_at  # past the step-3 checkpoint, before step 6's
+    assert sorted(p.name for p in (interrupted / "checkpoints").iterdir() if not p.name.startswith(".")) == \
+        ["step-00000003"]
+
+    stderr = finish(kuberlhf_run(assets, tmp_path, interrupted))
+    assert f"resuming from {interrupted / 'checkpoints' / 'step-00000003'} (step 3)" in stderr
+    assert steps_logged(interrupted) == list(range(1, 9))  # every step once: none skipped, none repeated
+    records = {r["step"]: r for r in map(json.loads, (interrupted / "metrics.jsonl").read_text().splitlines())}
+    expected = {r["step"]: r for r in map(json.loads, (straight / "metrics.jsonl").read_text().splitlines())}
+    for step in range(4, 9):  # the same prompts, samples and rewards as the uninterrupted run's steps
+        assert records[step]["reward/mean"] == expected[step]["reward/mean"], step
+        assert records[step]["response_length/mean"] == expected[step]["response_length/mean"], step
+    a = load_file(f"{straight}/final/model.safetensors")
+    b = load_file(f"{interrupted}/final/model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
