@@ -3,6 +3,7 @@ verdict, a clear error for a taken port, and the catalog's keys are the ones the
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 import urllib.request
@@ -94,3 +95,19 @@ def test_the_metric_and_alert_reference_in_the_docs_is_current():
     rules = (root / "helm" / "kuberlhf" / "rules" / "kuberlhf-alerts.yaml").read_text()
     assert checked_in == render_metrics_markdown(rules), \
         "regenerate: kuberlhf metrics-docs --rules helm/kuberlhf/rules/kuberlhf-alerts.yaml (into docs/observability.md)"
+
+
+def test_the_torch_engine_skips_an_update_whose_gradient_is_not_finite():
+    import torch
+
+    from kuberlhf.engines.training import TorchTrainingEngine
+
+    model = torch.nn.Linear(3, 1)
+    engine = TorchTrainingEngine(model, learning_rate=0.1, weight_decay=0.0, max_grad_norm=1.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    engine.accumulate(model(torch.ones(1, 3)).sum() * float("nan"))
+    assert math.isnan(engine.step())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no step taken
+    assert not engine.optimizer.state  # and no optimizer state touched
+    engine.accumulate(model(torch.ones(1, 3)).sum())
+    assert math.isfinite(engine.step()) and not torch.equal(before["weight"], model.weight)

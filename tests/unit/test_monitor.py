@@ -78,3 +78,18 @@ def test_a_resumed_monitor_judges_against_the_same_baseline():
     resumed.load_state(first.state())
     later = [[s.name for s in resumed.observe(step, m)] for step, m in enumerate(hacked[4:], start=5)]
     assert later[1] == ["length"]  # step 6, as in an uninterrupted run
+
+
+def test_non_finite_updates_are_counted_and_a_streak_stops_the_run():
+    from kuberlhf.trainers.guards import NonFiniteGuard
+
+    guard = NonFiniteGuard(limit=2)
+    nan, inf = float("nan"), float("inf")
+    assert guard.observe(1, {"policy/loss": 0.5, "policy/grad_norm": 1.0}) is None
+    bad = {"policy/loss": nan, "policy/grad_norm": nan}
+    assert guard.observe(2, bad) is None and bad["train/skipped_updates"] == 1.0
+    assert guard.observe(3, {"policy/loss": 0.4, "critic/grad_norm": 2.0}) is None  # the streak is broken
+    assert guard.observe(4, {"critic/grad_norm": inf}) is None
+    reason = guard.observe(5, {"loss": nan})
+    assert reason.startswith("training.maxNonFiniteSteps: steps 4-5 (2 in a row) had a non-finite loss")
+    assert "the weights are those of step 3" in reason and guard.skipped == 3

@@ -10,6 +10,7 @@ mini-batch), `full_state_dict()`, `save(dir, **extra)`, `load(dir) -> extra`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,11 +73,13 @@ class TorchTrainingEngine:
         loss.backward()
 
     def step(self) -> float:
-        """Clip, step, zero grads; returns the gradient norm before clipping."""
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
-        self.optimizer.step()
+        """Clip, step, zero grads; returns the gradient norm before clipping. A NaN or infinite norm skips the
+        optimizer step (weights and optimizer state stay as they were), as DeepSpeed does."""
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm))
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(grad_norm)
+        return grad_norm
 
     @property
     def learning_rate(self) -> float:

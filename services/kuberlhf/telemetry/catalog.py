@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 JOB_LABELS = ("job", "namespace", "stage", "algorithm")
+# A NaN or infinity in one of these means the step's update was broken (and skipped by the engine).
+HEALTH_KEYS = ("policy/loss", "critic/value_loss", "loss", "policy/grad_norm", "critic/grad_norm", "grad_norm")
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,7 @@ from typing import Any, Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from kuberlhf.errors import UserError, user_error_in
-from kuberlhf.telemetry.catalog import JOB_LABELS, OWN_METRICS, STEP_METRICS
-
-# A NaN or infinity in one of these means the step's update was broken.
-HEALTH_KEYS = ("policy/loss", "critic/value_loss", "loss", "policy/grad_norm", "critic/grad_norm", "grad_norm")
+from kuberlhf.telemetry.catalog import HEALTH_KEYS, JOB_LABELS, OWN_METRICS, STEP_METRICS
 MAIN_STAGE = "main"  # the stage label of a job without spec.stages
 
 

@@ -103,7 +103,7 @@ def offline_config(job: RLHFJob, inputs: OfflineInputs, train: Split, evaluation
         max_steps=t.steps if "steps" in t.model_fields_set else None, seed=t.seed, cpus=spec.resources.policy.cpus,
         checkpoint_every=spec.checkpoint.every_steps, pad_token_id=pad_token_id, train=train, evaluation=evaluation,
         eval_every=t.eval_every_steps, lora=spec.policy.lora, merge_lora=spec.output.merge_lora,
-        job_labels=dict(job.metadata.labels), **settings,
+        job_labels=dict(job.metadata.labels), max_non_finite_steps=t.max_non_finite_steps, **settings,
     )
 
 

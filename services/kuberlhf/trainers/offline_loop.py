@@ -30,11 +30,13 @@ from kuberlhf.algorithms.preference import (
 from kuberlhf.data.examples import Examples, make_batch
 from kuberlhf.data.packing import packed_batch, packed_logprobs
 from kuberlhf.engines.training import TrainingSetup, make_training_engine
+from kuberlhf.errors import JobStopped
 from kuberlhf.models.forward import response_logprobs
 from kuberlhf.models.reward import sequence_rewards
 from kuberlhf.telemetry.job_status import status_reporter
 from kuberlhf.telemetry.run_log import MetricsFile
 from kuberlhf.telemetry.step_sink import StepSink
+from kuberlhf.trainers.guards import NonFiniteGuard
 from kuberlhf.workers.common import configure_process, worker_device
 
 STATE_FILE = "trainer_state.json"
@@ -80,6 +82,7 @@ class OfflineConfig:
     evaluation: Split | None  # data.eval: scored every eval_every steps and at the end
     eval_every: int
     exporter: Any = None  # the job's metrics server (a Ray actor handle), fed by rank 0
+    max_non_finite_steps: int = 3
     beta: float = 0.1
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
@@ -116,6 +119,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     sink = StepSink(MetricsFile(Path(config.output_dir, "metrics.jsonl"), resume_step=step), config.exporter,
                     status_reporter(config.total_steps, step + 1, config.job_labels)) if rank == 0 else None
     share = config.batch_size // world
+    guard = NonFiniteGuard(config.max_non_finite_steps)  # every rank sees the same (averaged) metrics
     while step < config.total_steps:
         started = time.perf_counter()
         epoch, index = divmod(step, config.steps_per_epoch)
@@ -132,14 +136,18 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         if config.evaluation is not None and (step == config.total_steps or
                                               (config.eval_every and step % config.eval_every == 0)):
             metrics.update(evaluate(engine, config, device, rank, world))
+        broken = guard.observe(step, metrics)
         if sink is not None:
             sink.record(step, metrics)
             # To the process's own stdout: Ray Train's patched print would also echo it through its logger (twice).
             print(f"step {step}/{config.total_steps}  loss {metrics['loss']:.4f}"
                   + (f"  accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""), file=sys.__stdout__,
                   flush=True)
-        if config.checkpoint_every and step % config.checkpoint_every == 0:
+        if broken or (config.checkpoint_every and step % config.checkpoint_every == 0):
             save_checkpoint(engine, metrics, step, rank)
+        if broken:
+            raise JobStopped(f"{broken}. A checkpoint of this step was written (spec.checkpoint.dir); run the job "
+                             f"again with other settings to continue from it")
     if rank == 0 and config.evaluation is not None:
         final_eval = {k: v for k, v in metrics.items() if k.startswith("eval/")}
         Path(config.output_dir, EVAL_FILE).write_text(json.dumps(final_eval, indent=2))

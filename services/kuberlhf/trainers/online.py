@@ -25,11 +25,12 @@ from kuberlhf.engines.generation import SamplingParams
 from kuberlhf.errors import JobStopped
 from kuberlhf.spec import RLHFJob
 from kuberlhf.telemetry.job_status import status_reporter
-from kuberlhf.telemetry.monitor import RewardHackingMonitor, Signal
+from kuberlhf.telemetry.monitor import RewardHackingMonitor
 from kuberlhf.telemetry.run_log import MetricsFile, PhaseTimer, StepDisplay
 from kuberlhf.telemetry.step_sink import StepSink
 from kuberlhf.trainers import checkpoint
 from kuberlhf.trainers.experience import AdvantageConfig, make_experience
+from kuberlhf.trainers.guards import NonFiniteGuard
 from kuberlhf.workers.critic import CriticUpdateConfig
 from kuberlhf.workers.group import Pending, gather_timed
 from kuberlhf.workers.launch import RoleWorkers
@@ -58,7 +59,7 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
         t.epochs_per_step > 1 or (t.mini_batch_size or spec.batch_size) < spec.batch_size)
 
     sampler = PromptSampler(len(train_data), t.prompts_per_step, t.seed)
-    monitor = RewardHackingMonitor(spec.monitor)
+    monitor, guard = RewardHackingMonitor(spec.monitor), NonFiniteGuard(t.max_non_finite_steps)
     kl_coef, first_step = t.kl.coef, 1
     if resume_from is not None:
         state = checkpoint.read_trainer_state(resume_from)
@@ -141,10 +142,15 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
 
             metrics.update(timer.seconds)
             metrics.update(throughput(rollout, time.perf_counter() - step_started))
+            broken = guard.observe(step, metrics)  # a non-finite update was skipped by the engines
             signals = sink.record(step, metrics)
             display.update(step, metrics)
             if signals and spec.monitor.action == "stop":
-                stop_for(signals, workers, checkpoint_dir, step, trainer_state, spec.checkpoint.keep)
+                evidence = "; ".join(f"{s.name}: {s.evidence}" for s in signals)
+                stop(f"stopped by spec.monitor (action: stop) at step {step}: {evidence}", workers,
+                     checkpoint_dir, step, trainer_state, spec.checkpoint.keep)
+            if broken:
+                stop(broken, workers, checkpoint_dir, step, trainer_state, spec.checkpoint.keep)
 
     if weights_synced is not None:
         weights_synced.get()  # surface a failed last sync
@@ -175,13 +181,11 @@ def throughput(rollout: RolloutBatch, seconds: float) -> dict[str, float]:
             "throughput/tokens_per_second": tokens / seconds}
 
 
-def stop_for(signals: list[Signal], workers: RoleWorkers, directory: Path, step: int, state: dict[str, Any],
-             keep: int) -> None:
-    """monitor.action stop: checkpoint, then end the job as failed with the signals' evidence."""
+def stop(reason: str, workers: RoleWorkers, directory: Path, step: int, state: dict[str, Any], keep: int) -> None:
+    """End the job as failed on purpose (the monitor's `stop`, too many non-finite updates), after a checkpoint."""
     saved = save_checkpoint(workers, directory, step, state, keep)
-    evidence = "; ".join(f"{s.name}: {s.evidence}" for s in signals)
-    raise JobStopped(f"stopped by spec.monitor (action: stop) at step {step}: {evidence}. The checkpoint {saved} "
-                     f"holds this step; inspect it, then resume with another monitor setting or delete it")
+    raise JobStopped(f"{reason}. The checkpoint {saved} holds this step; inspect it, then resume with other "
+                     f"settings, or delete it to start over")
 
 
 def save_checkpoint(workers: RoleWorkers, directory: Path, step: int, state: dict[str, Any], keep: int) -> Path:
