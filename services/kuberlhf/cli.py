@@ -49,6 +49,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_overrides(run)
     run.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=True,
                      help="start the Ray dashboard with the embedded Ray (default: on)")
+    run.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                     help="continue from the newest complete checkpoint in spec.checkpoint.dir (default: on); "
+                     "--no-resume starts over, moving the old checkpoints aside (never deleting them)")
     run.set_defaults(handler=_run)
 
     validate = commands.add_parser(
@@ -177,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
     from kuberlhf.launcher import run_job
 
     job = load_job(args.file, args.overrides)
-    summary = run_job(job, dashboard=args.dashboard)
+    summary = run_job(job, dashboard=args.dashboard, resume=args.resume)
     return 0 if summary.get("status") == "succeeded" else 1
 
 

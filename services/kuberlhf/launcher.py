@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,13 +17,17 @@ from kuberlhf.errors import UserError, user_error_in
 from kuberlhf.preflight import check_local_inputs, check_offline_inputs
 from kuberlhf.quiet import quiet_libraries
 from kuberlhf.spec import RLHFJob
-from kuberlhf.trainers.checkpoint import find_resume_point
+from kuberlhf.trainers.checkpoint import find_resume_point, set_aside_checkpoints
 
 
-def run_job(job: RLHFJob, dashboard: bool = True) -> dict[str, Any]:
+def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[str, Any]:
     quiet_libraries()
     if job.spec.stages is not None:
-        return run_stages(job, dashboard)
+        return run_stages(job, dashboard, resume)
+    if not resume:
+        moved = set_aside_checkpoints(job.checkpoint_dir)
+        if moved is not None:
+            print(f"--no-resume: the checkpoints of the earlier run are now in {moved}", file=sys.stderr)
     if job.spec.is_offline:
         return run_offline_job(job, dashboard)
     inputs = check_local_inputs(job)
@@ -55,7 +60,7 @@ def run_job(job: RLHFJob, dashboard: bool = True) -> dict[str, Any]:
     return finish(job, result, time.perf_counter() - started, display.console)
 
 
-def run_stages(job: RLHFJob, dashboard: bool) -> dict[str, Any]:
+def run_stages(job: RLHFJob, dashboard: bool, resume: bool = True) -> dict[str, Any]:
     """A chained job: its stages one after the other; a stage whose `final/` exists is done and skipped, so
     running the job again continues where it stopped."""
     from rich.console import Console
@@ -72,7 +77,7 @@ def run_stages(job: RLHFJob, dashboard: bool) -> dict[str, Any]:
                               "final_model": str(final)})
             continue
         console.print(f"stage {stage.name} ({stage.algorithm})")
-        summaries.append({"stage": stage.name, **run_job(stage_job, dashboard)})
+        summaries.append({"stage": stage.name, **run_job(stage_job, dashboard, resume)})
     summary = {"job": job.metadata.name, "status": "succeeded", "stages": summaries,
                "final_model": summaries[-1]["final_model"]}
     Path(job.output_dir).mkdir(parents=True, exist_ok=True)

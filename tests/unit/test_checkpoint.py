@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from kuberlhf.errors import UserError
-from kuberlhf.trainers.checkpoint import commit_checkpoint, find_resume_point, newest_checkpoint, partial_dir
+from kuberlhf.trainers.checkpoint import (
+    commit_checkpoint,
+    find_resume_point,
+    newest_checkpoint,
+    partial_dir,
+    set_aside_checkpoints,
+)
 
 
 def save(directory, step: int, keep: int = 5):
@@ -48,3 +54,24 @@ def test_refuses_to_overwrite_a_finished_run_without_checkpoints(tmp_path):
     (tmp_path / "out" / "final").mkdir(parents=True)
     with pytest.raises(UserError, match=r"holds the model of an earlier run"):
         find_resume_point(tmp_path / "ckpt", tmp_path / "out", total_steps=4)
+
+
+def test_no_resume_moves_old_checkpoints_aside_and_never_deletes_them(tmp_path):
+    directory = tmp_path / "checkpoints"
+    assert set_aside_checkpoints(directory) is None  # nothing there: nothing to move
+    save(directory, 3, keep=2)
+    first = set_aside_checkpoints(directory)
+    assert first == tmp_path / "checkpoints.set-aside-1" and newest_checkpoint(first).name == "step-00000003"
+    assert newest_checkpoint(directory) is None  # the run starts over
+    save(directory, 5, keep=2)
+    second = set_aside_checkpoints(directory)
+    assert second == tmp_path / "checkpoints.set-aside-2" and (first / "step-00000003").is_dir()
+    assert newest_checkpoint(second).name == "step-00000005"
+
+
+def test_rewriting_a_steps_checkpoint_replaces_it_whole(tmp_path):
+    save(tmp_path, 4, keep=3)
+    (tmp_path / "step-00000004" / "marker").write_text("old")
+    again = save(tmp_path, 4, keep=3)
+    assert not (again / "marker").exists() and newest_checkpoint(tmp_path) == again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000004"]  # no partial or set-aside copy left

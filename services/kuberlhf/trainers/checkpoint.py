@@ -82,3 +82,16 @@ def commit_checkpoint(partial: Path, step: int, trainer_state: dict[str, Any], k
 
 def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
     return json.loads((checkpoint / STATE_FILE).read_text())
+
+
+def set_aside_checkpoints(directory: str | Path) -> Path | None:
+    """`kuberlhf run --no-resume`: rename a non-empty checkpoint directory to `<dir>.set-aside-<n>` (the first
+    free n), so the run starts over without losing anything; returns the new name, or None if there was nothing."""
+    directory = Path(directory)
+    if not directory.is_dir() or not any(directory.iterdir()):
+        return None
+    n = 1
+    while (target := directory.with_name(f"{directory.name}.set-aside-{n}")).exists():
+        n += 1
+    directory.rename(target)
+    return target
