@@ -47,17 +47,37 @@ def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[s
     with ray_session(job, dashboard) as where:
         display.note(f"RLHFJob {job.metadata.name}: {job.spec.algorithm} on {where}, rollouts by {inputs.rollout_engine}")
         exporter = serve_job_metrics(job, job.spec.training.steps, display.note)
-        workers = start_workers(job, inputs)
-        try:
-            result = train(job, workers, inputs.train, inputs.eval, display, resume_from, exporter)
-        except ray.exceptions.RayError as err:
-            cause = user_error_in(err)
-            if cause is not None:
-                raise cause from None
-            raise
-        finally:
-            workers.shutdown()
+        restarts = 0
+        while True:  # each pass: fresh workers, from the newest checkpoint after a restart
+            workers = start_workers(job, inputs)
+            try:
+                result = train(job, workers, inputs.train, inputs.eval, display, resume_from, exporter)
+                break
+            except ray.exceptions.RayActorError as err:  # a worker process died: rebuild them all
+                if (cause := user_error_in(err)) is not None:  # its constructor refused the input: no retry
+                    raise cause from None
+                restarts += 1
+                if restarts > job.spec.training.max_restarts:
+                    raise UserError(f"training.maxRestarts: a worker died again after {restarts - 1} restarts "
+                                    f"({first_line(err)}); the newest checkpoint is in {job.checkpoint_dir}") from None
+                resume_from = find_resume_point(job.checkpoint_dir, job.output_dir, job.spec.training.steps)
+                display.note(f"a worker died ({first_line(err)}); restart {restarts}/{job.spec.training.max_restarts}:"
+                             f" new workers from {resume_from or 'the start'}")
+            except ray.exceptions.RayError as err:
+                cause = user_error_in(err)
+                if cause is not None:
+                    raise cause from None
+                raise
+            finally:
+                workers.shutdown()
+    result["restarts"] = restarts
     return finish(job, result, time.perf_counter() - started, display.console)
+
+
+def first_line(err: BaseException) -> str:
+    """A Ray error's first line, without its traceback."""
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
 
 
 def run_stages(job: RLHFJob, dashboard: bool, resume: bool = True) -> dict[str, Any]:
@@ -194,4 +214,5 @@ def build_summary(job: RLHFJob, result: dict[str, Any], wall_seconds: float) -> 
         "metrics_file": result["metrics_file"],
         "headline": headline,
         "eval": result["eval"],
+        "restarts": result.get("restarts", 0),
     }

@@ -1,5 +1,7 @@
-"""What survives what: a driver killed with SIGKILL mid-run, run again with the same command, resumes from its
-newest checkpoint, sees the same batches in the same order and ends with the weights of an uninterrupted run."""
+"""What survives what. A driver killed with SIGKILL mid-run, run again with the same command, resumes from its
+newest checkpoint, sees the same batches in the same order and ends with the weights of an uninterrupted run.
+A worker actor killed mid-run is replaced: the job rebuilds its workers from the newest checkpoint and ends
+with those same weights."""
 
 from __future__ import annotations
 
@@ -54,15 +56,40 @@ def finish(process: subprocess.Popen) -> str:
     return stderr
 
 
-def test_a_driver_killed_mid_run_resumes_with_the_same_batches_and_ends_with_the_same_weights(assets, tmp_path):
-    (tmp_path / "slow_reward.py").write_text(SLOW_REWARD)
-    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    finish(kuberlhf_run(assets, tmp_path, straight))
+@pytest.fixture(scope="module")
+def uninterrupted(assets, tmp_path_factory) -> tuple[Path, Path]:
+    """(working directory with the slow reward, output of a run nobody interrupted)."""
+    workdir = tmp_path_factory.mktemp("reliability")
+    (workdir / "slow_reward.py").write_text(SLOW_REWARD)
+    finish(kuberlhf_run(assets, workdir, workdir / "straight"))
+    return workdir, workdir / "straight"
 
-    driver = kuberlhf_run(assets, tmp_path, interrupted, {"KUBERLHF_TEST_SLOW_REWARD": "0.5"})
+
+def wait_for_steps(process: subprocess.Popen, output: Path, steps: int) -> None:
     deadline = time.monotonic() + 300
-    while len(steps_logged(interrupted)) < 4 and time.monotonic() < deadline and driver.poll() is None:
+    while len(steps_logged(output)) < steps and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
+
+
+def assert_same_run(output: Path, straight: Path) -> None:
+    """Every step logged once, steps 4-8 as the uninterrupted run's, the same final weights."""
+    assert steps_logged(output) == list(range(1, 9))  # every step once: none skipped, none repeated
+    records = {r["step"]: r for r in map(json.loads, (output / "metrics.jsonl").read_text().splitlines())}
+    expected = {r["step"]: r for r in map(json.loads, (straight / "metrics.jsonl").read_text().splitlines())}
+    for step in range(4, 9):  # the same prompts, samples and rewards as the uninterrupted run's steps
+        assert records[step]["reward/mean"] == expected[step]["reward/mean"], step
+        assert records[step]["response_length/mean"] == expected[step]["response_length/mean"], step
+    a = load_file(f"{straight}/final/model.safetensors")
+    b = load_file(f"{output}/final/model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_driver_killed_mid_run_resumes_with_the_same_batches_and_ends_with_the_same_weights(assets, uninterrupted):
+    workdir, straight = uninterrupted
+    interrupted = workdir / "interrupted"
+    driver = kuberlhf_run(assets, workdir, interrupted, {"KUBERLHF_TEST_SLOW_REWARD": "0.5"})
+    wait_for_steps(driver, interrupted, 4)
     family = psutil.Process(driver.pid).children(recursive=True)
     driver.send_signal(signal.SIGKILL)  # no handler, no cleanup: as an OOM kill or a lost node does it
     driver.wait()
@@ -76,15 +103,20 @@ def test_a_driver_killed_mid_run_resumes_with_the_same_batches_and_ends_with_the
     assert sorted(p.name for p in (interrupted / "checkpoints").iterdir() if not p.name.startswith(".")) == \
         ["step-00000003"]
 
-    stderr = finish(kuberlhf_run(assets, tmp_path, interrupted))
-    assert f"resuming from {interrupted / 'checkpoints' / 'step-00000003'} (step 3)" in stderr
-    assert steps_logged(interrupted) == list(range(1, 9))  # every step once: none skipped, none repeated
-    records = {r["step"]: r for r in map(json.loads, (interrupted / "metrics.jsonl").read_text().splitlines())}
-    expected = {r["step"]: r for r in map(json.loads, (straight / "metrics.jsonl").read_text().splitlines())}
-    for step in range(4, 9):  # the same prompts, samples and rewards as the uninterrupted run's steps
-        assert records[step]["reward/mean"] == expected[step]["reward/mean"], step
-        assert records[step]["response_length/mean"] == expected[step]["response_length/mean"], step
-    a = load_file(f"{straight}/final/model.safetensors")
-    b = load_file(f"{interrupted}/final/model.safetensors")
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    stderr = finish(kuberlhf_run(assets, workdir, interrupted))
+    assert "resuming from" in stderr and "step-00000003 (step 3)" in stderr
+    assert_same_run(interrupted, straight)
+
+
+def test_a_worker_killed_mid_run_is_replaced_from_the_newest_checkpoint(assets, uninterrupted):
+    workdir, straight = uninterrupted
+    output = workdir / "worker-killed"
+    driver = kuberlhf_run(assets, workdir, output, {"KUBERLHF_TEST_SLOW_REWARD": "0.5"})
+    wait_for_steps(driver, output, 4)
+    (policy,) = [p for p in psutil.Process(driver.pid).children(recursive=True)
+                 if "PolicyWorker" in " ".join(p.cmdline())]
+    policy.kill()  # SIGKILL the policy's process mid-run
+    stderr = finish(driver)
+    assert "a worker died" in stderr and "restart 1/2: new workers from" in stderr and "step-00000003" in stderr
+    assert json.loads((output / "summary.json").read_text())["restarts"] == 1
+    assert_same_run(output, straight)
