@@ -21,7 +21,7 @@ from kubernetes.client.rest import ApiException
 from kuberlhf.crd import GROUP, PLURAL, VERSION
 from kuberlhf_operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, PhaseBook
 from kuberlhf_operator.rayjob import JOB_LABEL, OperatorSettings, configmap_name, namespace_of
-from kuberlhf_operator.reconcile import reconcile
+from kuberlhf_operator.reconcile import reconcile, status_patch
 
 RAY_GROUP, RAY_VERSION, RAY_PLURAL = "ray.io", "v1", "rayjobs"
 PHASES = PhaseBook()
@@ -103,7 +103,7 @@ def apply(job: dict[str, Any], actions: Any) -> None:
                                               actions.patch_rayjob)
     if actions.status != (job.get("status") or {}):
         custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name,
-                                                     {"status": actions.status})
+                                                     {"status": status_patch(job.get("status"), actions.status)})
 
 
 def read_rayjob(job: dict[str, Any]) -> dict[str, Any] | None:

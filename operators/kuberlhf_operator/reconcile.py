@@ -8,7 +8,9 @@ its result; every decision is here and unit-tested.
 - A spec change after submission is not applied (a running Ray job cannot change its model or data): the
   `Accepted` condition says so (`SpecChangeRejected`) and the job runs on as submitted. `spec.suspend` is the
   exception: it is patched into the RayJob, which suspends or resumes it.
-- The status follows KubeRay's RayJob status (`jobDeploymentStatus`, `jobStatus`, `reason`).
+- The status follows KubeRay's RayJob status (`jobDeploymentStatus`, `jobStatus`, `reason`). A failed Ray job
+  that KubeRay retries (`spec.cluster.backoffLimit`: deployment status `Retrying`, then a new cluster) is not
+  failed: `status.restarts` counts the retries, each of which resumes from the newest checkpoint.
 """
 
 from __future__ import annotations
@@ -104,17 +106,34 @@ def rayjob_conditions(conditions: list[dict[str, Any]], rayjob: dict[str, Any], 
     suspended = deployment in ("Suspending", "Suspended") or (suspend and deployment not in ("Running",))
     put("Suspended", suspended, "Suspended" if suspended else "NotSuspended")
     running = deployment == "Running" and ray_status == "RUNNING"
-    put("Running", running, "RayJobRunning" if running else ("RayJobFinished" if ray_status in
-        ("SUCCEEDED", "FAILED", "STOPPED") else "RayJobNotRunning"), message)
+    retrying = deployment == "Retrying"  # the failed attempt's jobStatus lingers until the new cluster starts
+    if retrying:
+        why = message or reason or "no reason given"
+        put("Running", False, "RayJobRetrying", f"attempt {failures(rayjob)} failed ({why}); KubeRay starts a "
+            "new cluster and the job resumes from its newest checkpoint")
+    else:
+        put("Running", running, "RayJobRunning" if running else ("RayJobFinished" if ray_status in
+            ("SUCCEEDED", "FAILED", "STOPPED") else "RayJobNotRunning"), message)
     succeeded = ray_status == "SUCCEEDED" and deployment in ("Complete", "Running", "")
     put("Succeeded", succeeded, "RayJobSucceeded" if succeeded else "NotSucceeded")
     failed_reason = ""
-    if deployment == "Failed" or ray_status in ("FAILED", "STOPPED"):
+    if deployment == "Failed" or (ray_status in ("FAILED", "STOPPED") and not retrying):
         failed_reason = reason if reason in FAILURE_REASONS else "AppFailed"
     if deployment == "ValidationFailed":
         failed_reason = "ValidationFailed"
     put("Failed", bool(failed_reason), failed_reason or "NotFailed", message if failed_reason else "")
     return conditions
+
+
+def failures(rayjob: dict[str, Any]) -> int:
+    """How many attempts of the Ray job failed (KubeRay's `status.failed`)."""
+    return int((rayjob.get("status") or {}).get("failed") or 0)
+
+
+def restarts(rayjob: dict[str, Any]) -> int:
+    """How many times KubeRay started the job again after a failure: every failed attempt but a final one."""
+    final = (rayjob.get("status") or {}).get("jobDeploymentStatus") == "Failed"
+    return max(failures(rayjob) - (1 if final else 0), 0)
 
 
 def monitor_condition(conditions: list[dict[str, Any]], monitor: dict[str, Any] | None, now: str,
@@ -166,9 +185,21 @@ def finish_status(status: dict[str, Any], conditions: list[dict[str, Any]], gene
                                ("jobId", "raySubmissionId")):
             if observed.get(source):
                 new[target] = observed[source]
+        new["restarts"] = restarts(rayjob)
     if new["phase"] in ("Succeeded", "Failed") and not new.get("completionTime"):
         new["completionTime"] = (rayjob or {}).get("status", {}).get("endTime") or now
+    if new["phase"] not in ("Succeeded", "Failed"):
+        new["completionTime"] = None  # an attempt ended but KubeRay runs the job again
     return {k: v for k, v in new.items() if v is not None}
+
+
+def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch that turns status `old` into `new`: only the fields that changed, and null for a
+    field `new` lacks. Fields the operator left as they were (the job's own `progress`, `monitor`,
+    `lastCheckpoint`) are not sent, so a newer value the job wrote meanwhile is not overwritten."""
+    old = old or {}
+    removed = {key: None for key in old if key not in new}
+    return {**removed, **{key: value for key, value in new.items() if old.get(key) != value}}
 
 
 def invalid_message(err: ValidationError) -> str:

@@ -28,6 +28,7 @@ PRINTER_COLUMNS = [
     {"name": "Stage", "type": "string", "jsonPath": ".status.progress.stage"},
     {"name": "Step", "type": "string", "jsonPath": ".status.progress.steps"},
     {"name": "Reward", "type": "number", "jsonPath": ".status.progress.reward"},
+    {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -104,6 +104,9 @@ class RLHFJobStatus(StatusModel):
     """When the RayJob started running (RFC 3339)."""
     completion_time: str | None = None
     """When the job succeeded or failed (RFC 3339)."""
+    restarts: int | None = Field(default=None, ge=0)
+    """Times KubeRay ran the job again after a failed attempt (`spec.cluster.backoffLimit`); each attempt
+    resumes from the newest checkpoint on the job's storage."""
     last_checkpoint: str | None = None
     """The newest checkpoint the job wrote."""
     progress: Progress | None = None

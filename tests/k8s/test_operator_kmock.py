@@ -1,6 +1,6 @@
 """The real operator (kopf, `kuberlhf_operator.handlers`) against an in-memory Kubernetes API (kmock):
 create -> ConfigMap and RayJob owned by the job; KubeRay's status transitions -> the job's conditions and
-phase; an invalid spec -> Failed/InvalidSpec and no RayJob; a spec change -> rejected, suspend -> applied;
+phase, a retried attempt counted in status.restarts; an invalid spec -> Failed/InvalidSpec and no RayJob; a spec change -> rejected, suspend -> applied;
 a restarted operator creates nothing twice; the metrics endpoint counts jobs by phase."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def condition(cluster: KmockCluster, name: str, kind: str) -> tuple[str, str] | 
     return (found[0]["status"], found[0]["reason"]) if found else None
 
 
-def kuberay_reports(name: str, **status: str) -> None:
+def kuberay_reports(name: str, **status: Any) -> None:
     kubernetes.client.CustomObjectsApi().patch_namespaced_custom_object_status(
         "ray.io", "v1", NAMESPACE, "rayjobs", name, {"status": status})
 
@@ -119,6 +119,10 @@ def test_the_operator_runs_jobs_as_rayjobs_and_follows_them(cluster, monkeypatch
         custom.patch_namespaced_custom_object("kuberlhf.io", "v1alpha1", NAMESPACE, "rlhfjobs", "ppo-tiny",
                                               {"spec": {"suspend": False}})
         wait_for(lambda: cluster.stored(RAYJOBS, NAMESPACE, "ppo-tiny")["spec"]["suspend"] is False, "resume")
+        kuberay_reports("ppo-tiny", jobDeploymentStatus="Retrying", jobStatus="FAILED", failed=1)
+        wait_for(lambda: job_status(cluster, "ppo-tiny").get("restarts") == 1, "the retry to be counted")
+        assert condition(cluster, "ppo-tiny", "Running") == ("False", "RayJobRetrying")
+        assert condition(cluster, "ppo-tiny", "Failed") == ("False", "NotFailed")
         kuberay_reports("ppo-tiny", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED",
                         endTime="2026-11-24T13:00:00Z")
         wait_for(lambda: job_status(cluster, "ppo-tiny").get("phase") == "Succeeded", "phase Succeeded")

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from kuberlhf_operator.rayjob import OperatorSettings, build_configmap, build_rayjob, cluster_size
-from kuberlhf_operator.reconcile import phase_of, reconcile
+from kuberlhf_operator.reconcile import phase_of, reconcile, status_patch
 from kuberlhf.spec import RLHFJobSpec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -167,6 +167,35 @@ def test_the_status_follows_the_rayjob(deployment, ray_status, reason, phase, fa
     assert actions.status["dashboardURL"] == "ppo-tiny-head-svc.team-a.svc:8265"
     assert actions.status["raySubmissionId"] == "ppo-tiny-x7k2p"
     assert ("completionTime" in actions.status) == (phase in ("Succeeded", "Failed"))
+
+
+def test_a_failed_attempt_that_kuberay_retries_is_a_restart_not_a_failure():
+    job = k8s_job(cluster={"backoffLimit": 2})
+    cm = build_configmap(job)
+    # KubeRay after attempt 1 failed: Failed -> Retrying in one status write, the Ray job's FAILED lingers
+    retrying = reconcile(job, submitted(job, "Retrying", "FAILED", failed=1, message="worker OOM", endTime=T0),
+                         cm, SETTINGS, T0)
+    assert retrying.status["phase"] == "Starting" and retrying.status["restarts"] == 1
+    assert conditions(retrying)["Failed"] == ("False", "NotFailed")
+    assert conditions(retrying)["Running"] == ("False", "RayJobRetrying")
+    assert "completionTime" not in retrying.status
+    job["status"] = retrying.status
+    again = reconcile(job, submitted(job, "Running", "RUNNING", failed=1), cm, SETTINGS, T1)
+    assert again.status["phase"] == "Running" and again.status["restarts"] == 1
+    job["status"] = again.status
+    done = reconcile(job, submitted(job, "Complete", "SUCCEEDED", failed=1, succeeded=1), cm, SETTINGS, T1)
+    assert done.status["phase"] == "Succeeded" and done.status["restarts"] == 1
+    # the last attempt allowed fails: Failed, and the final failure is not a restart
+    final = reconcile(job, submitted(job, "Failed", "FAILED", failed=3, reason="AppFailed"), cm, SETTINGS, T1)
+    assert final.status["phase"] == "Failed" and final.status["restarts"] == 2
+
+
+def test_the_status_patch_sends_what_changed_and_nulls_what_went():
+    old = {"phase": "Failed", "completionTime": T0, "progress": {"step": 5}, "restarts": 0}
+    new = {"phase": "Starting", "progress": {"step": 5}, "restarts": 1}
+    # progress is the job's own: not sent, so a newer value it wrote meanwhile survives
+    assert status_patch(old, new) == {"completionTime": None, "phase": "Starting", "restarts": 1}
+    assert status_patch(None, new) == new
 
 
 def test_a_spec_change_after_submission_is_rejected_but_suspend_applies():
