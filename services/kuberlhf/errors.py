@@ -30,3 +30,15 @@ def user_error_in(error: BaseException) -> UserError | None:
             getattr(current, "creation_task_error", None) or current.__cause__
         )
     return None
+
+
+def first_line(err: BaseException) -> str:
+    """An error's gist in one line, without a traceback: a Ray Train failure's is its first failed rank's last
+    unindented line (e.g. `The actor is dead because its worker process has died. ...`)."""
+    failures = getattr(err, "worker_failures", None)
+    if failures:
+        rank, failure = min(failures.items(), key=lambda item: item[0])
+        lines = [line for line in str(failure).splitlines() if line.strip() and not line[0].isspace()]
+        return f"rank {rank}: {lines[-1][:300] if lines else type(failure).__name__}"
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__

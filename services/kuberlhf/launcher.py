@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kuberlhf.telemetry.job_status import ENV as STATUS_ENV
-from kuberlhf.errors import UserError, user_error_in
+from kuberlhf.errors import UserError, first_line, user_error_in
 from kuberlhf.preflight import check_local_inputs, check_offline_inputs
 from kuberlhf.quiet import quiet_libraries
 from kuberlhf.spec import RLHFJob
@@ -74,12 +74,6 @@ def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[s
     return finish(job, result, time.perf_counter() - started, display.console)
 
 
-def first_line(err: BaseException) -> str:
-    """A Ray error's first line, without its traceback."""
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
-
-
 def run_stages(job: RLHFJob, dashboard: bool, resume: bool = True) -> dict[str, Any]:
     """A chained job: its stages one after the other; a stage whose `final/` exists is done and skipped, so
     running the job again continues where it stopped."""
@@ -106,7 +100,7 @@ def run_stages(job: RLHFJob, dashboard: bool, resume: bool = True) -> dict[str, 
 
 
 def run_offline_job(job: RLHFJob, dashboard: bool) -> dict[str, Any]:
-    """sft, rm, dpo, kto: checked inputs, then Ray Train; Ray Train's own checkpoints resume a re-run."""
+    """sft, rm, dpo, kto: checked inputs, then Ray Train; a re-run resumes from the newest checkpoint."""
     from rich.console import Console
 
     from kuberlhf.trainers.offline import train_offline
@@ -120,7 +114,7 @@ def run_offline_job(job: RLHFJob, dashboard: bool) -> dict[str, Any]:
     started, console = time.perf_counter(), Console(stderr=True)
     with ray_session(job, dashboard) as where:
         console.print(f"RLHFJob {job.metadata.name}: {job.spec.algorithm} on {where}")
-        result = train_offline(job, inputs, console.print)
+        result = train_offline(job, inputs, lambda text: console.print(text, soft_wrap=True))
     return finish(job, result, time.perf_counter() - started, console)
 
 

@@ -195,8 +195,9 @@ class TrainingSpec(SpecModel):
     eval_every_steps: int = Field(default=0, ge=0)
     """Score `data.eval` every N steps (0 = only at the end)."""
     max_restarts: int = Field(default=2, ge=0)
-    """Online algorithms: when a worker actor dies (its process killed, its node lost), the job rebuilds every
-    worker from the newest checkpoint and goes on, at most this many times; then it fails with the reason."""
+    """When a worker dies (its process killed, its node lost), the job rebuilds every worker (the online
+    actors, or an offline stage's Ray Train workers) from the newest checkpoint and goes on, at most this many
+    times; then it fails with the reason. A user error is never retried."""
     max_non_finite_steps: int = Field(default=3, ge=1)
     """An update whose loss or gradient norm is NaN or infinite is skipped (the weights stay as they were) and
     counted (`kuberlhf_nonfinite_steps_total`); this many such steps in a row write a checkpoint and end the

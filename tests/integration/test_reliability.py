@@ -1,7 +1,7 @@
 """What survives what. A driver killed with SIGKILL mid-run, run again with the same command, resumes from its
 newest checkpoint, sees the same batches in the same order and ends with the weights of an uninterrupted run.
 A worker actor killed mid-run is replaced: the job rebuilds its workers from the newest checkpoint and ends
-with those same weights."""
+with those same weights. The same holds for an offline stage's Ray Train worker."""
 
 from __future__ import annotations
 
@@ -120,3 +120,50 @@ def test_a_worker_killed_mid_run_is_replaced_from_the_newest_checkpoint(assets, 
     assert "a worker died" in stderr and "restart 1/2: new workers from" in stderr and "step-00000003" in stderr
     assert json.loads((output / "summary.json").read_text())["restarts"] == 1
     assert_same_run(output, straight)
+
+
+# Slows every optimizer step of every process of the run that sets the variable (Ray's workers inherit the
+# driver's environment), so the kill surely lands between two checkpoints of a fast offline stage.
+SLOW_STEP_SITECUSTOMIZE = """import os
+if os.environ.get("KUBERLHF_TEST_SLOW_STEP"):
+    import time
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+    register_optimizer_step_pre_hook(lambda *_: time.sleep(float(os.environ["KUBERLHF_TEST_SLOW_STEP"])))
+"""
+
+
+def sft_run(assets, workdir: Path, output: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kuberlhf.cli", "run", str(EXAMPLES / "dpo-tiny.yaml"), "--no-dashboard",
+         "--set", "spec.algorithm=sft", "--set", "spec.dpo=", "--set", f"spec.policy.model={assets['model']}",
+         "--set", f"spec.data.train={assets['sft']}", "--set", f"spec.output.dir={output}",
+         "--set", "spec.metrics.port=0", "--set", "spec.training.steps=8", "--set", "spec.training.batchSize=8",
+         "--set", "spec.checkpoint.everySteps=3", "--set", "spec.checkpoint.keep=1"],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": f"{workdir}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **(env or {})},
+    )
+
+
+def test_a_ray_train_worker_killed_mid_stage_is_replaced_from_the_newest_checkpoint(assets, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(SLOW_STEP_SITECUSTOMIZE)
+    straight, output = tmp_path / "straight", tmp_path / "worker-killed"
+    finish(sft_run(assets, tmp_path, straight))
+    driver = sft_run(assets, tmp_path, output, {"KUBERLHF_TEST_SLOW_STEP": "0.5"})
+    wait_for_steps(driver, output, 4)
+    (worker,) = [p for p in psutil.Process(driver.pid).children(recursive=True)
+                 if "RayTrainWorker" in " ".join(p.cmdline())]
+    worker.kill()
+    _, stderr = driver.communicate(timeout=600)
+    assert driver.returncode == 0, stderr[-3000:]
+    assert "a Ray Train worker failed" in stderr and "restart 1/2" in stderr
+    assert "resuming from" in stderr and "step-00000003 (step 3)" in stderr
+    assert json.loads((output / "summary.json").read_text())["restarts"] == 1
+    assert steps_logged(output) == list(range(1, 9))
+    losses = {r["step"]: r["loss"] for r in map(json.loads, (output / "metrics.jsonl").read_text().splitlines())}
+    expected = {r["step"]: r["loss"] for r in map(json.loads, (straight / "metrics.jsonl").read_text().splitlines())}
+    for step in range(4, 9):  # the same batches after the restart
+        assert losses[step] == pytest.approx(expected[step], abs=1e-5), step
+    a = load_file(f"{straight}/final/model.safetensors")
+    b = load_file(f"{output}/final/model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)

@@ -114,3 +114,17 @@ def test_a_user_error_inside_a_ray_train_worker_is_found_behind_the_training_fai
     found = user_error_in(failure)
     assert isinstance(found, UserError) and str(found) == "spec.policy.lora.quantize: needs a GPU"
     assert user_error_in(WorkerGroupError("rank 0 failed", {0: RuntimeError("a bug")})) is None
+
+
+def test_a_dead_ray_train_worker_is_summed_up_in_one_line_naming_its_rank():
+    from ray.train import WorkerGroupError
+
+    from kuberlhf.errors import first_line
+
+    death = RuntimeError("A worker health check failed.\nWorker info: Worker(\n  pid=14504,\n)\n"
+                         "The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR")
+    failure = WorkerGroupError("Training failed due to worker errors:", {1: ValueError("x"), 0: death})
+    assert first_line(failure) == "rank 0: The actor is dead because its worker process has died. Worker exit " \
+                                  "type: SYSTEM_ERROR"
+    assert first_line(RuntimeError("first\nsecond")) == "first"
+    assert first_line(RuntimeError()) == "RuntimeError"

@@ -1,5 +1,5 @@
-"""Checkpoints of an online run: trained roles' weights and optimizer state, the trainer's position
-(step, prompt sampler, KL coefficient). Written to a hidden partial directory and renamed into place, so a
+"""Checkpoints of a run: trained roles' weights and optimizer state, the trainer's position (step, and for
+online algorithms the prompt sampler and KL coefficient). Written to a hidden partial directory and renamed into place, so a
 crash mid-write never leaves a checkpoint that looks complete; the `keep` newest are kept.
 
 Everything random in a step is derived from (seed, step) or restored from here, so a resumed run sees

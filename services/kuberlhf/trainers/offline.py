@@ -1,6 +1,6 @@
 """The driver of the offline stages (sft, rm, dpo, kto): tokenize the checked dataset, have the reference
 model score it once (dpo, kto), then train on Ray Train (`TorchTrainer`, one worker per policy rank, DeepSpeed
-ZeRO as the spec says) with Ray Train's checkpoints and restore. The per-worker loop is `offline_loop.py`.
+ZeRO as the spec says); a worker that dies is replaced by a new run from the newest checkpoint. The per-worker loop is `offline_loop.py`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import torch
 
 from kuberlhf.data.examples import Examples, make_batch, tokenize_dataset
 from kuberlhf.data.packing import pack_by_best_fit
-from kuberlhf.errors import UserError, user_error_in
+from kuberlhf.errors import UserError, first_line, user_error_in
 from kuberlhf.models.loading import load_tokenizer
 from kuberlhf.preflight import OfflineInputs
 from kuberlhf.spec import RLHFJob
 from kuberlhf.telemetry.exporter import serve_job_metrics
+from kuberlhf.trainers.checkpoint import find_resume_point, read_trainer_state
 from kuberlhf.trainers.offline_loop import EVAL_FILE, OfflineConfig, Split, train_loop
 from kuberlhf.workers.launch import training_setup
 
@@ -28,7 +29,6 @@ REFERENCE_BATCH = 16  # sequences per reference forward pass
 def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any) -> dict[str, Any]:
     """Train one offline stage; returns where the final model and the metrics are."""
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     spec = job.spec
     tokenizer = load_tokenizer(inputs.policy_model)
@@ -59,28 +59,48 @@ def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any) -> dict[str, A
     note(f"{spec.algorithm}: {len(examples)} examples, {config.steps_per_epoch} steps per epoch, "
          f"{config.total_steps} steps")
     config = dataclasses.replace(config, exporter=serve_job_metrics(job, config.total_steps, note))
-    role = spec.resources.policy
-    trainer = TorchTrainer(
+    restarts = 0
+    while True:  # each pass a new Ray Train run, from the newest complete checkpoint
+        resume_from = find_resume_point(job.checkpoint_dir, job.output_dir, config.total_steps)
+        if resume_from is not None:
+            note(f"resuming from {resume_from} (step {read_trainer_state(resume_from)['step']})")
+        config = dataclasses.replace(config, resume_from=str(resume_from) if resume_from else None)
+        try:
+            ray_train_run(job, config).fit()
+            break
+        except ray.train.TrainingFailedError as err:
+            if (cause := user_error_in(err)) is not None:  # the input is wrong: a restart would fail the same way
+                raise cause from None
+            restarts += 1
+            if restarts > spec.training.max_restarts:
+                raise UserError(f"training.maxRestarts: a Ray Train worker failed again after {restarts - 1} "
+                                f"restarts ({first_line(err)}); the newest checkpoint is in "
+                                f"{job.checkpoint_dir}") from None
+            note(f"a Ray Train worker failed ({first_line(err)}); restart {restarts}/{spec.training.max_restarts}: "
+                 f"new workers")
+    output = Path(job.output_dir)
+    evaluated = json.loads((output / EVAL_FILE).read_text()) if evaluation is not None else {}
+    return {"final_model": str(output / "final"), "metrics_file": str(output / "metrics.jsonl"), "eval": evaluated,
+            "steps": config.total_steps, "restarts": restarts}
+
+
+def ray_train_run(job: RLHFJob, config: OfflineConfig) -> Any:
+    """The stage's Ray Train run: one worker per policy rank (Ray Train's run state under `checkpoint.dir`;
+    the checkpoints are the job's own). Restarts are the driver's (`training.maxRestarts`), not Ray Train's:
+    its own would retry a user error too."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    role = job.spec.resources.policy
+    return TorchTrainer(
         train_loop, train_loop_config={"config": config},
         scaling_config=ray.train.ScalingConfig(num_workers=role.workers, use_gpu=role.gpus > 0,
                                                resources_per_worker={"CPU": role.cpus, "GPU": role.gpus}),
         run_config=ray.train.RunConfig(
             name=job.metadata.name, storage_path=str(Path(job.checkpoint_dir).resolve()),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.checkpoint.keep),
             failure_config=ray.train.FailureConfig(max_failures=0),
         ),
     )
-    try:
-        trainer.fit()
-    except ray.train.TrainingFailedError as err:
-        cause = user_error_in(err)
-        if cause is not None:
-            raise cause from None
-        raise
-    output = Path(job.output_dir)
-    evaluated = json.loads((output / EVAL_FILE).read_text()) if evaluation is not None else {}
-    return {"final_model": str(output / "final"), "metrics_file": str(output / "metrics.jsonl"), "eval": evaluated,
-            "steps": config.total_steps}
 
 
 def offline_config(job: RLHFJob, inputs: OfflineInputs, train: Split, evaluation: Split | None,
@@ -101,7 +121,8 @@ def offline_config(job: RLHFJob, inputs: OfflineInputs, train: Split, evaluation
         algorithm=spec.algorithm, model_path=inputs.policy_model, output_dir=str(Path(job.output_dir).resolve()),
         setup=training_setup(spec, t.learning_rate, "policy"), batch_size=t.batch_size, epochs=t.epochs,
         max_steps=t.steps if "steps" in t.model_fields_set else None, seed=t.seed, cpus=spec.resources.policy.cpus,
-        checkpoint_every=spec.checkpoint.every_steps, pad_token_id=pad_token_id, train=train, evaluation=evaluation,
+        checkpoint_every=spec.checkpoint.every_steps, checkpoint_dir=str(Path(job.checkpoint_dir).resolve()),
+        keep=spec.checkpoint.keep, pad_token_id=pad_token_id, train=train, evaluation=evaluation,
         eval_every=t.eval_every_steps, lora=spec.policy.lora, merge_lora=spec.output.merge_lora,
         job_labels=dict(job.metadata.labels), max_non_finite_steps=t.max_non_finite_steps, **settings,
     )

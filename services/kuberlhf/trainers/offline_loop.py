@@ -1,8 +1,9 @@
 """The training function of the offline stages (sft, rm, dpo, kto), run by every Ray Train worker.
 
-Reads top to bottom like a single-process trainer: build the model and its engine, restore the newest
-checkpoint Ray Train hands back, then for each epoch and each batch: take this rank's share, compute the
-algorithm's loss micro-batch by micro-batch, step, log, and now and then checkpoint. Reference log-probs
+Reads top to bottom like a single-process trainer: build the model and its engine, restore the checkpoint
+the driver found (`resume_from`), then for each epoch and each batch: take this rank's share, compute the
+algorithm's loss micro-batch by micro-batch, step, log, and now and then checkpoint (atomically, as the online
+algorithms do: `trainers/checkpoint.py`). Reference log-probs
 were computed once before training (`Examples` + `ReferenceLogprobs`), never by a second model in here.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +36,10 @@ from kuberlhf.models.reward import sequence_rewards
 from kuberlhf.telemetry.job_status import status_reporter
 from kuberlhf.telemetry.run_log import MetricsFile
 from kuberlhf.telemetry.step_sink import StepSink
+from kuberlhf.trainers import checkpoint
 from kuberlhf.trainers.guards import NonFiniteGuard
 from kuberlhf.workers.common import configure_process, worker_device
 
-STATE_FILE = "trainer_state.json"
 EVAL_FILE = "eval.json"  # the final evaluation, for the run summary
 
 
@@ -75,6 +75,8 @@ class OfflineConfig:
     seed: int
     cpus: float
     checkpoint_every: int
+    checkpoint_dir: str  # shared by every rank (a PVC across nodes)
+    keep: int  # checkpoint.keep
     pad_token_id: int
     lora: Any  # the job's policy.lora, or None
     merge_lora: bool
@@ -90,6 +92,7 @@ class OfflineConfig:
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
     job_labels: dict[str, str] = field(default_factory=dict)  # the stage label names a chain's stage
+    resume_from: str | None = None  # the newest complete checkpoint when the run (re)starts
 
     @property
     def steps_per_epoch(self) -> int:
@@ -115,7 +118,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
         join_existing_group()
     engine = make_training_engine(model, config.setup, world)
-    step = restore(engine)
+    step = restore(engine, config.resume_from)
     sink = StepSink(MetricsFile(Path(config.output_dir, "metrics.jsonl"), resume_step=step), config.exporter,
                     status_reporter(config.total_steps, step + 1, config.job_labels)) if rank == 0 else None
     share = config.batch_size // world
@@ -126,6 +129,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         order = torch.randperm(config.train.size, generator=torch.Generator().manual_seed(config.seed + epoch))
         batch = order[index * config.batch_size : (index + 1) * config.batch_size].tolist()
         mine = batch[rank * share : (rank + 1) * share]
+        torch.manual_seed(config.seed + 1_000_003 * rank + step)  # dropout as in an uninterrupted run
         model.train()
         metrics = train_step(engine, config, mine, device)
         step += 1
@@ -144,7 +148,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                   + (f"  accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""), file=sys.__stdout__,
                   flush=True)
         if broken or (config.checkpoint_every and step % config.checkpoint_every == 0):
-            save_checkpoint(engine, metrics, step, rank)
+            save_checkpoint(engine, config, step, rank, world)
         if broken:
             raise JobStopped(f"{broken}. A checkpoint of this step was written (spec.checkpoint.dir); run the job "
                              f"again with other settings to continue from it")
@@ -299,29 +303,33 @@ def average_over_ranks(metrics: dict[str, float], world: int) -> dict[str, float
     return {k: float(v) / world for k, v in zip(keys, values)}
 
 
-def restore(engine: Any) -> int:
-    """The step of the newest checkpoint Ray Train reports (after a worker failure or a re-run), else 0."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+def restore(engine: Any, resume_from: str | None) -> int:
+    """Load the checkpoint the driver found (after a re-run or a worker failure); its step, else 0."""
+    if resume_from is None:
         return 0
-    with checkpoint.as_directory() as directory:
-        engine.load(Path(directory) / "engine")
-        return json.loads((Path(directory) / STATE_FILE).read_text())["step"]
+    engine.load(Path(resume_from) / "engine")
+    return checkpoint.read_trainer_state(Path(resume_from))["step"]
 
 
-def save_checkpoint(engine: Any, metrics: dict[str, float], step: int, rank: int) -> None:
-    """Report a checkpoint to Ray Train (every rank together; each writes its part: DeepSpeed shards, and the
-    trainer state from rank 0). Steps without a checkpoint are not reported: a report is a barrier with
-    Ray Train's controller, far slower than a small step, and metrics go to metrics.jsonl anyway."""
-    import ray.train
+def save_checkpoint(engine: Any, config: OfflineConfig, step: int, rank: int, world: int) -> None:
+    """Every rank writes its part (DeepSpeed shards) into a hidden partial directory; once all have, rank 0
+    commits it (`trainers/checkpoint.py`: trainer state last, then the rename). Not Ray Train's checkpoints:
+    its controller registers a reported checkpoint only at its next poll of the workers (every 2 s), so a
+    worker killed in between lost it and the restarted run began from an older one."""
+    partial = Path(config.checkpoint_dir) / f".{checkpoint.checkpoint_name(step)}.partial"
+    if rank == 0:
+        checkpoint.partial_dir(config.checkpoint_dir, step)  # a fresh, empty one
+    barrier(world)
+    engine.save(partial / "engine")
+    barrier(world)
+    if rank == 0:
+        checkpoint.commit_checkpoint(partial, step, {"algorithm": config.algorithm}, config.keep)
+    barrier(world)  # no rank goes on (or stops) before the checkpoint is in place
 
-    with tempfile.TemporaryDirectory() as directory:
-        engine.save(Path(directory) / "engine")
-        if rank == 0:
-            (Path(directory) / STATE_FILE).write_text(json.dumps({"step": step}))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+def barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
 
 
 def save_final(engine: Any, model: torch.nn.Module, config: OfflineConfig, rank: int) -> None:
