@@ -11,4 +11,4 @@ demo: setup
 
 # The whole test suite (unit + integration), as CI runs it.
 test: setup
-	.venv/bin/python -m pytest tests -q
+	.venv/bin/python -m pytest tests -q --durations=20

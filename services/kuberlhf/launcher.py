@@ -19,6 +19,7 @@ from kuberlhf.preflight import check_local_inputs, check_offline_inputs
 from kuberlhf.quiet import quiet_libraries
 from kuberlhf.spec import RLHFJob
 from kuberlhf.trainers.checkpoint import find_resume_point, set_aside_checkpoints
+from kuberlhf.trainers.checkpoint_store import fetch_stored_checkpoint
 
 
 def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[str, Any]:
@@ -26,6 +27,7 @@ def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[s
     if job.spec.stages is not None:
         return run_stages(job, dashboard, resume)
     if not resume:
+        refuse_store_with_checkpoints(job)
         moved = set_aside_checkpoints(job.checkpoint_dir)
         if moved is not None:
             print(f"--no-resume: the checkpoints of the earlier run are now in {moved}", file=sys.stderr)
@@ -34,6 +36,7 @@ def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[s
     inputs = check_local_inputs(job)
     check_prompt_lengths(inputs.policy_model, inputs.train, job.spec.data.max_prompt_tokens,
                          job.spec.rollout.max_new_tokens)
+    fetch_stored_checkpoint(job, lambda text: print(text, file=sys.stderr))
     resume_from = find_resume_point(job.checkpoint_dir, job.output_dir, job.spec.training.steps)
 
     import ray
@@ -74,6 +77,17 @@ def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[s
                 workers.shutdown()
     result["restarts"] = restarts
     return finish(job, result, time.perf_counter() - started, display.console)
+
+
+def refuse_store_with_checkpoints(job: RLHFJob) -> None:
+    """--no-resume cannot set aside what is in an object store: rather than resume from it, refuse."""
+    from kuberlhf.trainers.checkpoint_store import checkpoint_store
+
+    store = checkpoint_store(job.spec)
+    if store is not None and store.complete():
+        raise UserError(f"spec.checkpoint.uri: {store.uri} holds checkpoints that a run would resume from; "
+                        "--no-resume cannot move them aside there: choose another checkpoint.uri (nothing was "
+                        "changed)")
 
 
 def run_stages(job: RLHFJob, dashboard: bool, resume: bool = True) -> dict[str, Any]:

@@ -244,6 +244,13 @@ class CheckpointSpec(SpecModel):
     """Save every N steps (0 = never)."""
     keep: int = Field(default=2, ge=1)
     """Newest checkpoints kept; older ones are deleted after a newer one is complete."""
+    uri: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9+.-]*://\S+$")
+    """Also keep every checkpoint in this object store, an fsspec URL: `gs://bucket/path` (needs gcsfs),
+    `az://container/path` (adlfs), `file:///mounted/path`; s3:// see docs/reliability.md.
+    Checkpoints are uploaded after they are written, `trainer_state.json` last (a stored checkpoint without
+    it is incomplete and ignored); `keep` applies there too. A run whose `dir` has no checkpoint as new as
+    the store's downloads the newest and resumes from it: a KubeRay retry on a new cluster without a PVC
+    loses nothing. Credentials come from the environment (`cluster.secretEnv`)."""
 
 
 class OutputSpec(SpecModel):

@@ -39,6 +39,8 @@ def stage_documents(spec: RLHFJobSpec, output_dir: str) -> list[tuple[str, dict[
         raw["output"] = {"dir": f"{output_dir}/{stage.name}"}
         if spec.checkpoint.dir:
             raw["checkpoint"] = {**raw.get("checkpoint", {}), "dir": f"{spec.checkpoint.dir}/{stage.name}"}
+        if spec.checkpoint.uri:
+            raw["checkpoint"] = {**raw.get("checkpoint", {}), "uri": f"{spec.checkpoint.uri.rstrip('/')}/{stage.name}"}
         final = f"{output_dir}/{stage.name}/final"
         if stage.algorithm == "rm":
             reward_model = final

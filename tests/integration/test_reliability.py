@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,13 +34,15 @@ def reward(prompts, completions, **columns):
 """
 
 
-def kuberlhf_run(assets, workdir: Path, output: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def kuberlhf_run(assets, workdir: Path, output: Path, env: dict[str, str] | None = None,
+                 extra: tuple[str, ...] = ()) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "kuberlhf.cli", "run", str(EXAMPLES / "ppo-tiny.yaml"), "--no-dashboard",
          "--set", f"spec.policy.model={assets['model']}", "--set", f"spec.data.train={assets['train']}",
          "--set", "spec.data.eval=", "--set", f"spec.output.dir={output}", "--set", "spec.metrics.port=0",
          "--set", "spec.reward.function=slow_reward:reward", "--set", "spec.training.steps=8",
-         "--set", "spec.checkpoint.everySteps=3", "--set", "spec.checkpoint.keep=1"],
+         "--set", "spec.checkpoint.everySteps=3", "--set", "spec.checkpoint.keep=1",
+         *(arg for setting in extra for arg in ("--set", setting))],
         cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": f"{workdir}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **(env or {})},
     )
@@ -163,6 +166,23 @@ def test_a_ray_train_worker_killed_mid_stage_is_replaced_from_the_newest_checkpo
     expected = {r["step"]: r["loss"] for r in map(json.loads, (straight / "metrics.jsonl").read_text().splitlines())}
     for step in range(4, 9):  # the same batches after the restart
         assert losses[step] == pytest.approx(expected[step], abs=1e-5), step
+    a = load_file(f"{straight}/final/model.safetensors")
+    b = load_file(f"{output}/final/model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_run_whose_checkpoint_directory_is_gone_resumes_from_the_object_store(assets, uninterrupted):
+    """As a KubeRay retry on a new cluster without a PVC: the output directory is lost, the store is not."""
+    workdir, straight = uninterrupted
+    output, store = workdir / "lost-pod", f"file://{workdir}/store"
+    run = (f"spec.checkpoint.uri={store}",)
+    finish(kuberlhf_run(assets, workdir, output, extra=run))
+    assert sorted(p.name for p in (workdir / "store").iterdir()) == ["step-00000006"]  # keep: 1
+    shutil.rmtree(output)  # the pod and its disk are gone
+    stderr = finish(kuberlhf_run(assets, workdir, output, extra=run))
+    assert f"downloaded step-00000006 from {store}" in stderr and "(step 6)" in stderr
+    assert steps_logged(output) == [7, 8]  # the new pod ran only what the store did not hold
     a = load_file(f"{straight}/final/model.safetensors")
     b = load_file(f"{output}/final/model.safetensors")
     for name in a:

@@ -73,3 +73,12 @@ def test_a_job_without_stages_still_needs_an_algorithm():
     raw = copy.deepcopy(raw_chain())
     del raw["spec"]["stages"]
     assert errors(raw) == ["spec.algorithm: required field is missing (or give stages)"]
+
+
+def test_each_stage_keeps_its_checkpoints_apart_locally_and_in_the_object_store():
+    raw = raw_chain()
+    raw["spec"]["checkpoint"] = {"dir": "/ckpt/chain", "uri": "gs://bucket/chain/", "everySteps": 5}
+    stages = stage_jobs(validate_job(raw))
+    assert [job.checkpoint_dir for job in stages] == [f"/ckpt/chain/{n}" for n in ("sft", "rm", "ppo")]
+    assert [job.spec.checkpoint.uri for job in stages] == [f"gs://bucket/chain/{n}" for n in ("sft", "rm", "ppo")]
+    assert {job.spec.checkpoint.every_steps for job in stages} == {5}

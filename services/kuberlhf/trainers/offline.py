@@ -20,6 +20,7 @@ from kuberlhf.preflight import OfflineInputs
 from kuberlhf.spec import RLHFJob
 from kuberlhf.telemetry.exporter import serve_job_metrics
 from kuberlhf.trainers.checkpoint import find_resume_point, read_trainer_state
+from kuberlhf.trainers.checkpoint_store import fetch_stored_checkpoint
 from kuberlhf.trainers.offline_loop import EVAL_FILE, OfflineConfig, Split, train_loop
 from kuberlhf.workers.launch import training_setup
 
@@ -61,6 +62,7 @@ def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any) -> dict[str, A
     config = dataclasses.replace(config, exporter=serve_job_metrics(job, config.total_steps, note))
     restarts = 0
     while True:  # each pass a new Ray Train run, from the newest complete checkpoint
+        fetch_stored_checkpoint(job, note)
         resume_from = find_resume_point(job.checkpoint_dir, job.output_dir, config.total_steps)
         if resume_from is not None:
             note(f"resuming from {resume_from} (step {read_trainer_state(resume_from)['step']})")
@@ -122,7 +124,7 @@ def offline_config(job: RLHFJob, inputs: OfflineInputs, train: Split, evaluation
         setup=training_setup(spec, t.learning_rate, "policy"), batch_size=t.batch_size, epochs=t.epochs,
         max_steps=t.steps if "steps" in t.model_fields_set else None, seed=t.seed, cpus=spec.resources.policy.cpus,
         checkpoint_every=spec.checkpoint.every_steps, checkpoint_dir=str(Path(job.checkpoint_dir).resolve()),
-        keep=spec.checkpoint.keep, pad_token_id=pad_token_id, train=train, evaluation=evaluation,
+        keep=spec.checkpoint.keep, checkpoint_uri=spec.checkpoint.uri, pad_token_id=pad_token_id, train=train, evaluation=evaluation,
         eval_every=t.eval_every_steps, lora=spec.policy.lora, merge_lora=spec.output.merge_lora,
         job_labels=dict(job.metadata.labels), max_non_finite_steps=t.max_non_finite_steps, **settings,
     )

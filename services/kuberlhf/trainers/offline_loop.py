@@ -37,6 +37,7 @@ from kuberlhf.telemetry.job_status import status_reporter
 from kuberlhf.telemetry.run_log import MetricsFile
 from kuberlhf.telemetry.step_sink import StepSink
 from kuberlhf.trainers import checkpoint
+from kuberlhf.trainers.checkpoint_store import CheckpointStore
 from kuberlhf.trainers.guards import NonFiniteGuard
 from kuberlhf.workers.common import configure_process, worker_device
 
@@ -77,6 +78,7 @@ class OfflineConfig:
     checkpoint_every: int
     checkpoint_dir: str  # shared by every rank (a PVC across nodes)
     keep: int  # checkpoint.keep
+    checkpoint_uri: str | None  # checkpoint.uri: rank 0 uploads each checkpoint there
     pad_token_id: int
     lora: Any  # the job's policy.lora, or None
     merge_lora: bool
@@ -323,7 +325,9 @@ def save_checkpoint(engine: Any, config: OfflineConfig, step: int, rank: int, wo
     engine.save(partial / "engine")
     barrier(world)
     if rank == 0:
-        checkpoint.commit_checkpoint(partial, step, {"algorithm": config.algorithm}, config.keep)
+        saved = checkpoint.commit_checkpoint(partial, step, {"algorithm": config.algorithm}, config.keep)
+        if config.checkpoint_uri:
+            CheckpointStore(config.checkpoint_uri).upload(saved, config.keep)
     barrier(world)  # no rank goes on (or stops) before the checkpoint is in place
 
 

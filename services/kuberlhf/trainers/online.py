@@ -29,6 +29,7 @@ from kuberlhf.telemetry.monitor import RewardHackingMonitor
 from kuberlhf.telemetry.run_log import MetricsFile, PhaseTimer, StepDisplay
 from kuberlhf.telemetry.step_sink import StepSink
 from kuberlhf.trainers import checkpoint
+from kuberlhf.trainers.checkpoint_store import CheckpointStore, checkpoint_store
 from kuberlhf.trainers.experience import AdvantageConfig, make_experience
 from kuberlhf.trainers.guards import NonFiniteGuard
 from kuberlhf.workers.critic import CriticUpdateConfig
@@ -40,7 +41,7 @@ from kuberlhf.workers.policy import PolicyUpdateConfig
 def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_data: PromptDataset | None,
           display: StepDisplay, resume_from: Path | None = None, exporter: Any | None = None) -> dict[str, Any]:
     spec, t = job.spec, job.spec.training
-    output_dir, checkpoint_dir = Path(job.output_dir), Path(job.checkpoint_dir)
+    output_dir, checkpoint_dir, store = Path(job.output_dir), Path(job.checkpoint_dir), checkpoint_store(spec)
     sampling = SamplingParams(spec.rollout.samples_per_prompt, spec.rollout.max_new_tokens,
                               spec.rollout.temperature, spec.rollout.top_p, spec.rollout.min_new_tokens)
     policy_config = PolicyUpdateConfig(
@@ -138,7 +139,7 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
             trainer_state = {"sampler": sampler_state, "kl_coef": kl_coef, "monitor": monitor.state()}
             if spec.checkpoint.every_steps and step % spec.checkpoint.every_steps == 0:
                 with timer("checkpoint"):
-                    save_checkpoint(workers, checkpoint_dir, step, trainer_state, spec.checkpoint.keep)
+                    save_checkpoint(workers, checkpoint_dir, step, trainer_state, spec.checkpoint.keep, store)
 
             metrics.update(timer.seconds)
             metrics.update(throughput(rollout, time.perf_counter() - step_started))
@@ -148,9 +149,9 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
             if signals and spec.monitor.action == "stop":
                 evidence = "; ".join(f"{s.name}: {s.evidence}" for s in signals)
                 stop(f"stopped by spec.monitor (action: stop) at step {step}: {evidence}", workers,
-                     checkpoint_dir, step, trainer_state, spec.checkpoint.keep)
+                     checkpoint_dir, step, trainer_state, spec.checkpoint.keep, store)
             if broken:
-                stop(broken, workers, checkpoint_dir, step, trainer_state, spec.checkpoint.keep)
+                stop(broken, workers, checkpoint_dir, step, trainer_state, spec.checkpoint.keep, store)
 
     if weights_synced is not None:
         weights_synced.get()  # surface a failed last sync
@@ -181,21 +182,26 @@ def throughput(rollout: RolloutBatch, seconds: float) -> dict[str, float]:
             "throughput/tokens_per_second": tokens / seconds}
 
 
-def stop(reason: str, workers: RoleWorkers, directory: Path, step: int, state: dict[str, Any], keep: int) -> None:
+def stop(reason: str, workers: RoleWorkers, directory: Path, step: int, state: dict[str, Any], keep: int,
+         store: CheckpointStore | None) -> None:
     """End the job as failed on purpose (the monitor's `stop`, too many non-finite updates), after a checkpoint."""
-    saved = save_checkpoint(workers, directory, step, state, keep)
+    saved = save_checkpoint(workers, directory, step, state, keep, store)
     raise JobStopped(f"{reason}. The checkpoint {saved} holds this step; inspect it, then resume with other "
                      f"settings, or delete it to start over")
 
 
-def save_checkpoint(workers: RoleWorkers, directory: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(workers: RoleWorkers, directory: Path, step: int, state: dict[str, Any], keep: int,
+                    store: CheckpointStore | None) -> Path:
     partial = checkpoint.partial_dir(directory, step)
     pending = [workers.policy.call("save_state", str(partial / "policy"))]
     if workers.critic:
         pending.append(workers.critic.call("save_state", str(partial / "critic")))
     for p in pending:
         p.get()
-    return checkpoint.commit_checkpoint(partial, step, state, keep)
+    saved = checkpoint.commit_checkpoint(partial, step, state, keep)
+    if store is not None:
+        store.upload(saved, keep)
+    return saved
 
 
 def restore_workers(workers: RoleWorkers, saved: Path) -> None:
