@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from kuberlhf.telemetry.job_status import ENV as STATUS_ENV
 from kuberlhf.errors import UserError, first_line, user_error_in
-from kuberlhf.memory import check_memory, models_by_role
+from kuberlhf.capacity import check_capacity, models_by_role
 from kuberlhf.preflight import check_local_inputs, check_offline_inputs
 from kuberlhf.quiet import quiet_libraries
 from kuberlhf.spec import RLHFJob
@@ -50,7 +50,7 @@ def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[s
     display = StepDisplay(job.spec.training.steps, first_step=0)
     with ray_session(job, dashboard) as where:
         display.note(f"RLHFJob {job.metadata.name}: {job.spec.algorithm} on {where}, rollouts by {inputs.rollout_engine}")
-        check_memory(job.spec, models_by_role(inputs))
+        check_capacity(job.spec, models_by_role(inputs), fixed_size=not os.environ.get("RAY_ADDRESS"))
         exporter = serve_job_metrics(job, job.spec.training.steps, display.note)
         restarts = 0
         while True:  # each pass: fresh workers, from the newest checkpoint after a restart
@@ -130,7 +130,7 @@ def run_offline_job(job: RLHFJob, dashboard: bool) -> dict[str, Any]:
     started, console = time.perf_counter(), Console(stderr=True)
     with ray_session(job, dashboard) as where:
         console.print(f"RLHFJob {job.metadata.name}: {job.spec.algorithm} on {where}")
-        check_memory(job.spec, models_by_role(inputs))
+        check_capacity(job.spec, models_by_role(inputs), fixed_size=not os.environ.get("RAY_ADDRESS"))
         result = train_offline(job, inputs, lambda text: console.print(text, soft_wrap=True))
     return finish(job, result, time.perf_counter() - started, console)
 

@@ -1,7 +1,12 @@
-"""Placement on a simulated two-node Ray cluster (`ray.cluster_utils.Cluster`): `separate` spreads the roles'
-bundles over both nodes and each actor runs on its bundle's node; `colocate` keeps every role on one node."""
+"""Placement. A job asking for more CPUs than the embedded Ray has is refused before any actor starts. On a
+simulated two-node Ray cluster (`ray.cluster_utils.Cluster`): `separate` spreads the roles' bundles over both
+nodes and each actor runs on its bundle's node; `colocate` keeps every role on one node."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import ray
@@ -14,6 +19,21 @@ from kuberlhf.workers.launch import start_workers
 from .conftest import EXAMPLES
 
 pytestmark = pytest.mark.slow
+
+
+def test_a_job_bigger_than_the_embedded_ray_is_refused_before_any_actor_starts(assets, tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "kuberlhf.cli", "run", str(EXAMPLES / "ppo-tiny.yaml"), "--no-dashboard",
+         "--set", f"spec.policy.model={assets['model']}", "--set", f"spec.data.train={assets['train']}",
+         "--set", f"spec.output.dir={tmp_path / 'out'}", "--set", "spec.metrics.port=0",
+         "--set", "spec.resources.critic.cpus=64"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""},
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert (f"error: spec.resources: the job needs 64 CPUs and 0 GPUs in 1 bundles, but this machine's Ray has "
+            f"{os.cpu_count()} CPUs") in run.stderr
+    assert "PolicyWorker" not in run.stdout + run.stderr  # no actor was started
+    assert not (tmp_path / "out" / "checkpoints").exists()
 
 
 @pytest.fixture(scope="module")

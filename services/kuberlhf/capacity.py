@@ -1,5 +1,8 @@
-"""Preflight: will the models fit? Before any actor starts, the memory each worker needs for its model states
-is estimated from the model's parameter count and compared with the cluster: each GPU bundle with the GPU
+"""Preflight: does the job fit the Ray cluster? Before any actor starts:
+
+- CPUs and GPUs: on the embedded local Ray, whose size is fixed, a job asking for more than the machine has is
+  refused at once (on a Ray cluster an autoscaler may still add nodes: there the placement group waits 60 s).
+- Memory: the memory each worker needs for its model states is estimated from the model's parameter count and compared with the cluster: each GPU bundle with the GPU
 memory of its accelerator type (where Ray names a known one), and everything held in RAM with the nodes'
 memory. Only model states are counted (weights, gradients, optimizer state), not activations or vLLM's KV
 cache, so this is a lower bound: a job it refuses would surely run out of memory, hours or minutes in.
@@ -150,10 +153,26 @@ def models_by_role(inputs: ResolvedInputs | OfflineInputs) -> dict[str, str]:
     return {role: model for role, model in roles.items() if model}
 
 
-def check_memory(spec: RLHFJobSpec, models: dict[str, str]) -> None:
-    """Refuse a job whose model states cannot fit in the Ray cluster it is connected to."""
+def resource_shortfall(bundles: list[dict[str, float]], cluster: dict[str, float]) -> str | None:
+    """What the bundles ask for beyond what the cluster has in all (CPUs, GPUs), or None."""
+    wanted = {key: sum(b.get(key, 0) for b in bundles) for key in ("CPU", "GPU")}
+    short = [key for key in ("CPU", "GPU") if wanted[key] > cluster.get(key, 0) + 1e-9]
+    if not short:
+        return None
+    return (f"spec.resources: the job needs {wanted['CPU']:g} CPUs and {wanted['GPU']:g} GPUs in {len(bundles)} "
+            f"bundles, but this machine's Ray has {cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs; "
+            f"lower resources.*.cpus/gpus/workers, or run on a Ray cluster (RAY_ADDRESS)")
+
+
+def check_capacity(spec: RLHFJobSpec, models: dict[str, str], fixed_size: bool) -> None:
+    """Refuse a job that cannot fit the Ray cluster it is connected to: CPUs and GPUs where the cluster's
+    size is `fixed_size` (the embedded Ray), model states always."""
     import ray
 
+    if fixed_size:
+        bundles, _ = plan_placement(spec.resources, list(models))
+        if (problem := resource_shortfall(bundles, ray.cluster_resources())) is not None:
+            raise UserError(problem)
     problems = memory_shortfalls(spec, models, cluster_capacity(ray.nodes()), parameter_count)
     if problems:
         raise UserError("spec.resources: the models do not fit: " + " | ".join(problems) + ". Spread the trained "

@@ -10,7 +10,7 @@ from transformers import LlamaConfig
 
 from kuberlhf.errors import UserError
 from kuberlhf.jobfile import load_job
-from kuberlhf.memory import (
+from kuberlhf.capacity import (
     Capacity,
     cluster_capacity,
     frozen_model_memory,
@@ -95,11 +95,24 @@ def test_cpu_workers_are_checked_against_the_clusters_ram_and_unknown_models_are
 
 
 def test_the_tiny_example_fits_and_an_oversized_job_is_a_user_error(monkeypatch):
-    import kuberlhf.memory as memory
+    import kuberlhf.capacity as capacity
 
     monkeypatch.setattr("ray.nodes", lambda: [{"Alive": True, "Resources": {"memory": 8e9}}])
-    monkeypatch.setattr(memory, "parameter_count", lambda model: 84_000)
-    memory.check_memory(ppo_job(), MODELS)  # nothing raised
-    monkeypatch.setattr(memory, "parameter_count", lambda model: PSI)
+    monkeypatch.setattr("ray.cluster_resources", lambda: {"CPU": 2.0, "memory": 8e9})
+    monkeypatch.setattr(capacity, "parameter_count", lambda model: 84_000)
+    capacity.check_capacity(ppo_job(), MODELS, fixed_size=True)  # nothing raised
+    with pytest.raises(UserError, match=r"^spec.resources: the job needs 1 CPUs and 1 GPUs in 1 bundles, but this "
+                                        r"machine's Ray has 2 CPUs and 0 GPUs"):
+        capacity.check_capacity(ppo_job("spec.resources.policy.gpus=1"), MODELS, fixed_size=True)
+    capacity.check_capacity(ppo_job("spec.resources.policy.gpus=1"), MODELS, fixed_size=False)  # may autoscale
+    monkeypatch.setattr(capacity, "parameter_count", lambda model: PSI)
     with pytest.raises(UserError, match=r"^spec.resources: the models do not fit: .*training.zeroStage"):
-        memory.check_memory(ppo_job(), MODELS)
+        capacity.check_capacity(ppo_job(), MODELS, fixed_size=False)
+
+
+def test_cpus_and_gpus_beyond_the_cluster_are_named_with_the_numbers():
+    from kuberlhf.capacity import resource_shortfall
+
+    assert resource_shortfall([{"CPU": 1}, {"CPU": 1}], {"CPU": 2.0}) is None
+    message = resource_shortfall([{"CPU": 4, "GPU": 1}] * 2, {"CPU": 16.0, "GPU": 1.0})
+    assert "needs 8 CPUs and 2 GPUs in 2 bundles" in message and "has 16 CPUs and 1 GPUs" in message
