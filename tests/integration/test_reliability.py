@@ -74,6 +74,13 @@ def wait_for_steps(process: subprocess.Popen, output: Path, steps: int) -> None:
         time.sleep(0.05)
 
 
+def assert_same_final_weights(output: Path, straight: Path) -> None:
+    a = load_file(f"{straight}/final/model.safetensors")
+    b = load_file(f"{output}/final/model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
 def assert_same_run(output: Path, straight: Path) -> None:
     """Every step logged once, steps 4-8 as the uninterrupted run's, the same final weights."""
     assert steps_logged(output) == list(range(1, 9))  # every step once: none skipped, none repeated
@@ -82,17 +89,19 @@ def assert_same_run(output: Path, straight: Path) -> None:
     for step in range(4, 9):  # the same prompts, samples and rewards as the uninterrupted run's steps
         assert records[step]["reward/mean"] == expected[step]["reward/mean"], step
         assert records[step]["response_length/mean"] == expected[step]["response_length/mean"], step
-    a = load_file(f"{straight}/final/model.safetensors")
-    b = load_file(f"{output}/final/model.safetensors")
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert_same_final_weights(output, straight)
+
+
+def slow_run_past_step_4(assets, uninterrupted, name: str) -> tuple[subprocess.Popen, Path, Path]:
+    """(the running driver, its output, the uninterrupted run's output) once step 4 is logged."""
+    workdir, straight = uninterrupted
+    driver = kuberlhf_run(assets, workdir, workdir / name, {"KUBERLHF_TEST_SLOW_REWARD": "0.5"})
+    wait_for_steps(driver, workdir / name, 4)
+    return driver, workdir / name, straight
 
 
 def test_a_driver_killed_mid_run_resumes_with_the_same_batches_and_ends_with_the_same_weights(assets, uninterrupted):
-    workdir, straight = uninterrupted
-    interrupted = workdir / "interrupted"
-    driver = kuberlhf_run(assets, workdir, interrupted, {"KUBERLHF_TEST_SLOW_REWARD": "0.5"})
-    wait_for_steps(driver, interrupted, 4)
+    driver, interrupted, straight = slow_run_past_step_4(assets, uninterrupted, "interrupted")
     family = psutil.Process(driver.pid).children(recursive=True)
     driver.send_signal(signal.SIGKILL)  # no handler, no cleanup: as an OOM kill or a lost node does it
     driver.wait()
@@ -106,16 +115,13 @@ def test_a_driver_killed_mid_run_resumes_with_the_same_batches_and_ends_with_the
     assert sorted(p.name for p in (interrupted / "checkpoints").iterdir() if not p.name.startswith(".")) == \
         ["step-00000003"]
 
-    stderr = finish(kuberlhf_run(assets, workdir, interrupted))
+    stderr = finish(kuberlhf_run(assets, interrupted.parent, interrupted))
     assert "resuming from" in stderr and "step-00000003 (step 3)" in stderr
     assert_same_run(interrupted, straight)
 
 
 def test_a_worker_killed_mid_run_is_replaced_from_the_newest_checkpoint(assets, uninterrupted):
-    workdir, straight = uninterrupted
-    output = workdir / "worker-killed"
-    driver = kuberlhf_run(assets, workdir, output, {"KUBERLHF_TEST_SLOW_REWARD": "0.5"})
-    wait_for_steps(driver, output, 4)
+    driver, output, straight = slow_run_past_step_4(assets, uninterrupted, "worker-killed")
     (policy,) = [p for p in psutil.Process(driver.pid).children(recursive=True)
                  if "PolicyWorker" in " ".join(p.cmdline())]
     policy.kill()  # SIGKILL the policy's process mid-run
@@ -166,10 +172,7 @@ def test_a_ray_train_worker_killed_mid_stage_is_replaced_from_the_newest_checkpo
     expected = {r["step"]: r["loss"] for r in map(json.loads, (straight / "metrics.jsonl").read_text().splitlines())}
     for step in range(4, 9):  # the same batches after the restart
         assert losses[step] == pytest.approx(expected[step], abs=1e-5), step
-    a = load_file(f"{straight}/final/model.safetensors")
-    b = load_file(f"{output}/final/model.safetensors")
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert_same_final_weights(output, straight)
 
 
 def test_a_run_whose_checkpoint_directory_is_gone_resumes_from_the_object_store(assets, uninterrupted):
@@ -183,7 +186,4 @@ def test_a_run_whose_checkpoint_directory_is_gone_resumes_from_the_object_store(
     stderr = finish(kuberlhf_run(assets, workdir, output, extra=run))
     assert f"downloaded step-00000006 from {store}" in stderr and "(step 6)" in stderr
     assert steps_logged(output) == [7, 8]  # the new pod ran only what the store did not hold
-    a = load_file(f"{straight}/final/model.safetensors")
-    b = load_file(f"{output}/final/model.safetensors")
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert_same_final_weights(output, straight)
