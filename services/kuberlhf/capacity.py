@@ -113,8 +113,8 @@ def memory_shortfalls(spec: RLHFJobSpec, models: dict[str, str], capacity: Capac
                       count: Any = parameter_count) -> list[str]:
     """One line per place the job's model states cannot fit; `models` maps each role the job starts to its
     model (roles whose parameters cannot be counted are left out)."""
-    params = {role: count(model) for role, model in models.items()}
-    params = {role: n for role, n in params.items() if n is not None}
+    counted = {model: count(model) for model in set(models.values())}  # roles often share a model
+    params = {role: counted[model] for role, model in models.items() if counted[model] is not None}
     if not params:
         return []
     bundles, plan = plan_placement(spec.resources, list(params))
@@ -131,12 +131,11 @@ def memory_shortfalls(spec: RLHFJobSpec, models: dict[str, str], capacity: Capac
         for index, bundle in enumerate(bundles):
             if not bundle.get("GPU"):
                 continue
-            need = sum(m.device for _, m in on_bundle[index])
-            have = bundle["GPU"] * capacity.gpu_memory
-            if need > have:
+            on_gpu = sum(m.device for _, m in on_bundle[index])
+            if on_gpu > bundle["GPU"] * capacity.gpu_memory:
                 parts = ", ".join(f"{role} {gb(m.device)} ({m.what})" for role, m in on_bundle[index])
                 problems.append(f"GPU bundle {index} ({bundle['GPU']:g} GPU of {gb(capacity.gpu_memory)}) needs "
-                                f"{gb(need)} for model states alone: {parts}")
+                                f"{gb(on_gpu)} for model states alone: {parts}")
     if host_needed > capacity.host_memory:
         problems.append(f"the workers need {gb(host_needed)} of RAM for model states alone but the Ray cluster has "
                         f"{gb(capacity.host_memory)}: " + "; ".join(held_in_ram))
