@@ -25,9 +25,9 @@ def test_a_job_bigger_than_the_embedded_ray_is_refused_before_any_actor_starts(a
     run = subprocess.run(
         [sys.executable, "-m", "kuberlhf.cli", "run", str(EXAMPLES / "ppo-tiny.yaml"), "--no-dashboard",
          "--set", f"spec.policy.model={assets['model']}", "--set", f"spec.data.train={assets['train']}",
-         "--set", f"spec.output.dir={tmp_path / 'out'}", "--set", "spec.metrics.port=0",
-         "--set", "spec.resources.critic.cpus=64"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""},
+         "--set", f"spec.data.eval={assets['eval']}", "--set", f"spec.output.dir={tmp_path / 'out'}",
+         "--set", "spec.metrics.port=0", "--set", "spec.resources.critic.cpus=64"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": ""},
     )
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
     assert (f"error: spec.resources: the job needs 64 CPUs and 0 GPUs in 1 bundles, but this machine's Ray has "
