@@ -42,3 +42,15 @@ def first_line(err: BaseException) -> str:
         return f"rank {rank}: {lines[-1][:300] if lines else type(failure).__name__}"
     text = str(err).strip()
     return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def restart_or_fail(err: BaseException, restarts: int, max_restarts: int, checkpoint_dir: str, what: str) -> int:
+    """After a worker died (`err`): the restart count to go on with, or the error to stop with. A user error
+    behind it is raised as is (a restart would fail the same way); past `max_restarts` the job fails with the
+    reason and where its newest checkpoint is."""
+    if (cause := user_error_in(err)) is not None:
+        raise cause from None
+    if restarts + 1 > max_restarts:
+        raise UserError(f"training.maxRestarts: {what} died again after {restarts} restarts ({first_line(err)}); "
+                        f"the newest checkpoint is in {checkpoint_dir}") from None
+    return restarts + 1

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kuberlhf.telemetry.job_status import ENV as STATUS_ENV
-from kuberlhf.errors import UserError, first_line, user_error_in
+from kuberlhf.errors import UserError, first_line, restart_or_fail, user_error_in
 from kuberlhf.capacity import check_capacity, models_by_role
 from kuberlhf.preflight import check_local_inputs, check_offline_inputs
 from kuberlhf.quiet import quiet_libraries
@@ -59,12 +59,8 @@ def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[s
                 result = train(job, workers, inputs.train, inputs.eval, display, resume_from, exporter)
                 break
             except ray.exceptions.RayActorError as err:  # a worker process died: rebuild them all
-                if (cause := user_error_in(err)) is not None:  # its constructor refused the input: no retry
-                    raise cause from None
-                restarts += 1
-                if restarts > job.spec.training.max_restarts:
-                    raise UserError(f"training.maxRestarts: a worker died again after {restarts - 1} restarts "
-                                    f"({first_line(err)}); the newest checkpoint is in {job.checkpoint_dir}") from None
+                restarts = restart_or_fail(err, restarts, job.spec.training.max_restarts, job.checkpoint_dir,
+                                           "a worker")
                 resume_from = find_resume_point(job.checkpoint_dir, job.output_dir, job.spec.training.steps)
                 display.note(f"a worker died ({first_line(err)}); restart {restarts}/{job.spec.training.max_restarts}:"
                              f" new workers from {resume_from or 'the start'}")

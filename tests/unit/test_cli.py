@@ -128,3 +128,18 @@ def test_a_dead_ray_train_worker_is_summed_up_in_one_line_naming_its_rank():
                                   "type: SYSTEM_ERROR"
     assert first_line(RuntimeError("first\nsecond")) == "first"
     assert first_line(RuntimeError()) == "RuntimeError"
+
+
+def test_a_dead_worker_is_restarted_within_the_budget_and_a_user_error_never():
+    from ray.train import WorkerGroupError
+
+    from kuberlhf.errors import UserError, restart_or_fail
+
+    died = WorkerGroupError("failed", {0: RuntimeError("The actor is dead because its worker process has died.")})
+    assert restart_or_fail(died, 0, 2, "runs/x/checkpoints", "a worker") == 1
+    with pytest.raises(UserError, match=r"^training.maxRestarts: a worker died again after 2 restarts \(rank 0: "
+                                        r"The actor is dead.*\); the newest checkpoint is in runs/x/checkpoints$"):
+        restart_or_fail(died, 2, 2, "runs/x/checkpoints", "a worker")
+    refused = WorkerGroupError("failed", {0: UserError("spec.policy.model: no such model")})
+    with pytest.raises(UserError, match=r"^spec.policy.model: no such model$"):
+        restart_or_fail(refused, 0, 2, "runs/x/checkpoints", "a worker")

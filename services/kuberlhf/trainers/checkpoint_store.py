@@ -11,6 +11,7 @@ resumes from it.
 
 from __future__ import annotations
 
+import posixpath
 import shutil
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ class CheckpointStore:
         partial.mkdir(parents=True)
         source = self.path(stored[-1])
         for file in self.fs.find(source):
-            relative = file[len(source.rstrip("/")) + 1:] if file.startswith(source) else Path(file).name
+            relative = posixpath.relpath(file, source)  # fsspec lists paths in the form `source` has
             if relative != STATE_FILE:
                 (partial / relative).parent.mkdir(parents=True, exist_ok=True)
                 self.fs.get_file(file, str(partial / relative))

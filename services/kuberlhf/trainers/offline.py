@@ -1,6 +1,7 @@
 """The driver of the offline stages (sft, rm, dpo, kto): tokenize the checked dataset, have the reference
 model score it once (dpo, kto), then train on Ray Train (`TorchTrainer`, one worker per policy rank, DeepSpeed
-ZeRO as the spec says); a worker that dies is replaced by a new run from the newest checkpoint. The per-worker loop is `offline_loop.py`.
+ZeRO as the spec says); a worker that dies is replaced by a new run from the newest checkpoint. The
+per-worker loop is `offline_loop.py`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 from kuberlhf.data.examples import Examples, make_batch, tokenize_dataset
 from kuberlhf.data.packing import pack_by_best_fit
-from kuberlhf.errors import UserError, first_line, user_error_in
+from kuberlhf.errors import UserError, first_line, restart_or_fail
 from kuberlhf.models.loading import load_tokenizer
 from kuberlhf.preflight import OfflineInputs
 from kuberlhf.spec import RLHFJob
@@ -60,9 +61,9 @@ def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any) -> dict[str, A
     note(f"{spec.algorithm}: {len(examples)} examples, {config.steps_per_epoch} steps per epoch, "
          f"{config.total_steps} steps")
     config = dataclasses.replace(config, exporter=serve_job_metrics(job, config.total_steps, note))
+    fetch_stored_checkpoint(job, note)
     restarts = 0
     while True:  # each pass a new Ray Train run, from the newest complete checkpoint
-        fetch_stored_checkpoint(job, note)
         resume_from = find_resume_point(job.checkpoint_dir, job.output_dir, config.total_steps)
         if resume_from is not None:
             note(f"resuming from {resume_from} (step {read_trainer_state(resume_from)['step']})")
@@ -71,13 +72,8 @@ def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any) -> dict[str, A
             ray_train_run(job, config).fit()
             break
         except ray.train.TrainingFailedError as err:
-            if (cause := user_error_in(err)) is not None:  # the input is wrong: a restart would fail the same way
-                raise cause from None
-            restarts += 1
-            if restarts > spec.training.max_restarts:
-                raise UserError(f"training.maxRestarts: a Ray Train worker failed again after {restarts - 1} "
-                                f"restarts ({first_line(err)}); the newest checkpoint is in "
-                                f"{job.checkpoint_dir}") from None
+            restarts = restart_or_fail(err, restarts, spec.training.max_restarts, job.checkpoint_dir,
+                                       "a Ray Train worker")
             note(f"a Ray Train worker failed ({first_line(err)}); restart {restarts}/{spec.training.max_restarts}: "
                  f"new workers")
     output = Path(job.output_dir)
