@@ -50,7 +50,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Apply one `dotted.path=value` override in place; the value is parsed as YAML (`5`, `true`, `[1,2]`)."""
+    """Apply one `dotted.path=value` override in place; the value is parsed as YAML (`5`, `true`, `[1,2]`).
+    A list item is named by its index, as validation errors name it: `spec.stages.2.training.steps=5`
+    (or helm's `spec.stages[2].training.steps=5`)."""
     key, sep, value_text = override.partition("=")
     if not sep or not key:
         raise UserError(f"--set {override!r}: expected PATH=VALUE, for example spec.training.steps=50")
@@ -58,17 +60,27 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         value = yaml.safe_load(value_text) if value_text else None  # `key=` is null, as `key:` in YAML
     except yaml.YAMLError:
         value = value_text
-    parts = key.split(".")
+    parts = re.sub(r"\[([^]]*)\]", r".\1", key).split(".")
     node: Any = raw
-    for depth, part in enumerate(parts[:-1]):
-        child = node.get(part)
+    for depth, part in enumerate(parts):
+        slot: Any = _list_index(key, ".".join(parts[:depth]), part, node) if isinstance(node, list) else part
+        if depth == len(parts) - 1:
+            node[slot] = value
+            return
+        child = node[slot] if isinstance(node, list) else node.get(slot)
         if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
+            child = node[slot] = {}
+        if not isinstance(child, (dict, list)):
             walked = ".".join(parts[: depth + 1])
-            raise UserError(f"--set {key}: {walked} is a {type(child).__name__}, not a mapping")
+            raise UserError(f"--set {key}: {walked} is a {type(child).__name__}, not a mapping or a list")
         node = child
-    node[parts[-1]] = value
+
+
+def _list_index(key: str, walked: str, part: str, items: list) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise UserError(f"--set {key}: {walked} is a list of {len(items)} items; name one by its index "
+                        f"0..{len(items) - 1}, got {part!r}")
+    return int(part)
 
 
 def validate_job(raw: dict[str, Any], source: str = "job") -> RLHFJob:

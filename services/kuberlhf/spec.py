@@ -148,6 +148,12 @@ class TrainingSpec(SpecModel):
     """Prompts sampled from the train set per step; the batch is promptsPerStep x samplesPerPrompt."""
     learning_rate: float = Field(default=1e-6, gt=0)
     """Policy AdamW learning rate."""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """The learning rate over the run's optimizer steps: `constant`, or decaying to zero at the end, in a
+    straight line (`linear`, the default of TRL and transformers' Trainer) or along a half cosine
+    (`cosine`). Applies to the policy and the critic."""
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    """Share of the run's optimizer steps over which the learning rate first rises linearly from 0."""
     weight_decay: float = Field(default=0.0, ge=0)
     """AdamW weight decay."""
     max_grad_norm: float = Field(default=1.0, gt=0)

@@ -33,10 +33,11 @@ def run_example(name: str, assets: dict[str, str], output_dir: Path, *overrides:
     return run_job(job, dashboard=False)
 
 
-def heldout_sampled_accuracy(model_dir: str, eval_file: str) -> float:
+def heldout_sampled_accuracy(model_dir: str, eval_file: str, samples_per_prompt: int = 4) -> float:
     """Exact-match accuracy of sampled completions (temperature 1, 4 per prompt) on the held-out prompts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return sampled_accuracy(model, tokenizer, read_jsonl(eval_file), samples_per_prompt=4, temperature=1.0, seed=1234)
+    return sampled_accuracy(model, tokenizer, read_jsonl(eval_file), samples_per_prompt=samples_per_prompt,
+                            temperature=1.0, seed=1234)

@@ -38,7 +38,10 @@ def test_ppo_with_two_rank_policy_and_critic_groups(assets, tmp_path):
 
     summary = run_example("ppo-tiny", assets, tmp_path, "spec.training.steps=2", "spec.data.eval=",
                           "spec.resources.policy.workers=2", "spec.resources.critic.workers=2",
-                          "spec.training.zeroStage=2", "spec.training.microBatchSize=16")
+                          "spec.training.zeroStage=2", "spec.training.microBatchSize=16",
+                          "spec.training.lrSchedule=linear")
     records = [json.loads(line) for line in open(summary["metrics_file"])]
     assert len(records) == 2
     assert all(r["critic/grad_norm"] > 0 and r["policy/grad_norm"] > 0 for r in records)
+    # DeepSpeed steps the linear schedule at each of the 2 x 2 x 2 optimizer steps: step 2 starts at 4 of 8
+    assert records[1]["policy/lr"] == pytest.approx(records[0]["policy/lr"] / 2)

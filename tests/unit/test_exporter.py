@@ -100,10 +100,10 @@ def test_the_metric_and_alert_reference_in_the_docs_is_current():
 def test_the_torch_engine_skips_an_update_whose_gradient_is_not_finite():
     import torch
 
-    from kuberlhf.engines.training import TorchTrainingEngine
+    from kuberlhf.engines.training import TorchTrainingEngine, TrainingSetup
 
     model = torch.nn.Linear(3, 1)
-    engine = TorchTrainingEngine(model, learning_rate=0.1, weight_decay=0.0, max_grad_norm=1.0)
+    engine = TorchTrainingEngine(model, TrainingSetup(learning_rate=0.1, weight_decay=0.0, max_grad_norm=1.0))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     engine.accumulate(model(torch.ones(1, 3)).sum() * float("nan"))
     assert math.isnan(engine.step())

@@ -7,7 +7,7 @@ import copy
 import torch
 
 from kuberlhf.data.batch import Experience, RolloutBatch
-from kuberlhf.engines.training import TorchTrainingEngine
+from kuberlhf.engines.training import TorchTrainingEngine, TrainingSetup
 from kuberlhf.workers.common import accumulate_micro_batches
 
 
@@ -35,7 +35,7 @@ def test_micro_batches_reproduce_the_whole_mini_batch_update():
     torch.manual_seed(1)
     whole, micro = torch.nn.Linear(1, 1), None
     micro = copy.deepcopy(whole)
-    engines = [TorchTrainingEngine(m, 0.1, 0.0, 10.0) for m in (whole, micro)]
+    engines = [TorchTrainingEngine(m, TrainingSetup(0.1, 0.0, 10.0)) for m in (whole, micro)]
     batch = experience()
     once = accumulate_micro_batches(engines[0], batch, None, lambda part: token_mean_loss(whole, part))
     split = accumulate_micro_batches(engines[1], batch, 2, lambda part: token_mean_loss(micro, part))

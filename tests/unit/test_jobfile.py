@@ -42,8 +42,22 @@ def test_override_without_equals_sign_is_explained():
 
 
 def test_override_through_a_scalar_is_explained():
-    with pytest.raises(UserError, match=r"--set spec.algorithm.x: spec.algorithm is a str, not a mapping"):
+    with pytest.raises(UserError, match=r"--set spec.algorithm.x: spec.algorithm is a str, not a mapping or a list"):
         apply_override({"spec": {"algorithm": "ppo"}}, "spec.algorithm.x=1")
+
+
+def test_override_names_a_list_item_by_its_index_in_either_spelling():
+    raw = {"spec": {"stages": [{"name": "sft"}, {"name": "rm", "training": {"epochs": 1}}]}}
+    apply_override(raw, "spec.stages.1.training.epochs=8")
+    apply_override(raw, "spec.stages[0].training.learningRate=0.001")
+    apply_override(raw, "spec.stages[1]={name: dpo}")
+    assert raw["spec"]["stages"] == [{"name": "sft", "training": {"learningRate": 0.001}}, {"name": "dpo"}]
+
+
+@pytest.mark.parametrize("path", ["spec.stages.2.name", "spec.stages.x.name", "spec.stages[-1].name"])
+def test_override_with_a_bad_list_index_names_the_list_and_its_size(path):
+    with pytest.raises(UserError, match=r"spec.stages is a list of 2 items; name one by its index 0..1"):
+        apply_override({"spec": {"stages": [{}, {}]}}, f"{path}=x")
 
 
 def test_yaml_syntax_error_names_file_line_and_column(tmp_path):

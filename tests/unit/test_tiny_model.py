@@ -19,6 +19,7 @@ from kuberlhf.tasks.addition import (  # noqa: E402
     exact_match_reward,
     greedy_accuracy,
     make_addition_rows,
+    make_reward_pairs,
     sampled_accuracy,
     warmup_sft,
 )
@@ -115,6 +116,27 @@ def test_rows_are_correct_and_split_is_held_out():
     assert make_addition_rows(seed=1, n_train=1000, n_eval=200)[0] != train
 
 
+def test_reward_pairs_prefer_the_sum_over_mistakes_of_each_kind_a_model_makes():
+    train, _ = make_addition_rows(seed=0, n_train=2000, n_eval=0)
+    pairs = make_reward_pairs(train, seed=1)
+    assert len(pairs) == 3 * len(train) and pairs == make_reward_pairs(train, seed=1)
+    kinds = {"ones digit": 0, "missed carry": 0, "length": 0}
+    for pair in pairs:
+        a, b = pair["prompt"].rstrip("=").split("+")
+        chosen, rejected = int(pair["chosen"]), int(pair["rejected"])
+        assert chosen == int(a) + int(b) and rejected != chosen and pair["rejected"].isdigit()
+        if len(pair["rejected"]) != len(pair["chosen"]):
+            kinds["length"] += 1
+        elif abs(rejected - chosen) in (10, 20):
+            kinds["missed carry"] += 1
+        else:
+            assert abs(rejected - chosen) <= 9
+            kinds["ones digit"] += 1
+    shares = {kind: count / len(pairs) for kind, count in kinds.items()}
+    # drawn 55 / 30 / 15; a digit off can also change the length (105 - 10 = 95), which counts as "length" here
+    assert 0.50 < shares["ones digit"] < 0.57 and 0.21 < shares["missed carry"] < 0.28 and 0.17 < shares["length"] < 0.25
+
+
 def test_sft_lowers_loss_and_accuracy_is_deterministic(tok):
     model = build_tiny_llama(tok, seed=0)
     train, evals = make_addition_rows(seed=0, n_train=256, n_eval=16)
@@ -130,7 +152,8 @@ def test_sft_lowers_loss_and_accuracy_is_deterministic(tok):
 def test_build_demo_assets_is_idempotent(tmp_path):
     out = tmp_path / "assets"
     paths = build_demo_assets(out, seed=0, sft_steps=2, n_train=64, n_eval=8)
-    assert set(paths) == {"model", "reward_base", "train", "eval", "sft", "pairs", "labels"}
+    assert set(paths) == {"model", "reward_base", "train", "eval", "sft", "pairs", "labels", "rm_pairs"}
+    assert len(open(paths["rm_pairs"]).read().splitlines()) == 3 * 64
     files = [os.path.join(paths[m], "config.json") for m in ("model", "reward_base")] + [paths["train"], paths["eval"]]
     assert all(os.path.isfile(f) for f in files)
     assert len(open(paths["train"]).read().splitlines()) == 64

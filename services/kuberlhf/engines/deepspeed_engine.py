@@ -46,35 +46,36 @@ def _start_deepspeed_comm(**group: int) -> None:
 
 
 class DeepSpeedTrainingEngine:
-    def __init__(self, model: nn.Module, learning_rate: float, weight_decay: float, max_grad_norm: float,
-                 zero_stage: int, micro_batch_size: int, accumulation_steps: int = 1,
-                 offload_optimizer: bool = False, offload_params: bool = False, bf16: bool = False) -> None:
+    def __init__(self, model: nn.Module, setup: Any) -> None:
+        """`setup`: a `TrainingSetup` (engines/training.py)."""
         import deepspeed
 
-        self.zero_stage = zero_stage
-        self.accumulation_steps = accumulation_steps
-        zero: dict[str, Any] = {"stage": zero_stage}
-        if offload_optimizer:
+        self.zero_stage = setup.zero_stage
+        self.accumulation_steps = setup.accumulation_steps
+        zero: dict[str, Any] = {"stage": setup.zero_stage}
+        if setup.offload_optimizer:
             zero["offload_optimizer"] = {"device": "cpu"}
-        if offload_params:
+        if setup.offload_params:
             zero["offload_param"] = {"device": "cpu"}
         config = {
-            "train_micro_batch_size_per_gpu": micro_batch_size,
-            "gradient_accumulation_steps": accumulation_steps,
-            "gradient_clipping": max_grad_norm,
+            "train_micro_batch_size_per_gpu": setup.micro_batch_size,
+            "gradient_accumulation_steps": setup.accumulation_steps,
+            "gradient_clipping": setup.max_grad_norm,
             "zero_optimization": zero,
             "zero_allow_untested_optimizer": True,
-            "bf16": {"enabled": bf16},
+            "bf16": {"enabled": setup.bf16},
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }
         optimizer = None
-        if not (offload_optimizer or offload_params):  # offload needs DeepSpeed's own (compiled) CPU Adam
-            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate,
-                                          weight_decay=weight_decay)
+        adamw = {"lr": setup.learning_rate, "weight_decay": setup.weight_decay}
+        if not (setup.offload_optimizer or setup.offload_params):  # offload needs DeepSpeed's compiled CPU Adam
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **adamw)
         else:
-            config["optimizer"] = {"type": "AdamW", "params": {"lr": learning_rate, "weight_decay": weight_decay}}
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+            config["optimizer"] = {"type": "AdamW", "params": adamw}
+        # DeepSpeed steps the schedule at each optimizer step and keeps its state in the checkpoint.
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config,
+                                                                 lr_scheduler=setup.scheduler)
         self.model = self.engine.module
         self.forward_module = self.engine  # training forwards go through DeepSpeed's engine (its bookkeeping)
 

@@ -33,6 +33,18 @@ class TrainingSetup:
     gradient_checkpointing: bool = False
     micro_batch_size: int = 1  # sequences per forward/backward on one rank
     accumulation_steps: int = 1  # micro-batches per optimizer step
+    lr_schedule: str = "constant"  # spec.training.lrSchedule
+    warmup_ratio: float = 0.0
+    total_steps: int = 0  # optimizer steps in the whole run: the schedule's length
+
+    def scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        """transformers' schedule of that name (the one TRL uses), stepped once per optimizer step; warm-up
+        takes ceil(warmupRatio x total) steps."""
+        from transformers import get_scheduler
+
+        warmup = math.ceil(self.warmup_ratio * self.total_steps)
+        name = "constant_with_warmup" if self.lr_schedule == "constant" else self.lr_schedule
+        return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=max(self.total_steps, 1))
 
     def uses_deepspeed(self, world_size: int) -> bool:
         """Plain torch only for one float32 rank without ZeRO; bfloat16 needs DeepSpeed's mixed precision
@@ -46,12 +58,10 @@ def make_training_engine(model: nn.Module, setup: TrainingSetup, world_size: int
         target = getattr(model, "backbone", model)
         target.gradient_checkpointing_enable()
     if not setup.uses_deepspeed(world_size):
-        return TorchTrainingEngine(model, setup.learning_rate, setup.weight_decay, setup.max_grad_norm)
+        return TorchTrainingEngine(model, setup)
     from kuberlhf.engines.deepspeed_engine import DeepSpeedTrainingEngine
 
-    return DeepSpeedTrainingEngine(model, setup.learning_rate, setup.weight_decay, setup.max_grad_norm,
-                                   setup.zero_stage, setup.micro_batch_size, setup.accumulation_steps,
-                                   setup.offload_optimizer, setup.offload_params, setup.bf16)
+    return DeepSpeedTrainingEngine(model, setup)
 
 
 def fused_adamw_supported(parameters: list[torch.Tensor]) -> bool:
@@ -59,25 +69,28 @@ def fused_adamw_supported(parameters: list[torch.Tensor]) -> bool:
 
 
 class TorchTrainingEngine:
-    def __init__(self, model: nn.Module, learning_rate: float, weight_decay: float, max_grad_norm: float) -> None:
+    def __init__(self, model: nn.Module, setup: TrainingSetup) -> None:
         self.model = model
         self.forward_module = model
-        self.max_grad_norm = max_grad_norm
+        self.max_grad_norm = setup.max_grad_norm
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         # The fused kernel (CPU or CUDA): one pass over all parameters, 0.76 -> 0.28 ms a step on the 84k model.
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=learning_rate, weight_decay=weight_decay,
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=setup.learning_rate, weight_decay=setup.weight_decay,
                                            fused=fused_adamw_supported(self.parameters))
+        self.scheduler = setup.scheduler(self.optimizer)
 
     def accumulate(self, loss: torch.Tensor) -> None:
         """Add one micro-batch's gradients (the caller weights its loss by its share of the mini-batch)."""
         loss.backward()
 
     def step(self) -> float:
-        """Clip, step, zero grads; returns the gradient norm before clipping. A NaN or infinite norm skips the
-        optimizer step (weights and optimizer state stay as they were), as DeepSpeed does."""
+        """Clip, step, advance the learning-rate schedule, zero grads; returns the gradient norm before
+        clipping. A NaN or infinite norm skips the step (weights, optimizer state and schedule stay as they
+        were), as DeepSpeed does."""
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm))
         if math.isfinite(grad_norm):
             self.optimizer.step()
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
@@ -86,11 +99,14 @@ class TorchTrainingEngine:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" in state:  # checkpoints from before learning-rate schedules have none
+            self.scheduler.load_state_dict(state["scheduler"])
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         return {name: tensor.detach() for name, tensor in self.model.state_dict().items()}

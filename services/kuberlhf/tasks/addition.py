@@ -86,6 +86,30 @@ def make_offline_rows(rows: list[dict], seed: int) -> dict[str, list[dict]]:
     return {"sft": sft, "pairs": pairs, "labels": labels}
 
 
+def make_reward_pairs(rows: list[dict], seed: int, per_prompt: int = 3) -> list[dict]:
+    """Preference pairs for a reward model: each prompt's right answer over `per_prompt` wrong ones of the
+    kinds a model makes on this task (:func:`model_like_mistake`), several comparisons per prompt as in
+    InstructGPT's rankings. A reward model that only ever saw sums 1-9 away (`pairs`) ranks the policy's
+    missed carries (10 away) no better than 64% of the time (docs/architecture.md)."""
+    rng = random.Random(seed)
+    return [{"prompt": r["prompt"], "chosen": r["answer"], "rejected": model_like_mistake(r["answer"], rng)}
+            for r in rows for _ in range(per_prompt)]
+
+
+def model_like_mistake(answer: str, rng: random.Random) -> str:
+    """A wrong sum like the warmed-up model's own: a ones digit off (1-9 away; 75% of its mistakes), a
+    tens digit off (10 or 20 away, a missed carry; 19%) or a digit too many or too few (5%), drawn 55 / 30 / 15
+    so that the rarer kinds are seen often enough."""
+    value, kind = int(answer), rng.random()
+    if kind < 0.55:
+        choices = [v for v in range(value - 9, value + 10) if v >= 0 and v != value]
+    elif kind < 0.85:
+        choices = [v for v in (value - 20, value - 10, value + 10, value + 20) if v >= 0]
+    else:
+        choices = [v for v in range(200) if len(str(v)) != len(answer)]
+    return str(rng.choice(choices))
+
+
 def write_jsonl(rows, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +242,7 @@ def warmup_sft(model, tokenizer, rows, steps: int, batch_size: int = 64, learnin
 # -------------------------------------------------------------------------------------- demo assets
 
 
-DATA_FILES = ("train", "eval", "sft", "pairs", "labels")
+DATA_FILES = ("train", "eval", "sft", "pairs", "labels", "rm_pairs")
 MODEL_DIRS = {"reward_base": "reward-base", "model": "model"}  # "model" last: its presence marks a complete build
 
 
@@ -236,12 +260,13 @@ def build_demo_assets(out_dir: str | os.PathLike, seed: int = 0, sft_steps: int 
                       n_train: int = DEFAULT_N_TRAIN, n_eval: int = DEFAULT_N_EVAL) -> dict:
     """Build (once) a warmed-up tiny model, a larger warmed-up model to start reward models from
     (``reward-base``, :data:`REWARD_BASE_SIZE`) and the JSONL files under ``out_dir``: ``train`` / ``eval``
-    prompts with answers, and ``sft``, ``pairs``, ``labels`` for the offline stages (`make_offline_rows`).
+    prompts with answers, ``sft``, ``pairs``, ``labels`` for the offline stages (`make_offline_rows`) and
+    ``rm_pairs`` for reward models (`make_reward_pairs`).
 
     Idempotent: if the model and every file already exist nothing is rewritten. Everything is written to a temporary sibling directory and renamed into place at the end,
     the policy model directory last, so an interrupted build never looks complete.
     Returns ``{"model": dir, "reward_base": dir, "train": path, "eval": path, "sft": path, "pairs": path,
-    "labels": path}``.
+    "labels": path, "rm_pairs": path}``.
     """
     from kuberlhf.models.tiny import build_char_tokenizer, build_tiny_llama, save_model_dir
 
@@ -261,6 +286,7 @@ def build_demo_assets(out_dir: str | os.PathLike, seed: int = 0, sft_steps: int 
         write_jsonl(evals, tmp / "eval.jsonl")
         for name, rows in make_offline_rows(train, seed).items():
             write_jsonl(rows, tmp / f"{name}.jsonl")
+        write_jsonl(make_reward_pairs(train, seed + 1), tmp / "rm_pairs.jsonl")
 
         if _complete(out_dir):  # another process finished first
             return _asset_paths(out_dir)
@@ -287,7 +313,8 @@ def build_demo_assets(out_dir: str | os.PathLike, seed: int = 0, sft_steps: int 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kuberlhf.tasks.addition", description=__doc__.split("\n")[0])
-    parser.add_argument("out_dir", help="directory for model/ and the data files (train, eval, sft, pairs, labels .jsonl)")
+    parser.add_argument("out_dir", help="directory for model/, reward-base/ and the data files "
+                                        "(train, eval, sft, pairs, labels, rm_pairs .jsonl)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sft-steps", type=int, default=DEFAULT_SFT_STEPS)
     args = parser.parse_args(argv)

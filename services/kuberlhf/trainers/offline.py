@@ -115,15 +115,17 @@ def offline_config(job: RLHFJob, inputs: OfflineInputs, train: Split, evaluation
     if spec.kto is not None:
         settings = dict(beta=spec.kto.beta, desirable_weight=spec.kto.desirable_weight,
                         undesirable_weight=spec.kto.undesirable_weight)
-    return OfflineConfig(
+    config = OfflineConfig(
         algorithm=spec.algorithm, model_path=inputs.policy_model, output_dir=str(Path(job.output_dir).resolve()),
-        setup=training_setup(spec, t.learning_rate, "policy"), batch_size=t.batch_size, epochs=t.epochs,
-        max_steps=t.steps if "steps" in t.model_fields_set else None, seed=t.seed, cpus=spec.resources.policy.cpus,
+        setup=training_setup(spec, t.learning_rate, "policy", total_steps=0), batch_size=t.batch_size,
+        epochs=t.epochs, max_steps=t.steps if "steps" in t.model_fields_set else None, seed=t.seed,
+        cpus=spec.resources.policy.cpus,
         checkpoint_every=spec.checkpoint.every_steps, checkpoint_dir=str(Path(job.checkpoint_dir).resolve()),
         keep=spec.checkpoint.keep, checkpoint_uri=spec.checkpoint.uri, pad_token_id=pad_token_id, train=train, evaluation=evaluation,
         eval_every=t.eval_every_steps, lora=spec.policy.lora, merge_lora=spec.output.merge_lora,
         job_labels=dict(job.metadata.labels), max_non_finite_steps=t.max_non_finite_steps, **settings,
     )
+    return dataclasses.replace(config, setup=dataclasses.replace(config.setup, total_steps=config.total_steps))
 
 
 def packs_of(examples: Examples, max_length: int, note: Callable[[str], None]) -> list[list[int]]:

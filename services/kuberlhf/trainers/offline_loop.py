@@ -133,10 +133,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         mine = batch[rank * share : (rank + 1) * share]
         torch.manual_seed(config.seed + 1_000_003 * rank + step)  # dropout as in an uninterrupted run
         model.train()
+        learning_rate = engine.learning_rate  # this step's (the schedule moves on in train_step)
         metrics = train_step(engine, config, mine, device)
         step += 1
         seconds = time.perf_counter() - started
-        metrics = {**average_over_ranks(metrics, world), "epoch": epoch + 1, "lr": engine.learning_rate,
+        metrics = {**average_over_ranks(metrics, world), "epoch": epoch + 1, "lr": learning_rate,
                    "time/step": seconds, "throughput/samples_per_second": len(batch) / seconds,
                    "throughput/tokens_per_second": tokens_in(config.train, batch) / seconds}
         if config.evaluation is not None and (step == config.total_steps or

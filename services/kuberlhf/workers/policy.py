@@ -63,13 +63,14 @@ class PolicyWorker(TrainedRole):
         started = time.perf_counter()
         experience = experience.to(self.device)
         generator = torch.Generator().manual_seed(self.seed + 1_000_003 * self.rank + self.updates)
+        learning_rate = self.engine.learning_rate  # this update's first (the schedule moves with each step)
         history = []
         for _ in range(config.epochs):
             for indices in minibatches(len(experience), config.mini_batch_size, generator):
                 history.append(self._minibatch_step(experience.select(indices), config))
         self.updates += 1
         metrics = mean_metrics(history)
-        metrics["policy/lr"] = self.engine.learning_rate
+        metrics["policy/lr"] = learning_rate
         metrics["time/policy_update"] = time.perf_counter() - started
         return metrics
 
