@@ -137,24 +137,26 @@ def test_a_chained_job_runs_sft_then_rm_then_ppo_and_skips_finished_stages_when_
     sft, rm, ppo = raw["spec"]["stages"]
     sft["data"]["train"] = assets["sft"]
     rm["policy"]["model"] = assets["reward_base"]
-    rm["data"].update(train=assets["pairs"], eval=str(write_eval_pairs(assets, tmp_path / "eval-pairs.jsonl")))
+    rm["data"].update(train=assets["rm_pairs"], eval=str(write_eval_pairs(assets, tmp_path / "eval-pairs.jsonl")))
     ppo["data"] = {"train": assets["train"], "eval": assets["eval"]}
 
     summary = run_job(validate_job(raw), dashboard=False)
     assert [s["stage"] for s in summary["stages"]] == ["sft", "rm", "ppo"]
     assert all(s["status"] == "succeeded" for s in summary["stages"])
     rm_accuracy = summary["stages"][1]["eval"]["eval/accuracy"]
+    rm_rates = [json.loads(line)["lr"] for line in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
     ppo_eval = summary["stages"][2]["eval"]
-    sft_accuracy, ppo_accuracy = (heldout_sampled_accuracy(str(tmp_path / name / "final"), assets["eval"])
+    sft_accuracy, ppo_accuracy = (heldout_sampled_accuracy(str(tmp_path / name / "final"), assets["eval"], 16)
                                   for name in ("sft", "ppo"))
     print(f"chain: rm held-out pair accuracy {rm_accuracy:.3f}; ppo held-out reward-model score "
           f"{ppo_eval['eval/reward_mean_start']:.3f} -> {ppo_eval['eval/reward_mean_end']:.3f}; held-out sampled "
-          f"accuracy sft {sft_accuracy:.3f}, ppo {ppo_accuracy:.3f}")
+          f"accuracy (16 samples a prompt) sft {sft_accuracy:.3f}, ppo {ppo_accuracy:.3f}")
     assert rm_accuracy >= 0.85  # the reward model, started from reward-base, ranks held-out pairs
+    assert rm_rates[0] < max(rm_rates) == pytest.approx(3e-4) and rm_rates[-1] < 1e-6  # warm-up, linear decay
     assert ppo_eval["eval/reward_mean_end"] > ppo_eval["eval/reward_mean_start"]  # PPO raises that reward
-    # Not asserted: that the task's own reward rises with it. This reward model ranks 83% of the policy's own
-    # right/wrong pairs correctly, and PPO's gain over SFT is within run-to-run variation (0.511 -> 0.534 in
-    # one run, -> 0.495 in another; docs/architecture.md).
+    # ... and the task's own: the final model beats the SFT model (by 0.05-0.06 in the runs measured; the
+    # difference of two such measurements varies by about +-0.01)
+    assert ppo_accuracy >= sft_accuracy + 0.025
     assert json.loads((tmp_path / "ppo" / "final" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     again = run_job(validate_job(raw), dashboard=False)
     assert [s["status"] for s in again["stages"]] == ["skipped"] * 3
