@@ -70,8 +70,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "demo-assets",
         help="build the tiny demo model and the addition task data",
         description="Build a tiny Llama with a locally made tokenizer, warm it up on the addition task, and "
-        "write DIR/model and the task's data: train.jsonl and eval.jsonl (prompts with answers), sft.jsonl, "
-        "pairs.jsonl and labels.jsonl (for the offline stages). Does nothing if they already exist.",
+        "write DIR/model (and DIR/reward-base, a larger one to start reward models from) and the task's data: "
+        "train.jsonl and eval.jsonl (prompts with answers), sft.jsonl, pairs.jsonl, labels.jsonl and "
+        "rm_pairs.jsonl (for the offline stages). Does nothing if they already exist.",
     )
     demo.add_argument("dir", help="output directory")
     demo.add_argument("--seed", type=int, default=0)
