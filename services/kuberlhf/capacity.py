@@ -2,10 +2,11 @@
 
 - CPUs and GPUs: on the embedded local Ray, whose size is fixed, a job asking for more than the machine has is
   refused at once (on a Ray cluster an autoscaler may still add nodes: there the placement group waits 60 s).
-- Memory: the memory each worker needs for its model states is estimated from the model's parameter count and compared with the cluster: each GPU bundle with the GPU
-memory of its accelerator type (where Ray names a known one), and everything held in RAM with the nodes'
-memory. Only model states are counted (weights, gradients, optimizer state), not activations or vLLM's KV
-cache, so this is a lower bound: a job it refuses would surely run out of memory, hours or minutes in.
+- Memory: the memory each worker needs for its model states is estimated from the model's parameter count
+  and compared with the cluster: each GPU bundle with the GPU memory of its accelerator type (where Ray
+  names a known one), and everything held in RAM with the nodes' memory. Only model states are counted
+  (weights, gradients, optimizer state), not activations or vLLM's KV cache, so this is a lower bound: a
+  job it refuses would surely run out of memory, hours or minutes in.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from kuberlhf.preflight import check_local_inputs, check_offline_inputs
 from kuberlhf.quiet import quiet_libraries
 from kuberlhf.spec import RLHFJob
 from kuberlhf.trainers.checkpoint import find_resume_point, set_aside_checkpoints
-from kuberlhf.trainers.checkpoint_store import fetch_stored_checkpoint
+from kuberlhf.trainers.checkpoint_store import checkpoint_store, fetch_stored_checkpoint
 
 
 def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[str, Any]:
@@ -49,8 +49,9 @@ def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[s
     started = time.perf_counter()
     display = StepDisplay(job.spec.training.steps, first_step=0)
     with ray_session(job, dashboard) as where:
-        display.note(f"RLHFJob {job.metadata.name}: {job.spec.algorithm} on {where}, rollouts by {inputs.rollout_engine}")
-        check_capacity(job.spec, models_by_role(inputs), fixed_size=not os.environ.get("RAY_ADDRESS"))
+        display.note(f"RLHFJob {job.metadata.name}: {job.spec.algorithm} on {where}, "
+                     f"rollouts by {inputs.rollout_engine}")
+        check_fits(job, inputs)
         exporter = serve_job_metrics(job, job.spec.training.steps, display.note)
         restarts = 0
         while True:  # each pass: fresh workers, from the newest checkpoint after a restart
@@ -77,13 +78,17 @@ def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[s
 
 def refuse_store_with_checkpoints(job: RLHFJob) -> None:
     """--no-resume cannot set aside what is in an object store: rather than resume from it, refuse."""
-    from kuberlhf.trainers.checkpoint_store import checkpoint_store
-
     store = checkpoint_store(job.spec)
     if store is not None and store.complete():
         raise UserError(f"spec.checkpoint.uri: {store.uri} holds checkpoints that a run would resume from; "
                         "--no-resume cannot move them aside there: choose another checkpoint.uri (nothing was "
                         "changed)")
+
+
+def check_fits(job: RLHFJob, inputs: Any) -> None:
+    """The capacity preflight, once connected: CPUs and GPUs only on the embedded Ray (a cluster at
+    $RAY_ADDRESS may autoscale), model states always."""
+    check_capacity(job.spec, models_by_role(inputs), fixed_size=not os.environ.get("RAY_ADDRESS"))
 
 
 def run_stages(job: RLHFJob, dashboard: bool, resume: bool = True) -> dict[str, Any]:
@@ -126,7 +131,7 @@ def run_offline_job(job: RLHFJob, dashboard: bool) -> dict[str, Any]:
     started, console = time.perf_counter(), Console(stderr=True)
     with ray_session(job, dashboard) as where:
         console.print(f"RLHFJob {job.metadata.name}: {job.spec.algorithm} on {where}")
-        check_capacity(job.spec, models_by_role(inputs), fixed_size=not os.environ.get("RAY_ADDRESS"))
+        check_fits(job, inputs)
         result = train_offline(job, inputs, lambda text: console.print(text, soft_wrap=True))
     return finish(job, result, time.perf_counter() - started, console)
 
@@ -171,7 +176,8 @@ def ray_session(job: RLHFJob, dashboard: bool) -> Iterator[str]:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local dashboard without a token
         # "local": never attach to whatever cluster /tmp/ray/ray_current_cluster names (a stale one from a
         # killed `ray start` or test would otherwise be joined, and reject num_cpus)
-        context = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=dashboard, runtime_env={"env_vars": env},
+        context = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=dashboard,
+                           runtime_env={"env_vars": env},
                            namespace="kuberlhf", job_config=ray.job_config.JobConfig(metadata=metadata),
                            log_to_driver=True, configure_logging=False)
         url = context.dashboard_url

@@ -1,5 +1,6 @@
-"""The memory preflight: model-state bytes per worker by hand (ZeRO paper accounting), parameter counts from a
-config alone, the cluster's capacity from `ray.nodes()`, and the refusal of jobs that cannot fit."""
+"""The capacity preflight: model-state bytes per worker by hand (ZeRO paper accounting), parameter counts from
+a config alone, the cluster's capacity from `ray.nodes()`, CPUs and GPUs beyond a fixed-size cluster, and the
+refusal of jobs that cannot fit."""
 
 from __future__ import annotations
 

@@ -75,8 +75,7 @@ def make_offline_rows(rows: list[dict], seed: int) -> dict[str, list[dict]]:
     rng = random.Random(seed)
 
     def wrong(answer: str) -> str:
-        value = int(answer)
-        return str(rng.choice([v for v in range(value - 9, value + 10) if v >= 0 and v != value]))
+        return str(ones_digit_mistake(int(answer), rng))
 
     sft = [{"prompt": r["prompt"], "completion": r["answer"]} for r in rows]
     pairs = [{"prompt": r["prompt"], "chosen": r["answer"], "rejected": wrong(r["answer"])} for r in rows]
@@ -98,17 +97,20 @@ def make_reward_pairs(rows: list[dict], seed: int, per_prompt: int = 3) -> list[
 
 
 def model_like_mistake(answer: str, rng: random.Random) -> str:
-    """A wrong sum like the warmed-up model's own: a ones digit off (1-9 away; 75% of its mistakes), a
-    tens digit off (10 or 20 away, a missed carry; 19%) or a digit too many or too few (5%), drawn 55 / 30 / 15
-    so that the rarer kinds are seen often enough."""
+    """A wrong sum like the warmed-up model's own: a ones digit off (1-9 away; 75% of its mistakes), a tens
+    digit off (10 or 20 away, a missed carry; 19%) or a digit too many or too few (5%), drawn 55 / 30 / 15 so
+    that the rarer kinds are seen often enough."""
     value, kind = int(answer), rng.random()
     if kind < 0.55:
-        choices = [v for v in range(value - 9, value + 10) if v >= 0 and v != value]
-    elif kind < 0.85:
-        choices = [v for v in (value - 20, value - 10, value + 10, value + 20) if v >= 0]
-    else:
-        choices = [v for v in range(200) if len(str(v)) != len(answer)]
-    return str(rng.choice(choices))
+        return str(ones_digit_mistake(value, rng))
+    if kind < 0.85:
+        return str(rng.choice([v for v in (value - 20, value - 10, value + 10, value + 20) if v >= 0]))
+    return str(rng.choice([v for v in range(200) if len(str(v)) != len(answer)]))
+
+
+def ones_digit_mistake(value: int, rng: random.Random) -> int:
+    """A wrong sum 1-9 away from `value` (never negative)."""
+    return rng.choice([v for v in range(value - 9, value + 10) if v >= 0 and v != value])
 
 
 def write_jsonl(rows, path: str | os.PathLike) -> Path:
@@ -264,8 +266,9 @@ def build_demo_assets(out_dir: str | os.PathLike, seed: int = 0, sft_steps: int 
     prompts with answers, ``sft``, ``pairs``, ``labels`` for the offline stages (`make_offline_rows`) and
     ``rm_pairs`` for reward models (`make_reward_pairs`).
 
-    Idempotent: if the model and every file already exist nothing is rewritten. Everything is written to a temporary sibling directory and renamed into place at the end,
-    the policy model directory last, so an interrupted build never looks complete.
+    Idempotent: if the model and every file already exist nothing is rewritten. Everything is written to a
+    temporary sibling directory and renamed into place at the end, the policy model directory last, so an
+    interrupted build never looks complete.
     Returns ``{"model": dir, "reward_base": dir, "train": path, "eval": path, "sft": path, "pairs": path,
     "labels": path, "rm_pairs": path}``.
     """

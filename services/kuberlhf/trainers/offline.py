@@ -121,8 +121,8 @@ def offline_config(job: RLHFJob, inputs: OfflineInputs, train: Split, evaluation
         epochs=t.epochs, max_steps=t.steps if "steps" in t.model_fields_set else None, seed=t.seed,
         cpus=spec.resources.policy.cpus,
         checkpoint_every=spec.checkpoint.every_steps, checkpoint_dir=str(Path(job.checkpoint_dir).resolve()),
-        keep=spec.checkpoint.keep, checkpoint_uri=spec.checkpoint.uri, pad_token_id=pad_token_id, train=train, evaluation=evaluation,
-        eval_every=t.eval_every_steps, lora=spec.policy.lora, merge_lora=spec.output.merge_lora,
+        keep=spec.checkpoint.keep, checkpoint_uri=spec.checkpoint.uri, pad_token_id=pad_token_id, train=train,
+        evaluation=evaluation, eval_every=t.eval_every_steps, lora=spec.policy.lora, merge_lora=spec.output.merge_lora,
         job_labels=dict(job.metadata.labels), max_non_finite_steps=t.max_non_finite_steps, **settings,
     )
     return dataclasses.replace(config, setup=dataclasses.replace(config.setup, total_steps=config.total_steps))
