@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kuberlhf.data.formats import FORMAT_NAMES, detect_dataset
+from kuberlhf.data.reader import read_records
 from kuberlhf.errors import UserError
 from kuberlhf.spec import API_VERSION, KIND
 
@@ -29,7 +30,7 @@ class Recommendation:
 
 def recommend(data: str, reward: str | None = None, model: str = DEFAULT_MODEL, gpus: int = 0,
               name: str | None = None) -> Recommendation:
-    dataset = detect_dataset(data)
+    dataset = detect_dataset(read_records(data, field="--data"))
     found = f"{data}: {len(dataset)} rows of {FORMAT_NAMES[dataset.format]} data" + \
         (" (conversations)" if dataset.conversational else "")
     if dataset.format == "preference":

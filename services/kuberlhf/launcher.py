@@ -34,7 +34,7 @@ def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[s
     if job.spec.is_offline:
         return run_offline_job(job, dashboard)
     inputs = check_local_inputs(job)
-    check_prompt_lengths(inputs.policy_model, inputs.train, job.spec.data.max_prompt_tokens,
+    check_prompt_lengths(inputs.policy_model, [inputs.train, inputs.eval], job.spec.data.max_prompt_tokens,
                          job.spec.rollout.max_new_tokens)
     fetch_stored_checkpoint(job, lambda text: print(text, file=sys.stderr))
     resume_from = find_resume_point(job.checkpoint_dir, job.output_dir, job.spec.training.steps)
@@ -188,23 +188,27 @@ def ray_session(job: RLHFJob, dashboard: bool) -> Iterator[str]:
         ray.shutdown()
 
 
-def check_prompt_lengths(model: str, data: Any, max_prompt_tokens: int, max_new_tokens: int) -> None:
-    """Every prompt must fit in `data.maxPromptTokens`, and with `rollout.maxNewTokens` in the model's context;
-    the first one that does not is named by file:line."""
+def check_prompt_lengths(model: str, datasets: list[Any], max_prompt_tokens: int, max_new_tokens: int) -> None:
+    """Every prompt, as the policy reads it (chat template applied), must fit in `data.maxPromptTokens`, and with
+    `rollout.maxNewTokens` in the model's context; the first one that does not is named by its row."""
     from transformers import AutoConfig
 
+    from kuberlhf.data.prompts import encode_prompts
     from kuberlhf.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(model)
     context = getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", None)
-    lengths = [len(ids) for ids in tokenizer(data.prompts).input_ids]
-    for index, length in enumerate(lengths):
-        if length > max_prompt_tokens:
-            raise UserError(f"{data.where(index)}: prompt is {length} tokens, longer than spec.data.maxPromptTokens "
-                            f"= {max_prompt_tokens}")
-        if context is not None and length + max_new_tokens > context:
-            raise UserError(f"{data.where(index)}: prompt is {length} tokens; with spec.rollout.maxNewTokens = "
-                            f"{max_new_tokens} that exceeds the model's context of {context} tokens")
+    for data in datasets:
+        if data is None:
+            continue
+        _, ids = encode_prompts(tokenizer, data.prompts)
+        for index, length in enumerate(len(row) for row in ids):
+            if length > max_prompt_tokens:
+                raise UserError(f"{data.where(index)}: prompt is {length} tokens, longer than "
+                                f"spec.data.maxPromptTokens = {max_prompt_tokens}")
+            if context is not None and length + max_new_tokens > context:
+                raise UserError(f"{data.where(index)}: prompt is {length} tokens; with spec.rollout.maxNewTokens = "
+                                f"{max_new_tokens} that exceeds the model's context of {context} tokens")
 
 
 def build_summary(job: RLHFJob, result: dict[str, Any], wall_seconds: float) -> dict[str, Any]:

@@ -57,12 +57,14 @@ def check_offline_inputs(job: RLHFJob) -> OfflineInputs:
     reference = None
     if spec.algorithm in ("dpo", "kto"):
         reference = resolve_model(spec.reference.model, "spec.reference.model") if spec.reference.model else policy
-    datasets = []
-    for field, path in (("spec.data.train", spec.data.train), ("spec.data.eval", spec.data.eval)):
-        if path is not None and not Path(path).exists():
-            raise UserError(f"{field}: data file {path!r} does not exist")
-        datasets.append(load_dataset(path, spec.algorithm, spec.data.convert) if path is not None else None)
-    return OfflineInputs(policy, reference, *datasets)
+    data = spec.data
+    train = load_dataset(data.train, spec.algorithm, data.convert, data.split, data.subset, data.columns,
+                         "spec.data.train")
+    evaluation = None
+    if data.eval is not None:
+        evaluation = load_dataset(data.eval, spec.algorithm, data.convert, data.eval_split, data.subset,
+                                  data.columns, "spec.data.eval")
+    return OfflineInputs(policy, reference, train, evaluation)
 
 
 def check_local_inputs(job: RLHFJob) -> ResolvedInputs:
@@ -78,8 +80,11 @@ def check_local_inputs(job: RLHFJob) -> ResolvedInputs:
     critic = None
     if spec.critic is not None:
         critic = resolve_model(spec.critic.model, "spec.critic.model") if spec.critic.model else (reward_model or policy)
-    train = _load(spec.data.train, spec.data.prompt_field, "spec.data.train")
-    evaluation = _load(spec.data.eval, spec.data.prompt_field, "spec.data.eval") if spec.data.eval else None
+    data = spec.data
+    train = load_prompts(data.train, data.split, data.subset, data.columns, "spec.data.train")
+    evaluation = None
+    if data.eval is not None:
+        evaluation = load_prompts(data.eval, data.eval_split, data.subset, data.columns, "spec.data.eval")
     if len(train) < spec.training.prompts_per_step:
         raise UserError(
             f"spec.training.promptsPerStep: {spec.training.prompts_per_step} prompts per step but "
@@ -125,9 +130,3 @@ def resolve_model(name: str, field: str) -> str:
     if not (path / "config.json").is_file():
         raise UserError(f"{field}: {name!r} is not a Hugging Face model directory (no config.json)")
     return str(path.resolve())
-
-
-def _load(path: str, prompt_field: str, field: str) -> PromptDataset:
-    if not Path(path).is_file():
-        raise UserError(f"{field}: data file {path!r} does not exist")
-    return load_prompts(path, prompt_field)

@@ -1,5 +1,13 @@
-"""Import and call user reward functions: `fn(prompts, completions, **columns) -> list[float]`; and
-`RemoteReward`, the same kind of function backed by a reward service (`reward.url`).
+"""Import and call user reward functions the way TRL's GRPOTrainer does, so one written for TRL works unchanged;
+and `RemoteReward`, a reward function backed by a reward service (`reward.url`).
+
+A reward function is called with keyword arguments: `prompts`, `completions`, `completion_ids` (token ids),
+every other column of the data by name (e.g. `answer`), `trainer_state` (`global_step`, `max_steps`),
+and TRL's `log_metric(name, value)` and `log_extra(column, values)`. For conversational data, `prompts` are the
+rows' message lists and each completion is `[{"role": "assistant", "content": text}]`, as in TRL; otherwise
+both are strings. A function without `**kwargs` gets only the arguments it names. It returns one number per
+completion; `None` means "no reward here" and counts 0, as TRL's sum over reward functions does with one.
+`async def` functions are awaited.
 
 A function that cannot be imported, raises, returns the wrong number of values, or returns NaN is reported
 as a UserError naming the function (and the row, where there is one).
@@ -7,7 +15,9 @@ as a UserError naming the function (and the row, where there is one).
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import inspect
 import json
 import math
 import os
@@ -15,6 +25,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from kuberlhf.errors import UserError
@@ -44,16 +55,64 @@ def import_reward_function(path: str) -> RewardFunction:
     return function
 
 
-def call_reward_function(
-    function: RewardFunction, name: str, prompts: list[str], completions: list[str], columns: dict[str, list[Any]]
-) -> list[float]:
-    """Call a reward function and check what it returns: one finite number per completion."""
+@dataclass(frozen=True)
+class TrainerState:
+    """The part of TRL's `trainer_state` that reward functions read to shape rewards by training progress."""
+
+    global_step: int
+    max_steps: int
+
+
+@dataclass
+class RewardLog:
+    """What a reward function logged during one call through TRL's `log_metric` and `log_extra`: scalar
+    metrics (their mean goes to the step's metrics as `reward_fn/<name>`) and per-completion columns (written
+    to samples.jsonl beside each completion)."""
+
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    columns: dict[str, list[Any]] = field(default_factory=dict)
+
+    def log_metric(self, name: str, value: float) -> None:
+        self.metrics.setdefault(name, []).append(float(value))
+
+    def log_extra(self, column: str, values: list[Any]) -> None:
+        self.columns.setdefault(column, []).extend(values)
+
+    def metric_means(self) -> dict[str, float]:
+        return {f"reward_fn/{name}": sum(values) / len(values) for name, values in self.metrics.items() if values}
+
+    def select(self, indices: list[int]) -> RewardLog:
+        columns = {name: [values[i] for i in indices] for name, values in self.columns.items()
+                   if len(values) > max(indices, default=-1)}
+        return RewardLog(self.metrics, columns)
+
+    @staticmethod
+    def concat(parts: list[RewardLog]) -> RewardLog:
+        joined = RewardLog()
+        for part in parts:
+            for name, values in part.metrics.items():
+                joined.metrics.setdefault(name, []).extend(values)
+            for name, values in part.columns.items():
+                joined.log_extra(name, values)
+        return joined
+
+
+def call_reward_function(function: RewardFunction, name: str, prompts: list[Any], completions: list[Any],
+                         columns: dict[str, list[Any]], completion_ids: list[list[int]] | None = None,
+                         state: TrainerState | None = None, log: RewardLog | None = None) -> list[float]:
+    """Call a reward function as TRL does (see the module docstring) and check what it returns: one finite
+    number per completion."""
+    log = log if log is not None else RewardLog()
+    arguments = {"prompts": prompts, "completions": completions, "completion_ids": completion_ids, **columns,
+                 "trainer_state": state, "log_metric": log.log_metric, "log_extra": log.log_extra}
     try:
-        values = function(prompts=prompts, completions=completions, **columns)
+        values = function(**accepted_arguments(function, arguments))
+        if inspect.isawaitable(values):
+            values = asyncio.run(_awaited(values))
     except Exception as err:
         raise UserError(f"reward function {name} raised {type(err).__name__}: {err}") from err
     try:
-        values = [float(v) for v in values]
+        values = [0.0 if v is None else float(v) for v in values]
     except (TypeError, ValueError) as err:
         raise UserError(f"reward function {name} must return a list of numbers: {err}") from None
     if len(values) != len(completions):
@@ -62,9 +121,31 @@ def call_reward_function(
         if not math.isfinite(value):
             raise UserError(
                 f"reward function {name} returned {value} for row {row} "
-                f"(prompt {prompts[row]!r}, completion {completions[row]!r})"
+                f"(prompt {_short(prompts[row])}, completion {_short(completions[row])})"
             )
     return values
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def accepted_arguments(function: RewardFunction, arguments: dict[str, Any]) -> dict[str, Any]:
+    """All of `arguments` for a function that takes `**kwargs`, else only those it names."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: give it everything
+        return arguments
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return arguments
+    named = {p.name for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                       inspect.Parameter.KEYWORD_ONLY)}
+    return {key: value for key, value in arguments.items() if key in named}
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 class RemoteReward:

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 
 from kuberlhf.spec_base import SpecModel
 from kuberlhf.spec_cluster import ClusterSpec
-from kuberlhf.spec_monitor import MetricsSpec, MonitorSpec
+from kuberlhf.spec_monitor import LoggingSpec, MetricsSpec, MonitorSpec
 from kuberlhf.spec_offline import OFFLINE_ALGORITHMS, DPOSpec, KTOSpec, LoRASpec, SFTSpec
 from kuberlhf.spec_online import ISCorrectionSpec, KLSpec, RolloutSpec
 
@@ -112,25 +112,43 @@ class RewardSpec(SpecModel):
 
 
 class DataSpec(SpecModel):
-    """Training and held-out data."""
+    """Training and held-out data, read with Hugging Face `datasets` (docs/data.md)."""
 
     train: str = Field(min_length=1)
-    """Online algorithms: a .jsonl file of prompts (rows with a `prompt` string; other fields are passed to
-    the reward function as columns). Offline algorithms: a .jsonl, .json or .parquet file or a saved
-    `datasets` directory in a TRL format: prompt-completion / `text` / `messages` (sft), prompt + chosen +
-    rejected (rm, dpo), prompt + completion + label (kto); see docs/data.md."""
+    """Where the training rows are: a `.jsonl`, `.json` (an array of objects), `.parquet` or `.csv` file, a
+    directory saved with `datasets`' `save_to_disk` (or laid out like a Hub dataset repository), or a Hub
+    dataset id. Online algorithms read a `prompt` per row (a string, or a list of `{role, content}` messages
+    rendered with the policy's chat template); the other columns reach the reward function by name.
+    Offline algorithms read a TRL format: prompt + completion, `text` or `messages` (sft), prompt + chosen +
+    rejected (rm, dpo), prompt + completion + label (kto)."""
     eval: str | None = None
-    """Held-out data in the same format, scored every `training.evalEverySteps` steps and at the end
-    (online: the reward of sampled completions; offline: the algorithm's loss and statistics, `eval/...`)."""
-    prompt_field: str = "prompt"
-    """Name of the prompt field in each row."""
+    """Held-out data in the same format (any kind of source `train` takes), scored every
+    `training.evalEverySteps` steps and at the end (online: the reward of sampled completions; offline: the
+    algorithm's loss and statistics, `eval/...`)."""
+    split: str = "train"
+    """The split of `train` to read when it has several (a Hub dataset, a saved `DatasetDict`); a file is
+    one split and ignores this."""
+    eval_split: str = "test"
+    """The split of `eval` to read when it has several."""
+    subset: str | None = None
+    """The subset (configuration) of a Hub dataset that has several, e.g. `main` for `openai/gsm8k`."""
+    columns: dict[str, str] = Field(default_factory=dict)
+    """Columns to read under another name, `{field: column}`: `{prompt: question}` reads each row's prompt
+    from its `question` column; `{answer: solution}` hands the reward function `solution` as `answer`."""
     max_prompt_tokens: int = Field(default=512, ge=1)
-    """Longest prompt in tokens; a longer prompt is an error naming its file and line."""
+    """Longest prompt in tokens (after the chat template); a longer prompt is an error naming its row."""
     max_length: int = Field(default=1024, ge=2)
     """Offline algorithms: longest prompt + completion in tokens; longer completions are cut at the end
     (the run reports how many)."""
     convert: bool = False
     """kto given preference pairs: split each pair into a desirable and an undesirable completion."""
+
+    @model_validator(mode="after")
+    def _columns_distinct(self) -> DataSpec:
+        taken = list(self.columns.values())
+        if len(set(taken)) != len(taken):
+            raise ValueError(f"columns: each column can be read once, got {self.columns}")
+        return self
 
 
 class TrainingSpec(SpecModel):
@@ -349,6 +367,8 @@ class RLHFJobSpec(SpecModel):
     """The job's Prometheus endpoint."""
     monitor: MonitorSpec = Field(default_factory=MonitorSpec)
     """Reward-hacking and stability signals (online algorithms)."""
+    logging: LoggingSpec = Field(default_factory=LoggingSpec)
+    """Samples written beside the metrics (online algorithms)."""
     stages: list[StageSpec] | None = Field(default=None, min_length=1)
     """Stages run one after the other in one job, e.g. sft -> rm -> ppo; then `algorithm` is not set and
     the job's other sections are every stage's defaults."""

@@ -1,5 +1,5 @@
-"""Spec sections for watching a job: the Prometheus endpoint (`spec.metrics`) and the reward-hacking monitor
-(`spec.monitor`). Pydantic and the standard library only (the operator imports the spec)."""
+"""Spec sections for watching a job: the Prometheus endpoint (`spec.metrics`), the reward-hacking monitor
+(`spec.monitor`) and what a run writes beside its metrics (`spec.logging`). Pydantic and the standard library only (the operator imports the spec)."""
 
 from __future__ import annotations
 
@@ -47,3 +47,14 @@ class MonitorSpec(SpecModel):
     """Proxy-divergence signal (needs `data.eval` and `training.evalEverySteps`): the training reward rose
     while the held-out reward fell, both since the first evaluation, the fall by at least this many baseline
     reward standard deviations."""
+
+
+class LoggingSpec(SpecModel):
+    """What an online run writes to its output dir besides metrics.jsonl."""
+
+    samples_every_steps: int = Field(default=10, ge=0)
+    """Every this many steps, append some of the step's samples to `samples.jsonl` (prompt, completion,
+    reward, step; and any column the reward function logged with `log_extra`), for reading what the policy
+    writes as it trains; `kuberlhf report` shows the newest. 0 = never."""
+    samples_per_step: int = Field(default=8, ge=1)
+    """Samples written each time: the step's first rows, i.e. all samples of its first prompts."""

@@ -49,7 +49,7 @@ def test_validate_reports_a_missing_model_directory(workspace, capsys):
 
 def test_validate_reports_a_missing_data_file(workspace, capsys):
     assert main(["validate", write_job(workspace / "job.yaml", train="nope.jsonl")]) == 1
-    assert "spec.data.train: data file 'nope.jsonl' does not exist" in capsys.readouterr().err
+    assert "spec.data.train: nope.jsonl: no such file or directory" in capsys.readouterr().err
 
 
 def test_validate_reports_a_reward_function_that_does_not_import(workspace, capsys):

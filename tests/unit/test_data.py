@@ -40,7 +40,7 @@ def test_missing_prompt_field_names_line_and_fields(tmp_path):
 
 
 def test_non_string_prompt_is_rejected(tmp_path):
-    with pytest.raises(UserError, match=r"train.jsonl:1: field 'prompt' must be a non-empty string, got 3"):
+    with pytest.raises(UserError, match=r"train.jsonl:1: field 'prompt' must be a string or a list of messages, got int"):
         load_prompts(write(tmp_path, '{"prompt": 3}\n'))
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kuberlhf.data.formats import load_dataset, read_records
+from kuberlhf.data.formats import load_dataset
+from kuberlhf.data.reader import read_records
 from kuberlhf.errors import UserError
 
 PAIR = {"prompt": "2+2=", "chosen": "4", "rejected": "5"}
@@ -114,5 +115,8 @@ def test_missing_empty_and_unknown_files_are_clear(tmp_path):
     with pytest.raises(UserError, match="no rows"):
         read_records(tmp_path / "empty.jsonl")
     (tmp_path / "d.csv").write_text("a,b\n")
-    with pytest.raises(UserError, match="unknown data file type '.csv'"):
+    with pytest.raises(UserError, match="d.csv: no rows"):
         read_records(tmp_path / "d.csv")
+    (tmp_path / "d.txt").write_text("a,b\n")
+    with pytest.raises(UserError, match="unknown data file type '.txt'"):
+        read_records(tmp_path / "d.txt")

@@ -152,7 +152,8 @@ def test_sft_lowers_loss_and_accuracy_is_deterministic(tok):
 def test_build_demo_assets_is_idempotent(tmp_path):
     out = tmp_path / "assets"
     paths = build_demo_assets(out, seed=0, sft_steps=2, n_train=64, n_eval=8)
-    assert set(paths) == {"model", "reward_base", "train", "eval", "sft", "pairs", "labels", "rm_pairs"}
+    assert set(paths) == {"model", "reward_base", "train", "eval", "sft", "pairs", "labels", "rm_pairs",
+                          "chat_train", "chat_eval"}
     assert len(open(paths["rm_pairs"]).read().splitlines()) == 3 * 64
     files = [os.path.join(paths[m], "config.json") for m in ("model", "reward_base")] + [paths["train"], paths["eval"]]
     assert all(os.path.isfile(f) for f in files)

@@ -26,6 +26,8 @@ class RolloutBatch:
     prompts: list[str]
     completions: list[str]
     scores: Tensor | None = None  # [B] rewards, when a reward function scored the batch where it was sampled
+    prompt_messages: list[list[dict[str, Any]]] | None = None  # conversational prompts: each row's messages
+    reward_log: Any = None  # reward_functions.RewardLog: what the reward function logged (TRL's log_metric/extra)
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
@@ -47,6 +49,10 @@ class RolloutBatch:
             prompts=[text for p in parts for text in p.prompts],
             completions=[text for p in parts for text in p.completions],
             scores=torch.cat([p.scores for p in parts]) if all(p.scores is not None for p in parts) else None,
+            prompt_messages=[m for p in parts for m in p.prompt_messages]
+            if all(p.prompt_messages is not None for p in parts) else None,
+            reward_log=type(parts[0].reward_log).concat([p.reward_log for p in parts])
+            if all(p.reward_log is not None for p in parts) else None,
         )
 
     def response_lengths(self) -> Tensor:

@@ -1,5 +1,5 @@
-"""Training data of the offline stages, in TRL's dataset formats, read from jsonl, json, parquet or a saved
-Hugging Face `datasets` directory.
+"""Training data of the offline stages, in TRL's dataset formats, read by `data.reader` (jsonl, json, parquet,
+csv, saved `datasets` directories, Hub datasets).
 
 | format | fields | used by |
 |---|---|---|
@@ -11,17 +11,16 @@ Hugging Face `datasets` directory.
 
 Each text field is either a string (standard) or a list of `{"role", "content"}` messages (conversational,
 rendered with the tokenizer's chat template later). A format is detected from each row's fields; every row of
-a file must have the same one. Every problem names where it is: `train.jsonl:17: ...` for JSON lines,
-`train.json[16]` for a JSON array, `train.parquet row 16` for parquet and saved datasets.
+a file must have the same one. Every problem names where it is (see `data.reader`): `train.jsonl:17: ...`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kuberlhf.data.reader import Records, read_records
 from kuberlhf.errors import UserError
 
 FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -60,12 +59,14 @@ class Dataset:
         return len(self.rows)
 
 
-def load_dataset(path: str | Path, algorithm: str, convert: bool = False) -> Dataset:
-    """Read a data file, detect and check its format against what `algorithm` trains on.
+def load_dataset(source: str | Path, algorithm: str, convert: bool = False, split: str = "train",
+                 subset: str | None = None, columns: dict[str, str] | None = None,
+                 field: str = "spec.data.train") -> Dataset:
+    """Read a stage's data (`data.reader`), detect its format and check it against what `algorithm` trains on.
 
     A KTO job given preference pairs is refused with a hint, or converted (each pair gives one desirable and
     one undesirable completion) when `convert` is set."""
-    dataset = detect_dataset(path)
+    dataset = detect_dataset(read_records(source, split, subset, columns, field))
     accepted = ALGORITHM_FORMATS[algorithm]
     if dataset.format == "preference" and algorithm == "kto" and convert:
         dataset = unpaired_from_pairs(dataset)
@@ -76,36 +77,29 @@ def load_dataset(path: str | Path, algorithm: str, convert: bool = False) -> Dat
             hint = "; set data.convert: true to split each pair into a desirable and an undesirable example"
         elif dataset.format in ("preference", "unpaired_preference") and algorithm == "sft":
             hint = "; for preference data use algorithm dpo (pairs) or kto (labels)"
-        raise UserError(f"{path}: {algorithm} trains on {wanted} data, this file is "
+        raise UserError(f"{source}: {algorithm} trains on {wanted} data, this file is "
                         f"{FORMAT_NAMES[dataset.format]}{hint}")
     return dataset
 
 
-def detect_dataset(path: str | Path) -> Dataset:
-    """Read a data file and detect its format (every row must be in the same one)."""
-    return _detect(str(path), read_records(path))
-
-
-def read_records(path: str | Path) -> list[tuple[str, Any]]:
-    """(where, row) for every row of a .jsonl, .json (array of objects), .parquet file or a directory saved
-    with `datasets.Dataset.save_to_disk`."""
-    path = Path(path)
-    if path.is_dir():
-        return _read_saved_dataset(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file or directory")
-    if path.suffix == ".jsonl":
-        records = _read_jsonl(path)
-    elif path.suffix == ".json":
-        records = _read_json_array(path)
-    elif path.suffix == ".parquet":
-        records = _read_parquet(path)
-    else:
-        raise UserError(f"{path}: unknown data file type {path.suffix!r}; use .jsonl, .json, .parquet or a "
-                        f"directory saved with datasets' save_to_disk")
-    if not records:
-        raise UserError(f"{path}: no rows (the file is empty)")
-    return records
+def detect_dataset(records: Records) -> Dataset:
+    """Detect the format of a source's rows (every row must be in the same one)."""
+    detected: str | None = None
+    conversational: bool | None = None
+    for place, row in zip(records.where, records.rows):
+        name = _row_format(row, place)
+        if detected is None:
+            detected = name
+        elif name != detected:
+            raise UserError(f"{place}: this row is {FORMAT_NAMES[name]} but the rows before it are "
+                            f"{FORMAT_NAMES[detected]}; one file holds one format")
+        is_chat = check_fields(row, FORMAT_FIELDS[name], place)
+        if conversational is None:
+            conversational = is_chat
+        elif is_chat != conversational:
+            raise UserError(f"{place}: mixes conversational (lists of messages) and standard (strings) rows")
+    assert detected is not None  # read_records never returns no rows
+    return Dataset(records.source, detected, records.rows, records.where, bool(conversational))
 
 
 def unpaired_from_pairs(dataset: Dataset) -> Dataset:
@@ -123,30 +117,6 @@ def unpaired_from_pairs(dataset: Dataset) -> Dataset:
 # ---------------------------------------------------------------------------------------------- detection
 
 
-def _detect(path: str, records: list[tuple[str, Any]]) -> Dataset:
-    detected: str | None = None
-    conversational: bool | None = None
-    rows, where = [], []
-    for place, row in records:
-        if not isinstance(row, dict):
-            raise UserError(f"{place}: expected an object with named fields, got {type(row).__name__}")
-        name = _row_format(row, place)
-        if detected is None:
-            detected = name
-        elif name != detected:
-            raise UserError(f"{place}: this row is {FORMAT_NAMES[name]} but the rows before it are "
-                            f"{FORMAT_NAMES[detected]}; one file holds one format")
-        is_chat = _check_fields(row, FORMAT_FIELDS[name], place)
-        if conversational is None:
-            conversational = is_chat
-        elif is_chat != conversational:
-            raise UserError(f"{place}: mixes conversational (lists of messages) and standard (strings) rows")
-        rows.append(row)
-        where.append(place)
-    assert detected is not None  # read_records never returns no rows
-    return Dataset(path, detected, rows, where, bool(conversational))
-
-
 def _row_format(row: dict[str, Any], place: str) -> str:
     partial = any(key in row for key in ("chosen", "rejected", "completion", "label"))
     for name, fields in FORMAT_FIELDS.items():
@@ -162,7 +132,7 @@ def _row_format(row: dict[str, Any], place: str) -> str:
                     + "; ".join(FORMAT_NAMES[n] for n in FORMAT_FIELDS))
 
 
-def _check_fields(row: dict[str, Any], fields: tuple[str, ...], place: str) -> bool:
+def check_fields(row: dict[str, Any], fields: tuple[str, ...], place: str) -> bool:
     """Check each field's type; returns whether the row is conversational."""
     kinds = set()
     for key in fields:
@@ -193,56 +163,3 @@ def _check_messages(messages: list[Any], where: str) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
                 or not isinstance(message.get("content"), str):
             raise UserError(f"{where}[{index}]: a message needs string 'role' and 'content', got {message!r}")
-
-
-# ---------------------------------------------------------------------------------------------- readers
-
-
-def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
-    records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append((f"{path}:{number}", json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{number}: invalid JSON: {err.msg} (column {err.colno})") from None
-    return records
-
-
-def _read_json_array(path: Path) -> list[tuple[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}:{err.lineno}: invalid JSON: {err.msg} (column {err.colno})") from None
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON array of objects (or use .jsonl, one object per line)")
-    return [(f"{path}[{index}]", row) for index, row in enumerate(data)]
-
-
-def _read_parquet(path: Path) -> list[tuple[str, Any]]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as err:  # pyarrow raises several kinds for a damaged or foreign file
-        raise UserError(f"{path}: cannot read parquet: {err}") from None
-    return [(f"{path} row {index}", row) for index, row in enumerate(table.to_pylist())]
-
-
-def _read_saved_dataset(path: Path) -> list[tuple[str, Any]]:
-    import datasets
-
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as err:
-        raise UserError(f"{path}: not a dataset saved with datasets' save_to_disk: {err}") from None
-    if isinstance(loaded, datasets.DatasetDict):
-        if "train" not in loaded:
-            raise UserError(f"{path}: a DatasetDict without a 'train' split (splits: {', '.join(loaded)})")
-        loaded = loaded["train"]
-    records = [(f"{path} row {index}", row) for index, row in enumerate(loaded)]
-    if not records:
-        raise UserError(f"{path}: no rows (the dataset is empty)")
-    return records

@@ -2,7 +2,8 @@
 
 `HFGenerationEngine` uses Hugging Face `generate` on whatever device its model is on (batches come back on
 the CPU). The vLLM engine (engines/vllm_engine.py) implements the same two methods:
-`generate(...) -> RolloutBatch` and `load_weights(state_dict)`.
+`generate(prompts, params, seed) -> RolloutBatch` and `load_weights(state_dict)`. Both turn prompts (strings or
+conversations) into tokens with `data.prompts.encode_prompts`, so they sample from the same tokens.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kuberlhf.algorithms import token_logprobs
 from kuberlhf.data.batch import RolloutBatch
+from kuberlhf.data.prompts import Prompt, encode_prompts
 
 
 @dataclass(frozen=True)
@@ -25,22 +27,39 @@ class SamplingParams:
     min_new_tokens: int = 0  # end-of-sequence is suppressed before this many tokens
 
 
+LOGITS_BYTES = 1 << 30  # the HF engine's logits of one generate call
+
+
 class HFGenerationEngine:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
 
-    @torch.no_grad()
-    def generate(self, prompts: list[str], params: SamplingParams, seed: int) -> RolloutBatch:
-        """Sample `samples_per_prompt` completions per prompt; samples of a prompt are consecutive rows."""
+    def generate(self, prompts: list[Prompt], params: SamplingParams, seed: int) -> RolloutBatch:
+        """Sample `samples_per_prompt` completions of each prompt (a string or a conversation,
+        `data.prompts.encode_prompts`); samples of a prompt are consecutive rows. Large batches go through
+        `generate` in chunks: every sampling step keeps its logits over the whole vocabulary, which a chunk
+        keeps under LOGITS_BYTES."""
+        texts, prompt_ids = encode_prompts(self.tokenizer, prompts)
         torch.manual_seed(seed)
-        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.model.device)
-        n = params.samples_per_prompt
-        prompt_ids = encoded.input_ids.repeat_interleave(n, dim=0)
-        prompt_mask = encoded.attention_mask.repeat_interleave(n, dim=0)
+        vocabulary = self.model.get_output_embeddings().weight.shape[0]
+        per_prompt = params.samples_per_prompt * params.max_new_tokens * vocabulary * 4
+        chunk = max(1, LOGITS_BYTES // per_prompt)
+        parts = [self._generate(texts[start:start + chunk], prompt_ids[start:start + chunk], params)
+                 for start in range(0, len(texts), chunk)]
+        return RolloutBatch.concat(parts)
+
+    @torch.no_grad()
+    def _generate(self, prompts: list[str], prompt_ids: list[list[int]], params: SamplingParams) -> RolloutBatch:
+        pad, width = self.tokenizer.pad_token_id, max(len(ids) for ids in prompt_ids)
+        n, device = params.samples_per_prompt, self.model.device
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompt_ids])
+        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids])
+        input_ids = input_ids.repeat_interleave(n, dim=0).to(device)
+        attention_mask = attention_mask.repeat_interleave(n, dim=0).to(device)
         output = self.model.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
             do_sample=True,
             temperature=params.temperature,
             top_p=params.top_p,
@@ -52,7 +71,7 @@ class HFGenerationEngine:
             return_dict_in_generate=True,
             output_logits=True,
         )
-        response_ids = output.sequences[:, prompt_ids.shape[1] :]
+        response_ids = output.sequences[:, width:]
         response_mask = _until_first_eos(response_ids, self.tokenizer.eos_token_id)
         response_ids = torch.where(response_mask.bool(), response_ids, self.tokenizer.pad_token_id)
         logits = torch.stack(output.logits, dim=1)
@@ -62,8 +81,8 @@ class HFGenerationEngine:
             for ids, mask in zip(response_ids, response_mask)
         ]
         return RolloutBatch(
-            prompt_ids=prompt_ids.cpu(),
-            prompt_mask=prompt_mask.cpu(),
+            prompt_ids=input_ids.cpu(),
+            prompt_mask=attention_mask.cpu(),
             response_ids=response_ids.cpu(),
             response_mask=response_mask.cpu(),
             rollout_logprobs=logprobs.cpu(),

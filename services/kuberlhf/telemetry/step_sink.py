@@ -7,11 +7,11 @@ from typing import Any, Callable
 
 from kuberlhf.telemetry.job_status import StatusReporter
 from kuberlhf.telemetry.monitor import SIGNALS, RewardHackingMonitor, Signal
-from kuberlhf.telemetry.run_log import MetricsFile
+from kuberlhf.telemetry.run_log import StepLog
 
 
 class StepSink:
-    def __init__(self, metrics_file: MetricsFile, exporter: Any | None, reporter: StatusReporter | None,
+    def __init__(self, metrics_file: StepLog, exporter: Any | None, reporter: StatusReporter | None,
                  monitor: RewardHackingMonitor | None = None, note: Callable[[str], None] = print) -> None:
         self.metrics_file, self.exporter, self.reporter = metrics_file, exporter, reporter
         self.monitor, self.note = monitor, note

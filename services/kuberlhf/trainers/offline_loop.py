@@ -34,7 +34,7 @@ from kuberlhf.errors import JobStopped
 from kuberlhf.models.forward import response_logprobs
 from kuberlhf.models.reward import sequence_rewards
 from kuberlhf.telemetry.job_status import status_reporter
-from kuberlhf.telemetry.run_log import MetricsFile
+from kuberlhf.telemetry.run_log import StepLog
 from kuberlhf.telemetry.step_sink import StepSink
 from kuberlhf.trainers import checkpoint
 from kuberlhf.trainers.checkpoint_store import CheckpointStore
@@ -121,7 +121,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         join_existing_group()
     engine = make_training_engine(model, config.setup, world)
     step = restore(engine, config.resume_from)
-    sink = StepSink(MetricsFile(Path(config.output_dir, "metrics.jsonl"), resume_step=step), config.exporter,
+    sink = StepSink(StepLog(Path(config.output_dir, "metrics.jsonl"), resume_step=step), config.exporter,
                     status_reporter(config.total_steps, step + 1, config.job_labels)) if rank == 0 else None
     share = config.batch_size // world
     guard = NonFiniteGuard(config.max_non_finite_steps)  # every rank sees the same (averaged) metrics

@@ -23,10 +23,11 @@ from kuberlhf.data.prompts import PromptDataset
 from kuberlhf.data.sampler import PromptSampler
 from kuberlhf.engines.generation import SamplingParams
 from kuberlhf.errors import JobStopped
+from kuberlhf.reward_functions import TrainerState
 from kuberlhf.spec import RLHFJob
 from kuberlhf.telemetry.job_status import status_reporter
 from kuberlhf.telemetry.monitor import RewardHackingMonitor
-from kuberlhf.telemetry.run_log import MetricsFile, PhaseTimer, StepDisplay
+from kuberlhf.telemetry.run_log import PhaseTimer, StepDisplay, StepLog, sample_records
 from kuberlhf.telemetry.step_sink import StepSink
 from kuberlhf.trainers import checkpoint
 from kuberlhf.trainers.checkpoint_store import CheckpointStore, checkpoint_store
@@ -72,16 +73,20 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
         display.note(f"resuming from {resume_from} (step {state['step']})")
     elif spec.policy.lora is not None and spec.policy.lora.quantize:  # QLoRA: the engines loaded the model
         workers.rollout.call("load_weights", workers.policy.call("state_dict").refs[0]).get()  # unquantized
-    sink = StepSink(MetricsFile(output_dir / "metrics.jsonl", resume_step=first_step - 1), exporter,
+    sink = StepSink(StepLog(output_dir / "metrics.jsonl", resume_step=first_step - 1), exporter,
                     status_reporter(t.steps, first_step, job.metadata.labels), monitor, display.note)
+    samples_every = spec.logging.samples_every_steps
+    samples = StepLog(output_dir / "samples.jsonl", first_step - 1, sort_keys=False) if samples_every else None
     evals: dict[str, float] = {}
     if eval_data is not None and first_step == 1:
-        evals["eval/reward_mean_start"] = monitor.eval_start = evaluate(workers, eval_data, sampling, t.seed)
+        evals["eval/reward_mean_start"] = monitor.eval_start = evaluate(workers, eval_data, sampling, t.seed,
+                                                                        TrainerState(0, t.steps))
 
     def start_generation(step: int) -> tuple[Pending, dict[str, int]]:
         """Send step `step`'s prompts to the rollout workers; returns at once."""
         prompts, columns = train_data.select(sampler.next_indices())
-        pending = workers.rollout.map_batch("generate", prompts, sampling, t.seed * 100_003 + step, columns=columns)
+        pending = workers.rollout.map_batch("generate", prompts, sampling, t.seed * 100_003 + step,
+                                            TrainerState(step, t.steps), columns=columns)
         return pending, sampler.state()
 
     started = time.perf_counter()
@@ -121,6 +126,11 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
             )
             experience, metrics = make_experience(advantage_config, rollout, scores, ref_logprobs, old_logprobs, values)
             metrics.update(finished)
+            if rollout.reward_log is not None:  # what the reward function logged (TRL's log_metric)
+                metrics.update(rollout.reward_log.metric_means())
+            if samples is not None and step % samples_every == 0:
+                for record in sample_records(step, rollout, scores, spec.logging.samples_per_step):
+                    samples.write(record)
 
             metrics.update(metrics_of_last_sync)
             with timer("training"):  # policy and critic update concurrently; the weight sync is queued behind
@@ -135,7 +145,8 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
             if t.kl.target is not None:
                 kl_coef = adaptive_kl_coef(kl_coef, metrics["kl/sequence"], t.kl.target, t.kl.horizon, len(rollout))
             if eval_data is not None and t.eval_every_steps and step % t.eval_every_steps == 0 and step < t.steps:
-                metrics["eval/reward_mean"] = evaluate(workers, eval_data, sampling, t.seed)
+                metrics["eval/reward_mean"] = evaluate(workers, eval_data, sampling, t.seed,
+                                                       TrainerState(step, t.steps))
             trainer_state = {"sampler": sampler_state, "kl_coef": kl_coef, "monitor": monitor.state()}
             if spec.checkpoint.every_steps and step % spec.checkpoint.every_steps == 0:
                 with timer("checkpoint"):
@@ -156,7 +167,8 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
     if weights_synced is not None:
         weights_synced.get()  # surface a failed last sync
     if eval_data is not None:
-        evals["eval/reward_mean_end"] = evaluate(workers, eval_data, sampling, t.seed)
+        evals["eval/reward_mean_end"] = evaluate(workers, eval_data, sampling, t.seed,
+                                                 TrainerState(t.steps, t.steps))
     final_model = save_final_model(workers, output_dir, spec.output.merge_lora)
     return {"final_model": str(final_model), "metrics_file": str(sink.metrics_file.path), "eval": evals,
             "train_seconds": time.perf_counter() - started, "first_step": first_step}
@@ -167,10 +179,11 @@ def per_rank(mini_batch_size: int | None, ranks: int) -> int | None:
     return mini_batch_size // ranks if mini_batch_size else None
 
 
-def evaluate(workers: RoleWorkers, data: PromptDataset, sampling: SamplingParams, seed: int) -> float:
+def evaluate(workers: RoleWorkers, data: PromptDataset, sampling: SamplingParams, seed: int,
+             state: TrainerState) -> float:
     """Mean reward of sampled completions on held-out prompts (same sampling settings as training)."""
     prompts, columns = data.select(list(range(len(data))))
-    rollout = workers.rollout.map_batch("generate", prompts, sampling, -1 - seed, columns=columns).get()
+    rollout = workers.rollout.map_batch("generate", prompts, sampling, -1 - seed, state, columns=columns).get()
     scores = workers.reward.map_batch("score", rollout).get() if workers.reward else rollout.scores
     return float(scores.mean())
 

@@ -24,6 +24,7 @@ class RewardWorker:
 
     @exports_metrics
     def score(self, batch: RolloutBatch) -> torch.Tensor:
-        """One scalar reward per completion [B]: the model's output on prompt + completion + EOS."""
+        """One scalar reward per completion [B]: the model's output on prompt + completion + EOS (or on the
+        rendered conversation)."""
         return score_texts(self.model, self.tokenizer, batch.prompts, batch.completions, self.batch_size,
-                           self.device)
+                           self.device, batch.prompt_messages)

@@ -10,9 +10,16 @@ from typing import Any
 import torch
 
 from kuberlhf.data.batch import RolloutBatch
+from kuberlhf.data.prompts import Prompt
 from kuberlhf.engines.generation import HFGenerationEngine, SamplingParams
 from kuberlhf.models.loading import load_causal_lm, load_tokenizer
-from kuberlhf.reward_functions import RemoteReward, call_reward_function, import_reward_function
+from kuberlhf.reward_functions import (
+    RemoteReward,
+    RewardLog,
+    TrainerState,
+    call_reward_function,
+    import_reward_function,
+)
 from kuberlhf.workers.common import configure_process, frozen_dtype, worker_device
 from kuberlhf.workers.metrics import exports_metrics
 
@@ -42,17 +49,35 @@ class RolloutWorker:
             self.engine = HFGenerationEngine(model, tokenizer)
 
     @exports_metrics
-    def generate(self, prompts: list[str], columns: dict[str, list[Any]], params: SamplingParams, seed: int) -> RolloutBatch:
+    def generate(self, prompts: list[Prompt], columns: dict[str, list[Any]], params: SamplingParams, seed: int,
+                 state: TrainerState | None = None) -> RolloutBatch:
         """Sample completions (each rank from its own stream of the step's seed) and, with a reward function,
-        score them; `columns` are the data file's other fields, one value per prompt."""
+        score them; `columns` are the data's other fields, one value per prompt; `state` is the training
+        progress the reward function may read."""
         batch = self.engine.generate(prompts, params, seed * 1009 + self.rank)
+        n = params.samples_per_prompt  # samples of a prompt are consecutive rows
+        conversational = bool(prompts) and isinstance(prompts[0], list)
+        if conversational:
+            batch.prompt_messages = [messages for messages in prompts for _ in range(n)]
         if self.reward_function is not None:
-            n = params.samples_per_prompt  # samples of a prompt are consecutive rows
-            per_completion = {name: [v for v in values for _ in range(n)] for name, values in columns.items()}
-            scores = call_reward_function(self.reward_function, self.reward_function_name, batch.prompts,
-                                          batch.completions, per_completion)
-            batch.scores = torch.tensor(scores, dtype=torch.float32)
+            self._score(batch, {name: [v for v in values for _ in range(n)] for name, values in columns.items()},
+                        state)
         return batch
+
+    def _score(self, batch: RolloutBatch, columns: dict[str, list[Any]], state: TrainerState | None) -> None:
+        """The reward function's scores, with prompts and completions in TRL's shapes (messages for
+        conversations; the reward service takes the texts the policy read and wrote)."""
+        prompts, completions = batch.prompts, batch.completions
+        if batch.prompt_messages is not None and not isinstance(self.reward_function, RemoteReward):
+            prompts = batch.prompt_messages
+            completions = [[{"role": "assistant", "content": text}] for text in batch.completions]
+        mask = batch.response_mask.bool()
+        completion_ids = [ids[row_mask].tolist() for ids, row_mask in zip(batch.response_ids, mask)]
+        log = RewardLog()
+        scores = call_reward_function(self.reward_function, self.reward_function_name, prompts, completions,
+                                      columns, completion_ids, state, log)
+        batch.scores = torch.tensor(scores, dtype=torch.float32)
+        batch.reward_log = log
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> float:
         """Replace the engine's weights; returns the seconds it took."""

@@ -1,0 +1,174 @@
+"""The one reader of every stage's data, online and offline, through Hugging Face `datasets`.
+
+A source is a local file (`.jsonl`, `.json` holding an array of objects, `.parquet`, `.csv`), a directory written
+by `datasets`' `save_to_disk`, a directory of data files laid out like a Hub dataset repository, or a Hub
+dataset id (where the machine can reach the Hub). A file is one split; a dataset with several splits gives
+the one named by `split`. `columns` renames columns to the names KubeRLHF reads (`{"prompt": "question"}`
+reads the prompt from the column `question`).
+
+Every row keeps where it came from, so a problem found later names it: `train.jsonl:17` (a JSON lines file),
+`train.json[16]` (a JSON array), `train.parquet row 16` (parquet, csv), `org/name[train] row 16` (a dataset
+with splits). A column a row lacks (`datasets` fills it with null) is absent from that row. A file `datasets`
+cannot parse is read again line by line to name the first bad line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kuberlhf.errors import UserError
+
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass
+class Records:
+    """The rows of one source, as plain dicts, and where each came from."""
+
+    source: str
+    rows: list[dict[str, Any]]
+    where: list[str]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def read_records(source: str | Path, split: str = "train", subset: str | None = None,
+                 columns: dict[str, str] | None = None, field: str = "spec.data.train") -> Records:
+    """Every row of `source` (see the module docstring); `field` names the spec field in errors."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    source = str(source)
+    path = Path(source).expanduser()
+    if path.is_file():
+        dataset, where = _read_file(path, field)
+    elif path.is_dir():
+        dataset, where = _read_directory(path, split, subset, field)
+    elif path.suffix in FILE_BUILDERS or source.startswith(("/", "./", "../", "~")) or not _HUB_ID.match(source):
+        raise UserError(f"{field}: {source}: no such file or directory")
+    else:
+        dataset, where = _read_hub(source, split, subset, field), f"{source}[{split}] row {{}}"
+    if columns:
+        dataset = _rename(dataset, columns, source)
+    rows = [{name: value for name, value in row.items() if value is not None} for row in dataset.to_list()]
+    if not rows:
+        raise UserError(f"{field}: {source}: no rows (the data is empty)")
+    places = where if isinstance(where, list) else [where.format(index) for index in range(len(rows))]
+    return Records(source, rows, places)
+
+
+def _read_file(path: Path, field: str) -> tuple[Any, list[str] | str]:
+    import datasets
+
+    builder = FILE_BUILDERS.get(path.suffix)
+    if builder is None:
+        raise UserError(f"{field}: {path}: unknown data file type {path.suffix!r}; use .jsonl, .json, .parquet, "
+                        f".csv, a directory saved with datasets' save_to_disk, or a Hub dataset id")
+    try:
+        dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as err:  # pyarrow and datasets raise many kinds for a file they cannot parse
+        raise _diagnose(path, err) from None
+    if path.suffix == ".jsonl":
+        return dataset, _jsonl_places(path, len(dataset))
+    if path.suffix == ".json":
+        return dataset, f"{path}[{{}}]"
+    return dataset, f"{path} row {{}}"
+
+
+def _read_directory(path: Path, split: str, subset: str | None, field: str) -> tuple[Any, str]:
+    import datasets
+
+    saved = any((path / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json"))
+    try:
+        if saved:
+            loaded = datasets.load_from_disk(str(path))
+            if not isinstance(loaded, datasets.DatasetDict):
+                return loaded, f"{path} row {{}}"
+            if split not in loaded:
+                raise UserError(f"{field}: {path} has no split {split!r} (splits: {', '.join(loaded)}); set the "
+                                f"split in spec.data")
+            return loaded[split], f"{path}[{split}] row {{}}"
+        return datasets.load_dataset(str(path), subset, split=split), f"{path}[{split}] row {{}}"
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(f"{field}: {path}: cannot read this directory as a dataset: {_gist(err)}") from None
+
+
+def _read_hub(name: str, split: str, subset: str | None, field: str) -> Any:
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, subset, split=split)
+    except Exception as err:  # no network, no such dataset, no such split or subset, gated
+        raise UserError(f"{field}: {name!r} is not a local file or directory, and loading it as a Hub dataset "
+                        f"failed: {_gist(err)}") from None
+
+
+def _rename(dataset: Any, columns: dict[str, str], source: str) -> Any:
+    """Read field `name` from column `column` for every `name: column` of spec.data.columns."""
+    present = set(dataset.column_names)
+    for name, column in columns.items():
+        if column not in present:
+            raise UserError(f"spec.data.columns.{name}: {source} has no column {column!r} (columns: "
+                            f"{', '.join(sorted(present))})")
+        if name in present and name != column:
+            raise UserError(f"spec.data.columns.{name}: {source} has a column {name!r} too; rename or remove one "
+                            f"of {name!r} and {column!r}")
+    return dataset.rename_columns({column: name for name, column in columns.items() if column != name})
+
+
+def _jsonl_places(path: Path, count: int) -> list[str] | str:
+    """`file:line` of each row: datasets skips blank lines, so row i is the i-th non-blank line."""
+    with path.open(encoding="utf-8") as handle:
+        numbers = [number for number, line in enumerate(handle, start=1) if line.strip()]
+    if len(numbers) != count:
+        return f"{path} row {{}}"
+    return [f"{path}:{number}" for number in numbers]
+
+
+def _diagnose(path: Path, err: Exception) -> UserError:
+    """The first bad line or element of a JSON file datasets could not read, else the error's gist."""
+    if "corresponds to no data" in str(err):  # datasets' words for a file without rows (a csv header alone)
+        return UserError(f"{path}: no rows (the file is empty)")
+    if path.suffix in (".jsonl", ".json", ".csv"):
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            if not any(line.strip() for line in handle):
+                return UserError(f"{path}: no rows (the file is empty)")
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as bad:
+                    return UserError(f"{path}:{number}: invalid JSON: {bad.msg} (column {bad.colno})")
+                if not isinstance(row, dict):
+                    return UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as bad:
+            return UserError(f"{path}:{bad.lineno}: invalid JSON: {bad.msg} (column {bad.colno})")
+        if not isinstance(data, list):
+            return UserError(f"{path}: expected a JSON array of objects (or use .jsonl, one object per line)")
+        for index, row in enumerate(data):
+            if not isinstance(row, dict):
+                return UserError(f"{path}[{index}]: expected an object with named fields, got {type(row).__name__}")
+    return UserError(f"{path}: cannot read this {path.suffix} file: {_gist(err)}")
+
+
+def _gist(err: BaseException) -> str:
+    """An error's own words in one line (datasets wraps the real cause)."""
+    while err.__cause__ is not None and str(err).startswith("An error occurred while generating"):
+        err = err.__cause__
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:300]}" if text else type(err).__name__
