@@ -52,6 +52,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                      help="continue from the newest complete checkpoint in spec.checkpoint.dir (default: on); "
                      "--no-resume starts over, moving the old checkpoints aside (never deleting them)")
+    run.add_argument("--verbose", action="store_true",
+                     help="also show what libraries and Ray workers print (always kept in <output.dir>/run.log)")
     run.set_defaults(handler=_run)
 
     validate = commands.add_parser(
@@ -177,11 +179,26 @@ def _crd(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Run a job with a quiet terminal (telemetry.console); an error that is not the user's is one line too,
+    its traceback in run.log (and on the terminal with --verbose)."""
+    import traceback
+
+    from kuberlhf.errors import describe_error
     from kuberlhf.jobfile import load_job
     from kuberlhf.launcher import run_job
+    from kuberlhf.telemetry.console import quiet_run
 
     job = load_job(args.file, args.overrides)
-    summary = run_job(job, dashboard=args.dashboard, resume=args.resume)
+    log = Path(job.output_dir) / "run.log"
+    with quiet_run(log, args.verbose):
+        try:
+            summary = run_job(job, dashboard=args.dashboard, resume=args.resume)
+        except (UserError, KeyboardInterrupt):
+            raise
+        except Exception as err:
+            traceback.print_exc()  # to run.log (the terminal with --verbose)
+            raise UserError(f"{describe_error(err)} (not a problem with the job as far as KubeRLHF can tell; "
+                            f"the traceback is in {log})") from err
     return 0 if summary.get("status") == "succeeded" else 1
 
 

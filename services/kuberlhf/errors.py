@@ -1,5 +1,7 @@
 """User-facing errors: what is wrong, where, and how to fix it. The CLI prints these without a traceback."""
 
+import re
+
 
 class UserError(Exception):
     """A mistake in the user's input (spec, data, reward function, environment) rather than a bug."""
@@ -29,7 +31,17 @@ def user_error_in(error: BaseException) -> UserError | None:
         current = cause if isinstance(cause, BaseException) else (
             getattr(current, "creation_task_error", None) or current.__cause__
         )
-    return None
+    return _user_error_in_text(str(error))
+
+
+# An actor whose constructor raised is reported (ActorDiedError) with the constructor's traceback as text only.
+_RAISED_IN_TEXT = re.compile(r"^kuberlhf\.errors\.(?:UserError|JobStopped): (.*?)(?:\n\s*\n|\Z)",
+                             re.MULTILINE | re.DOTALL)
+
+
+def _user_error_in_text(text: str) -> UserError | None:
+    found = _RAISED_IN_TEXT.search(text)
+    return UserError(found.group(1).strip()) if found else None
 
 
 def first_line(err: BaseException) -> str:
@@ -42,6 +54,15 @@ def first_line(err: BaseException) -> str:
         return f"rank {rank}: {lines[-1][:300] if lines else type(failure).__name__}"
     text = str(err).strip()
     return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def describe_error(err: BaseException) -> str:
+    """An unexpected error in one line: the exception a Ray task or actor raised (not Ray's wrapper), its type
+    and the first line of its message."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException) and cause is not err:
+        return describe_error(cause)
+    return f"{type(err).__name__}: {first_line(err)}"
 
 
 def restart_or_fail(err: BaseException, restarts: int, max_restarts: int, checkpoint_dir: str, what: str) -> int:

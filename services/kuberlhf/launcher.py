@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +16,7 @@ from kuberlhf.errors import UserError, first_line, restart_or_fail, user_error_i
 from kuberlhf.capacity import check_capacity, models_by_role
 from kuberlhf.preflight import check_local_inputs, check_offline_inputs
 from kuberlhf.quiet import quiet_libraries
+from kuberlhf.telemetry.console import console, route_worker_output
 from kuberlhf.spec import RLHFJob
 from kuberlhf.trainers.checkpoint import find_resume_point, set_aside_checkpoints
 from kuberlhf.trainers.checkpoint_store import checkpoint_store, fetch_stored_checkpoint
@@ -30,13 +30,13 @@ def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[s
         refuse_store_with_checkpoints(job)
         moved = set_aside_checkpoints(job.checkpoint_dir)
         if moved is not None:
-            print(f"--no-resume: the checkpoints of the earlier run are now in {moved}", file=sys.stderr)
+            console().print(f"--no-resume: the checkpoints of the earlier run are now in {moved}")
     if job.spec.is_offline:
         return run_offline_job(job, dashboard)
     inputs = check_local_inputs(job)
     check_prompt_lengths(inputs.policy_model, [inputs.train, inputs.eval], job.spec.data.max_prompt_tokens,
                          job.spec.rollout.max_new_tokens)
-    fetch_stored_checkpoint(job, lambda text: print(text, file=sys.stderr))
+    fetch_stored_checkpoint(job, lambda text: console().print(text, soft_wrap=True))
     resume_from = find_resume_point(job.checkpoint_dir, job.output_dir, job.spec.training.steps)
 
     import ray
@@ -94,20 +94,17 @@ def check_fits(job: RLHFJob, inputs: Any) -> None:
 def run_stages(job: RLHFJob, dashboard: bool, resume: bool = True) -> dict[str, Any]:
     """A chained job: its stages one after the other; a stage whose `final/` exists is done and skipped, so
     running the job again continues where it stopped."""
-    from rich.console import Console
-
     from kuberlhf.stages import stage_jobs
 
-    console = Console(stderr=True)
     summaries = []
     for stage, stage_job in zip(job.spec.stages or [], stage_jobs(job)):
         final = Path(stage_job.output_dir) / "final"
         if final.exists():
-            console.print(f"stage {stage.name} ({stage.algorithm}): done earlier, {final}")
+            console().print(f"stage {stage.name} ({stage.algorithm}): done earlier, {final}")
             summaries.append({"stage": stage.name, "algorithm": stage.algorithm, "status": "skipped",
                               "final_model": str(final)})
             continue
-        console.print(f"stage {stage.name} ({stage.algorithm})")
+        console().print(f"stage {stage.name} ({stage.algorithm})")
         summaries.append({"stage": stage.name, **run_job(stage_job, dashboard, resume)})
     summary = {"job": job.metadata.name, "status": "succeeded", "stages": summaries,
                "final_model": summaries[-1]["final_model"]}
@@ -118,8 +115,6 @@ def run_stages(job: RLHFJob, dashboard: bool, resume: bool = True) -> dict[str, 
 
 def run_offline_job(job: RLHFJob, dashboard: bool) -> dict[str, Any]:
     """sft, rm, dpo, kto: checked inputs, then Ray Train; a re-run resumes from the newest checkpoint."""
-    from rich.console import Console
-
     from kuberlhf.trainers.offline import train_offline
 
     inputs = check_offline_inputs(job)
@@ -128,12 +123,12 @@ def run_offline_job(job: RLHFJob, dashboard: bool) -> dict[str, Any]:
         raise UserError(f"spec.output.dir: {final} exists: this stage has finished; remove it or choose another "
                         f"output.dir (nothing was overwritten)")
     Path(job.output_dir).mkdir(parents=True, exist_ok=True)
-    started, console = time.perf_counter(), Console(stderr=True)
+    started, out = time.perf_counter(), console()
     with ray_session(job, dashboard) as where:
-        console.print(f"RLHFJob {job.metadata.name}: {job.spec.algorithm} on {where}")
+        out.print(f"RLHFJob {job.metadata.name}: {job.spec.algorithm} on {where}")
         check_fits(job, inputs)
-        result = train_offline(job, inputs, lambda text: console.print(text, soft_wrap=True))
-    return finish(job, result, time.perf_counter() - started, console)
+        result = train_offline(job, inputs, lambda text: out.print(text, soft_wrap=True))
+    return finish(job, result, time.perf_counter() - started, out)
 
 
 def finish(job: RLHFJob, result: dict[str, Any], wall_seconds: float, console: Any) -> dict[str, Any]:
@@ -182,6 +177,7 @@ def ray_session(job: RLHFJob, dashboard: bool) -> Iterator[str]:
                            log_to_driver=True, configure_logging=False)
         url = context.dashboard_url
         where = "embedded local Ray" + (f", dashboard http://{url}" if url else "")
+    route_worker_output()
     try:
         yield where
     finally:

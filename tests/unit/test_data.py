@@ -116,3 +116,42 @@ def test_reward_function_results_are_checked():
         call_reward_function(lambda prompts, completions: [1.0, math.nan], "f", ["a", "b"], ["x", "y"], {})
     with pytest.raises(UserError, match=r"reward function f raised ZeroDivisionError"):
         call_reward_function(lambda prompts, completions: [1 / 0], "f", ["a"], ["x"], {})
+
+
+def test_reward_functions_are_called_as_trl_calls_them():
+    from trl.rewards import get_soft_overlong_punishment, think_format_reward
+
+    from kuberlhf.reward_functions import RewardLog, TrainerState
+
+    prompts = [[{"role": "user", "content": "2+2?"}]] * 2
+    completions = [[{"role": "assistant", "content": "<think>sum</think>4"}], [{"role": "assistant", "content": "4"}]]
+    ids = [[5, 6, 7], [5]]
+    assert call_reward_function(think_format_reward, "think", prompts, completions, {"answer": ["4", "4"]},
+                                ids) == [1.0, 0.0]
+    overlong = get_soft_overlong_punishment(max_completion_len=4, soft_punish_cache=2)  # reads completion_ids
+    assert call_reward_function(overlong, "overlong", prompts, completions, {}, ids) == [-0.5, 0.0]
+
+    def shaped(prompts, completions, answer, trainer_state, log_metric, log_extra, **kwargs):
+        log_metric("progress", trainer_state.global_step / trainer_state.max_steps)
+        log_extra("parsed", [c[0]["content"][-1] for c in completions])
+        return [None if c[0]["content"] == "4" else 1.0 for c in completions]
+
+    log = RewardLog()
+    assert call_reward_function(shaped, "shaped", prompts, completions, {"answer": ["4", "4"]}, ids,
+                                TrainerState(3, 12), log) == [1.0, 0.0]  # None: no reward, counted 0 as in TRL
+    assert log.metric_means() == {"reward_fn/progress": 0.25}
+    assert log.columns == {"parsed": ["4", "4"]}
+
+
+def test_a_reward_function_gets_only_the_arguments_it_names_and_may_be_async():
+    import asyncio
+
+    def plain(completions, answer):  # no **kwargs: the extra TRL arguments are left out
+        return [float(c == a) for c, a in zip(completions, answer)]
+
+    async def remote(prompts, completions, **kwargs):
+        await asyncio.sleep(0)
+        return [len(c) for c in completions]
+
+    assert call_reward_function(plain, "plain", ["p", "q"], ["4", "5"], {"answer": ["4", "4"]}) == [1.0, 0.0]
+    assert call_reward_function(remote, "remote", ["p"], ["abc"], {}) == [3.0]

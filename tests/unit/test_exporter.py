@@ -70,6 +70,21 @@ def test_the_endpoint_serves_and_a_taken_port_is_a_clear_error():
             JobMetrics(LABELS, total_steps=5).serve(taken.getsockname()[1])
 
 
+def test_a_taken_default_port_gives_way_to_a_free_one_and_a_named_port_does_not():
+    from kuberlhf.spec_monitor import MetricsSpec
+    from kuberlhf.telemetry.exporter import port_may_move
+
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        moved = JobMetrics(LABELS, total_steps=5).serve(port, or_any=True)
+        assert moved not in (0, port)
+        urllib.request.urlopen(f"http://127.0.0.1:{moved}/metrics", timeout=10).read()
+    assert port_may_move(MetricsSpec())
+    assert not port_may_move(MetricsSpec.model_validate({"port": 9400}))
+
+
 def test_every_catalog_key_is_a_metric_some_trainer_writes():
     """A renamed metrics key must not leave a gauge that is never set."""
     source = "\n".join(p.read_text() for p in SERVICES.rglob("*.py") if "telemetry" not in p.parts)

@@ -7,7 +7,7 @@ the one named by `split`. `columns` renames columns to the names KubeRLHF reads 
 reads the prompt from the column `question`).
 
 Every row keeps where it came from, so a problem found later names it: `train.jsonl:17` (a JSON lines file),
-`train.json[16]` (a JSON array), `train.parquet row 16` (parquet, csv), `org/name[train] row 16` (a dataset
+`train.json[16]` (a JSON array), `train.parquet row 16` (parquet, csv: its values are read as text), `org/name[train] row 16` (a dataset
 with splits). A column a row lacks (`datasets` fills it with null) is absent from that row. A file `datasets`
 cannot parse is read again line by line to name the first bad line.
 """
@@ -71,8 +71,9 @@ def _read_file(path: Path, field: str) -> tuple[Any, list[str] | str]:
     if builder is None:
         raise UserError(f"{field}: {path}: unknown data file type {path.suffix!r}; use .jsonl, .json, .parquet, "
                         f".csv, a directory saved with datasets' save_to_disk, or a Hub dataset id")
+    options = _csv_as_text(path) if builder == "csv" else {}
     try:
-        dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
+        dataset = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
     except Exception as err:  # pyarrow and datasets raise many kinds for a file they cannot parse
         raise _diagnose(path, err) from None
     if path.suffix == ".jsonl":
@@ -80,6 +81,20 @@ def _read_file(path: Path, field: str) -> tuple[Any, list[str] | str]:
     if path.suffix == ".json":
         return dataset, f"{path}[{{}}]"
     return dataset, f"{path} row {{}}"
+
+
+def _csv_as_text(path: Path) -> dict[str, Any]:
+    """A csv file holds text: read every column as a string (no guessed numbers, "NA" stays "NA")."""
+    import csv
+
+    import datasets
+
+    with path.open(newline="", encoding="utf-8") as handle:
+        header = next(csv.reader(handle), [])
+    if not header:
+        return {}
+    return {"features": datasets.Features({name: datasets.Value("string") for name in header}),
+            "keep_default_na": False}
 
 
 def _read_directory(path: Path, split: str, subset: str | None, field: str) -> tuple[Any, str]:

@@ -35,7 +35,7 @@ class VLLMGenerationEngine:
         self.sleeps = sleep_between_steps and on_gpu
         self.asleep = False
         if sleep_between_steps and not on_gpu:
-            logger.warning("vLLM sleep mode is not available on CPU: the rollout engine keeps its KV cache "
+            logger.info("vLLM sleep mode is not available on CPU: the rollout engine keeps its KV cache "
                            "(rollout.engine vllm, resources.placement colocate) while the policy trains")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")

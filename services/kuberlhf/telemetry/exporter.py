@@ -55,22 +55,25 @@ class JobMetrics:
         for signal, holds in active.items():
             self.suspected.labels(**self.labels, signal=signal).set(1.0 if holds else 0.0)
 
-    def serve(self, port: int) -> int:
-        """Serve /metrics on `port` (0: a free one) on every interface; returns the port."""
+    def serve(self, port: int, or_any: bool = False) -> int:
+        """Serve /metrics on `port` (0: a free one) on every interface; returns the port. With `or_any`, a port
+        that is taken (another job on this machine has the default) gives way to a free one."""
         try:
             server, _ = start_http_server(port, registry=self.registry)
         except OSError as err:
+            if or_any and port != 0:
+                return self.serve(0)
             raise UserError(f"spec.metrics.port: cannot serve metrics on port {port} ({err.strerror}); choose "
-                            f"another port, 0 for any free one, or set spec.metrics.enabled: false") from err
+                            f"another port, 0 for any free one, or set spec.metrics.enabled: false") from None
         return server.server_port
 
 
 class MetricsServer:
     """The Ray actor around `JobMetrics` (see the module docstring); calls are fire-and-forget."""
 
-    def __init__(self, labels: dict[str, str], total_steps: int, port: int) -> None:
+    def __init__(self, labels: dict[str, str], total_steps: int, port: int, or_any: bool = False) -> None:
         self.metrics = JobMetrics(labels, total_steps)
-        self.port = self.metrics.serve(port)
+        self.port = self.metrics.serve(port, or_any)
 
     def address(self) -> str:
         import ray
@@ -91,14 +94,16 @@ def job_labels(name: str, namespace: str | None, labels: dict[str, str], algorit
             "algorithm": algorithm}
 
 
-def start_metrics_server(labels: dict[str, str], total_steps: int, port: int) -> tuple[Any, str]:
+def start_metrics_server(labels: dict[str, str], total_steps: int, port: int,
+                         or_any: bool = False) -> tuple[Any, str]:
     """Start the exporter actor on this (the driver's) node; returns its handle and `host:port`."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     actor = ray.remote(MetricsServer).options(num_cpus=0, name=f"{labels['job']}-metrics",
-                                              scheduling_strategy=here).remote(labels, total_steps, port)
+                                              scheduling_strategy=here).remote(labels, total_steps, port,
+                                                                                              or_any)
     try:
         return actor, ray.get(actor.address.remote())
     except ray.exceptions.RayError as err:  # the constructor's UserError (port taken) surfaces here
@@ -106,11 +111,19 @@ def start_metrics_server(labels: dict[str, str], total_steps: int, port: int) ->
         raise user_error_in(err) or err
 
 
+def port_may_move(metrics: Any) -> bool:
+    """Whether `spec.metrics.port` may give way to a free one when taken: the default may, a named port not."""
+    return "port" not in metrics.model_fields_set
+
+
 def serve_job_metrics(job: Any, total_steps: int, note: Callable[[str], None]) -> Any | None:
-    """The job's metrics server (`spec.metrics`), or None when disabled; says where it listens."""
-    if not job.spec.metrics.enabled:
+    """The job's metrics server (`spec.metrics`), or None when disabled; says where it listens. The default port
+    gives way to a free one when taken; a port the job asks for is an error then."""
+    metrics = job.spec.metrics
+    if not metrics.enabled:
         return None
     labels = job_labels(job.metadata.name, job.metadata.namespace, job.metadata.labels, job.spec.algorithm)
-    handle, address = start_metrics_server(labels, total_steps, job.spec.metrics.port)
-    note(f"Prometheus metrics at http://{address}/metrics")
+    handle, address = start_metrics_server(labels, total_steps, metrics.port, port_may_move(metrics))
+    taken = "" if address.endswith(f":{metrics.port}") else f" (port {metrics.port} is taken)"
+    note(f"Prometheus metrics at http://{address}/metrics{taken}")
     return handle

@@ -4,7 +4,6 @@ in a terminal) or a plain line per step (in logs), and the end-of-run summary.""
 from __future__ import annotations
 
 import json
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +12,8 @@ from typing import Any, Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+from kuberlhf.telemetry.console import console as run_console
 
 HEADLINE = ("reward/mean", "kl/sequence", "response_length/mean", "time/step")
 OFFLINE_HEADLINE = ("loss", "accuracy", "margin", "time/step")
@@ -66,7 +67,7 @@ class StepDisplay:
     """A rich progress bar in a terminal; a plain line per step otherwise."""
 
     def __init__(self, total_steps: int, first_step: int, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or run_console()
         self.interactive = self.console.is_terminal
         self.total = total_steps
         self.progress = Progress(
@@ -90,7 +91,7 @@ class StepDisplay:
         if self.interactive:
             self.progress.update(self.task, completed=step, stats=stats)
         else:
-            print(f"step {step}/{self.total}  {stats}", file=sys.stderr, flush=True)
+            self.note(f"step {step}/{self.total}  {stats}")
 
     def note(self, message: str) -> None:
         self.console.print(message, soft_wrap=True, markup=False, highlight=False)  # one line per note in logs
@@ -98,7 +99,7 @@ class StepDisplay:
 
 def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
     """A short table: where the model went and the first/last values of the headline metrics."""
-    console = console or Console(stderr=True)
+    console = console or run_console()
     table = Table(title=f"RLHFJob {summary['job']} ({summary['algorithm']}) {summary['status']}")
     table.add_column("")
     table.add_column("value", justify="right")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from kuberlhf.errors import JobStopped
 from kuberlhf.models.forward import response_logprobs
 from kuberlhf.models.reward import sequence_rewards
 from kuberlhf.telemetry.job_status import status_reporter
+from kuberlhf.telemetry.console import say
 from kuberlhf.telemetry.run_log import StepLog
 from kuberlhf.telemetry.step_sink import StepSink
 from kuberlhf.trainers import checkpoint
@@ -146,10 +146,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         broken = guard.observe(step, metrics)
         if sink is not None:
             sink.record(step, metrics)
-            # To the process's own stdout: Ray Train's patched print would also echo it through its logger (twice).
-            print(f"step {step}/{config.total_steps}  loss {metrics['loss']:.4f}"
-                  + (f"  accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""), file=sys.__stdout__,
-                  flush=True)
+            say(f"step {step}/{config.total_steps}  loss {metrics['loss']:.4f}"
+                + (f"  accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""))
         if broken or (config.checkpoint_every and step % config.checkpoint_every == 0):
             save_checkpoint(engine, config, step, rank, world)
         if broken:

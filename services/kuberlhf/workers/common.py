@@ -11,12 +11,14 @@ from typing import Any
 import torch
 
 from kuberlhf.quiet import quiet_libraries
+from kuberlhf.telemetry.console import configure_worker_logging
 
 
 def configure_process(cpus: float, seed: int) -> int:
     """Pin torch to the worker's CPU share (several actors share a machine), seed it, and keep library
     chatter (load reports, progress bars) out of the job log; returns the thread count."""
     quiet_libraries()
+    configure_worker_logging()
     threads = max(1, math.floor(cpus))
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
