@@ -221,3 +221,15 @@ def test_a_plot_that_fails_does_not_fail_a_finished_run(tmp_path):
     assert summary["status"] == "succeeded" and "plot" not in summary
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "succeeded"
     assert "warning: curves.png not written: UserError: nothing to plot" in console.file.getvalue()
+
+
+def test_the_report_shows_the_newest_samples(tmp_path):
+    run = write_run(tmp_path / "run", online_records())
+    samples = [{"step": step, "prompt": [{"role": "user", "content": f"What is {step}+1?"}],
+                "completion": f"It is {step + 1}.", "reward": 1.0} for step in range(1, 9)]
+    (run / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples) + '{"step": 9, "prom')
+    console = quiet_console()
+    report_run(run, console)
+    out = console.file.getvalue()
+    assert "newest samples" in out and "What is 8+1?" in out and "It is 9." in out
+    assert "What is 2+1?" not in out  # only the newest six (the half-written last line is skipped)

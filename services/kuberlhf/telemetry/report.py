@@ -22,6 +22,7 @@ PANEL_INCHES = (6.0, 3.5)  # width, height of one panel
 DPI = 100
 COLUMNS = 2
 PHASE_ORDER = ("time/generation", "time/scoring", "time/training", "time/weight_load", "time/checkpoint")
+SAMPLES_SHOWN = 6  # the newest samples `kuberlhf report` prints
 SUMMARY_KEYS = ("reward/mean", "eval/reward_mean", "kl/sequence", "response_length/mean",
                 "loss", "eval/loss", "accuracy", "eval/accuracy", "margin", "time/step")
 
@@ -205,8 +206,47 @@ def report_one(run_dir: Path, console: Console) -> Path:
     except UserError as err:
         raise UserError(f"{metrics}: {err}") from None
     console.print(summary_table(summarize(records), title))
+    samples = newest_samples(run_dir / "samples.jsonl")
+    if samples:
+        console.print(samples_table(samples))
     console.print(f"curves: {png}")
     return png
+
+
+def newest_samples(path: Path, count: int = SAMPLES_SHOWN) -> list[dict[str, Any]]:
+    """The last `count` records of samples.jsonl (none when the run wrote none; a broken line is skipped, since
+    samples are for reading, never for resuming)."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(errors="replace").splitlines()[-count:]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def samples_table(samples: list[dict[str, Any]]) -> Table:
+    """Step, reward, prompt (a conversation's last message) and completion of each sample, cut to a line."""
+    table = Table(title="newest samples (samples.jsonl)")
+    for name, justify in (("step", "right"), ("reward", "right"), ("prompt", "left"), ("completion", "left")):
+        table.add_column(name, justify=justify, overflow="ellipsis", no_wrap=name != "completion")
+    for sample in samples:
+        prompt = sample.get("prompt", "")
+        if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
+            prompt = prompt[-1].get("content", "")
+        reward = sample.get("reward")
+        table.add_row(str(sample.get("step", "")), f"{reward:.3g}" if isinstance(reward, (int, float)) else "",
+                      _one_line(str(prompt), 60), _one_line(str(sample.get("completion", "")), 200))
+    return table
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def stage_dirs(run_dir: Path) -> list[Path]:
