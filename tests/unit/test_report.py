@@ -233,3 +233,11 @@ def test_the_report_shows_the_newest_samples(tmp_path):
     out = console.file.getvalue()
     assert "newest samples" in out and "What is 8+1?" in out and "It is 9." in out
     assert "What is 2+1?" not in out  # only the newest six (the half-written last line is skipped)
+
+
+def test_only_the_phases_that_partition_a_step_are_stacked():
+    from kuberlhf.telemetry.report import phase_keys
+
+    record = {"time/step": 3.0, "time/generation": 1.0, "time/scoring": 0.5, "time/reference": 0.5,
+              "time/training": 1.5, "time/policy_update": 1.4, "time/weight_load": 0.1}
+    assert phase_keys([record]) == ["time/generation", "time/scoring", "time/training"]

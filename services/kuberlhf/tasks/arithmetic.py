@@ -137,8 +137,8 @@ def preference_pairs(rows: list[dict], completions: list[list[str]], per_prompt:
 
 def compare(models: dict[str, str], rows: list[dict], samples: int = 8, seed: int = 1234,
             examples: int = 4) -> dict[str, dict[str, Any]]:
-    """Sampled accuracy (the showcase's temperature, `samples` per prompt), greedy accuracy and the first
-    `examples` greedy answers of each model on `rows`."""
+    """Sampled accuracy (the showcase's temperature, `samples` per prompt), greedy accuracy, and for the first
+    `examples` rows the greedy answer and three sampled ones, of each model on `rows`."""
     results = {}
     for name, model_dir in models.items():
         sampled = sample(model_dir, rows, samples, seed)
@@ -148,8 +148,8 @@ def compare(models: dict[str, str], rows: list[dict], samples: int = 8, seed: in
         results[name] = {
             "sampled_accuracy": sum(map(sum, right)) / (len(rows) * samples),
             "greedy_accuracy": sum(greedy_right) / len(rows),
-            "examples": [{"prompt": r["prompt"][-1]["content"], "answer": r["answer"], "completion": t[0]}
-                         for r, t in zip(rows[:examples], greedy)],
+            "examples": [{"prompt": r["prompt"][-1]["content"], "answer": r["answer"], "greedy": g[0],
+                          "sampled": t[:3]} for r, g, t in zip(rows[:examples], greedy, sampled)],
         }
     return results
 
@@ -165,18 +165,23 @@ def main(argv: list[str] | None = None) -> None:
     comparison.add_argument("--out", help="also write the results here (JSON)")
     args = parser.parse_args(argv)
     from kuberlhf.quiet import quiet_libraries
+    from kuberlhf.telemetry.console import quiet_run
 
     quiet_libraries()
-    if args.command == "assets":
-        print(json.dumps(build_assets(args.dir), indent=2))
-        return
-    rows = [json.loads(line) for line in Path(args.eval).read_text().splitlines() if line.strip()]
-    results = compare(dict(item.split("=", 1) for item in args.models), rows)
+    log = Path(args.dir if args.command == "assets" else Path(args.eval).parent) / "arithmetic.log"
+    with quiet_run(log) as console:  # vLLM's chatter to the log, as in a run
+        console.print(f"(library output goes to {log})")
+        if args.command == "assets":
+            console.print(json.dumps(build_assets(args.dir), indent=2))
+            return
+        rows = [json.loads(line) for line in Path(args.eval).read_text().splitlines() if line.strip()]
+        results = compare(dict(item.split("=", 1) for item in args.models), rows)
     for name, result in results.items():
         print(f"{name}: sampled accuracy {result['sampled_accuracy']:.3f} (T={TEMPERATURE}, 8 per prompt), "
               f"greedy {result['greedy_accuracy']:.3f}")
         for example in result["examples"]:
-            print(f"    {example['prompt']!r} -> {example['completion']!r} (answer {example['answer']})")
+            print(f"    {example['prompt']!r} (answer {example['answer']}): greedy {example['greedy']!r}; "
+                  f"sampled {example['sampled']!r}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
 

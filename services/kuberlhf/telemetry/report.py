@@ -21,7 +21,10 @@ from kuberlhf.errors import UserError
 PANEL_INCHES = (6.0, 3.5)  # width, height of one panel
 DPI = 100
 COLUMNS = 2
-PHASE_ORDER = ("time/generation", "time/scoring", "time/training", "time/weight_load", "time/checkpoint")
+# The phases that partition a step's wall time, in step order. Other time/* keys are parts of these (the
+# reference and critic inside scoring, the policy update inside training, the weight load inside the next
+# step's generation) and stacking them too would count their time twice.
+PHASE_ORDER = ("time/generation", "time/scoring", "time/training", "time/checkpoint")
 SAMPLES_SHOWN = 6  # the newest samples `kuberlhf report` prints
 SUMMARY_KEYS = ("reward/mean", "eval/reward_mean", "kl/sequence", "response_length/mean",
                 "loss", "eval/loss", "accuracy", "eval/accuracy", "margin", "time/step")
@@ -89,10 +92,9 @@ def series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[f
 
 
 def phase_keys(records: list[dict[str, Any]]) -> list[str]:
-    """The time/* keys other than time/step: the known phases in step order, then any others by name."""
-    found = {key for record in records for key in record if key.startswith("time/") and key != "time/step"}
-    known = [key for key in PHASE_ORDER if key in found]
-    return known + sorted(found - set(known))
+    """The phases of PHASE_ORDER the records hold, in step order."""
+    found = {key for record in records for key in record}
+    return [key for key in PHASE_ORDER if key in found]
 
 
 def choose_panels(records: list[dict[str, Any]]) -> list[Panel]:
