@@ -25,8 +25,9 @@ NAMES = sorted(p.stem for p in EXAMPLES.glob("*.yaml"))
 NAMED = re.compile(r"^error: (--set )?(spec|metadata|apiVersion|kind)\b|^error: \S+\.(yaml|jsonl|json)(:\d+)*: |^error: \S+: ")
 
 
-class RayWouldStart(Exception):
-    """Raised where `kuberlhf run` would connect to Ray: everything before it has passed."""
+class RayWouldStart(BaseException):
+    """Raised where `kuberlhf run` would connect to Ray: everything before it has passed. (Not an Exception:
+    `kuberlhf run` turns any unexpected Exception into a one-line error.)"""
 
 
 def paths(node: Any, prefix: tuple = ()) -> list[tuple]:
@@ -69,7 +70,8 @@ def small_assets(assets, tmp_path_factory) -> Path:
 def mutated_documents(draw, assets_dir: Path) -> str:
     """The YAML text of an example job (paths pointed at the test assets) after one or two mutations."""
     name = draw(st.sampled_from(NAMES))
-    text = (EXAMPLES / f"{name}.yaml").read_text().replace("examples/assets", str(assets_dir))
+    text = (EXAMPLES / f"{name}.yaml").read_text()
+    text = text.replace("examples/real-assets", str(assets_dir)).replace("examples/assets", str(assets_dir))
     if draw(st.integers(0, 9)) == 0:  # broken YAML: a character range replaced by YAML punctuation
         start = draw(st.integers(0, len(text) - 1))
         end = draw(st.integers(start, min(len(text), start + 20)))
