@@ -41,6 +41,7 @@ PHASES = {  # what each `phase` label of kuberlhf_phase_seconds times
     "policy_update": "the policy update on its workers",
     "critic_update": "the critic update on its workers",
     "weight_load": "loading the new policy weights into the rollout engines (the previous step's sync)",
+    "evaluation": "sampling and scoring the held-out prompts (steps that evaluate)",
     "checkpoint": "writing a checkpoint",
 }
 

@@ -24,7 +24,7 @@ COLUMNS = 2
 # The phases that partition a step's wall time, in step order. Other time/* keys are parts of these (the
 # reference and critic inside scoring, the policy update inside training, the weight load inside the next
 # step's generation) and stacking them too would count their time twice.
-PHASE_ORDER = ("time/generation", "time/scoring", "time/training", "time/checkpoint")
+PHASE_ORDER = ("time/generation", "time/scoring", "time/training", "time/evaluation", "time/checkpoint")
 SAMPLES_SHOWN = 6  # the newest samples `kuberlhf report` prints
 SUMMARY_KEYS = ("reward/mean", "eval/reward_mean", "kl/sequence", "response_length/mean",
                 "loss", "eval/loss", "accuracy", "eval/accuracy", "margin", "time/step")

@@ -145,8 +145,9 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
             if t.kl.target is not None:
                 kl_coef = adaptive_kl_coef(kl_coef, metrics["kl/sequence"], t.kl.target, t.kl.horizon, len(rollout))
             if eval_data is not None and t.eval_every_steps and step % t.eval_every_steps == 0 and step < t.steps:
-                metrics["eval/reward_mean"] = evaluate(workers, eval_data, sampling, t.seed,
-                                                       TrainerState(step, t.steps))
+                with timer("evaluation"):
+                    metrics["eval/reward_mean"] = evaluate(workers, eval_data, sampling, t.seed,
+                                                           TrainerState(step, t.steps))
             trainer_state = {"sampler": sampler_state, "kl_coef": kl_coef, "monitor": monitor.state()}
             if spec.checkpoint.every_steps and step % spec.checkpoint.every_steps == 0:
                 with timer("checkpoint"):
