@@ -1,5 +1,6 @@
 """Spec sections for watching a job: the Prometheus endpoint (`spec.metrics`), the reward-hacking monitor
-(`spec.monitor`) and what a run writes beside its metrics (`spec.logging`). Pydantic and the standard library only (the operator imports the spec)."""
+(`spec.monitor`) and what a run writes beside its metrics (`spec.logging`). Pydantic and the standard library
+only (the operator imports the spec)."""
 
 from __future__ import annotations
 

@@ -60,7 +60,8 @@ def finish(process: subprocess.Popen) -> str:
     return stdout + stderr
 
 
-OUR_LINES = re.compile(r"^(RLHFJob |Prometheus metrics at |step \d+/\d+  |resuming from |[┏┃┡│└].*[┓┃┩│┘]$)")
+OUR_LINES = re.compile(r"^(RLHFJob |Prometheus metrics at |step \d+/\d+  |resuming from "
+                       r"|[┏┃┡│└].*[┓┃┩│┘]$)")
 
 
 def third_party_lines(output: str) -> list[str]:

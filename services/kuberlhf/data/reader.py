@@ -7,8 +7,8 @@ the one named by `split`. `columns` renames columns to the names KubeRLHF reads 
 reads the prompt from the column `question`).
 
 Every row keeps where it came from, so a problem found later names it: `train.jsonl:17` (a JSON lines file),
-`train.json[16]` (a JSON array), `train.parquet row 16` (parquet, csv: its values are read as text), `org/name[train] row 16` (a dataset
-with splits). A column a row lacks (`datasets` fills it with null) is absent from that row. A file `datasets`
+`train.json[16]` (a JSON array), `train.parquet row 16` (parquet, csv: its values are read as text),
+`org/name[train] row 16` (a dataset with splits). A column a row lacks (`datasets` fills it with null) is absent from that row. A file `datasets`
 cannot parse is read again line by line to name the first bad line.
 """
 

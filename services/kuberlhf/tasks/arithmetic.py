@@ -117,14 +117,19 @@ def sample(model_dir: str, rows: list[dict], samples: int, seed: int,
     return [batch.completions[i * samples:(i + 1) * samples] for i in range(len(rows))]
 
 
+def scores(row: dict, completions: list[str]) -> list[float]:
+    """The reward of each completion of one row's prompt."""
+    return numeric_answer_reward([row["prompt"]] * len(completions), completions, [row["answer"]] * len(completions))
+
+
 def preference_pairs(rows: list[dict], completions: list[list[str]], per_prompt: int, seed: int) -> list[dict]:
     """Up to `per_prompt` pairs per prompt: a right answer chosen over a wrong one (TRL's conversational
     preference format); prompts whose samples are all right or all wrong give none."""
     rng, pairs = random.Random(seed), []
     for row, texts in zip(rows, completions):
-        scores = numeric_answer_reward([row["prompt"]] * len(texts), texts, [row["answer"]] * len(texts))
-        right = sorted({t for t, s in zip(texts, scores) if s == 1.0})
-        wrong = sorted({t for t, s in zip(texts, scores) if s == 0.0})
+        rewards = scores(row, texts)
+        right = sorted({t for t, s in zip(texts, rewards) if s == 1.0})
+        wrong = sorted({t for t, s in zip(texts, rewards) if s == 0.0})
         for _ in range(min(per_prompt, len(right), len(wrong))):
             chosen, rejected = right.pop(rng.randrange(len(right))), wrong.pop(rng.randrange(len(wrong)))
             pairs.append({"prompt": row["prompt"], "chosen": [{"role": "assistant", "content": chosen}],
@@ -143,10 +148,10 @@ def compare(models: dict[str, str], rows: list[dict], samples: int = 8, seed: in
     for name, model_dir in models.items():
         sampled = sample(model_dir, rows, samples, seed)
         greedy = sample(model_dir, rows, 1, seed, temperature=0.0)
-        right = [numeric_answer_reward([r["prompt"]] * len(t), t, [r["answer"]] * len(t)) for r, t in zip(rows, sampled)]
-        greedy_right = [numeric_answer_reward([r["prompt"]], t, [r["answer"]])[0] for r, t in zip(rows, greedy)]
+        right = [sum(scores(row, texts)) for row, texts in zip(rows, sampled)]
+        greedy_right = [scores(row, texts)[0] for row, texts in zip(rows, greedy)]
         results[name] = {
-            "sampled_accuracy": sum(map(sum, right)) / (len(rows) * samples),
+            "sampled_accuracy": sum(right) / (len(rows) * samples),
             "greedy_accuracy": sum(greedy_right) / len(rows),
             "examples": [{"prompt": r["prompt"][-1]["content"], "answer": r["answer"], "greedy": g[0],
                           "sampled": t[:3]} for r, g, t in zip(rows[:examples], greedy, sampled)],
