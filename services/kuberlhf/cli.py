@@ -191,12 +191,10 @@ def _crd(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     """Run a job with a quiet terminal (telemetry.console); an error that is not the user's is one line too,
     its traceback in run.log (and on the terminal with --verbose)."""
-    import traceback
-
     from kuberlhf.errors import describe_error
     from kuberlhf.jobfile import load_job
     from kuberlhf.launcher import run_job
-    from kuberlhf.telemetry.console import quiet_run
+    from kuberlhf.telemetry.console import log_exception, quiet_run
 
     job = load_job(args.file, args.overrides)
     log = Path(job.output_dir) / "run.log"
@@ -206,7 +204,7 @@ def _run(args: argparse.Namespace) -> int:
         except (UserError, KeyboardInterrupt):
             raise
         except Exception as err:
-            traceback.print_exc()  # to run.log (the terminal with --verbose)
+            log_exception()
             raise UserError(f"{describe_error(err)} (not a problem with the job as far as KubeRLHF can tell; "
                             f"the traceback is in {log})") from err
     return 0 if summary.get("status") == "succeeded" else 1

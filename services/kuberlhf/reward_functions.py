@@ -69,6 +69,7 @@ class RewardLog:
     metrics (their mean goes to the step's metrics as `reward_fn/<name>`) and per-completion columns (written
     to samples.jsonl beside each completion)."""
 
+    rows: int = 0  # completions scored in the call; every column is padded to this many values (None)
     metrics: dict[str, list[float]] = field(default_factory=dict)
     columns: dict[str, list[Any]] = field(default_factory=dict)
 
@@ -81,19 +82,24 @@ class RewardLog:
     def metric_means(self) -> dict[str, float]:
         return {f"reward_fn/{name}": sum(values) / len(values) for name, values in self.metrics.items() if values}
 
+    def column(self, name: str) -> list[Any]:
+        """A logged column with one value per completion (None where the function logged none)."""
+        values = self.columns.get(name, [])[:self.rows]
+        return values + [None] * (self.rows - len(values))
+
     def select(self, indices: list[int]) -> RewardLog:
-        columns = {name: [values[i] for i in indices] for name, values in self.columns.items()
-                   if len(values) > max(indices, default=-1)}
-        return RewardLog(self.metrics, columns)
+        columns = {name: [self.column(name)[i] for i in indices] for name in self.columns}
+        return RewardLog(len(indices), self.metrics, columns)
 
     @staticmethod
     def concat(parts: list[RewardLog]) -> RewardLog:
-        joined = RewardLog()
+        """One log for the parts' completions in order: a column one part did not log is None there."""
+        names = {name for part in parts for name in part.columns}
+        joined = RewardLog(sum(part.rows for part in parts))
         for part in parts:
             for name, values in part.metrics.items():
                 joined.metrics.setdefault(name, []).extend(values)
-            for name, values in part.columns.items():
-                joined.log_extra(name, values)
+        joined.columns = {name: [v for part in parts for v in part.column(name)] for name in names}
         return joined
 
 
@@ -107,8 +113,8 @@ def call_reward_function(function: RewardFunction, name: str, prompts: list[Any]
                  "trainer_state": state, "log_metric": log.log_metric, "log_extra": log.log_extra}
     try:
         values = function(**accepted_arguments(function, arguments))
-        if inspect.isawaitable(values):
-            values = asyncio.run(_awaited(values))
+        if inspect.isawaitable(values):  # on one loop for the whole run, as TRL does (clients and locks bind to it)
+            values = asyncio.run_coroutine_threadsafe(_awaited(values), _event_loop()).result()
     except Exception as err:
         raise UserError(f"reward function {name} raised {type(err).__name__}: {err}") from err
     try:
@@ -146,6 +152,20 @@ def accepted_arguments(function: RewardFunction, arguments: dict[str, Any]) -> d
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
+
+
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """The process's event loop for async reward functions, running in a daemon thread (started on first use)."""
+    global _loop
+    if _loop is None:
+        import threading
+
+        _loop = asyncio.new_event_loop()
+        threading.Thread(target=_loop.run_forever, name="kuberlhf-reward-loop", daemon=True).start()
+    return _loop
 
 
 class RemoteReward:

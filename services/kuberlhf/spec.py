@@ -143,6 +143,13 @@ class DataSpec(SpecModel):
     convert: bool = False
     """kto given preference pairs: split each pair into a desirable and an undesirable completion."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _prompt_field_moved(cls, data: object) -> object:
+        if isinstance(data, dict) and "promptField" in data:
+            raise ValueError(f"promptField: replaced by columns; write columns: {{prompt: {data['promptField']}}}")
+        return data
+
     @model_validator(mode="after")
     def _columns_distinct(self) -> DataSpec:
         taken = list(self.columns.values())

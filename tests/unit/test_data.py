@@ -155,3 +155,12 @@ def test_a_reward_function_gets_only_the_arguments_it_names_and_may_be_async():
 
     assert call_reward_function(plain, "plain", ["p", "q"], ["4", "5"], {"answer": ["4", "4"]}) == [1.0, 0.0]
     assert call_reward_function(remote, "remote", ["p"], ["abc"], {}) == [3.0]
+    loops = []
+
+    async def judge(prompts, completions, **kwargs):  # clients, locks and queues bind to the loop they first see
+        loops.append(asyncio.get_running_loop())
+        return [1.0] * len(completions)
+
+    for _ in range(2):
+        assert call_reward_function(judge, "judge", ["p"], ["a"], {}) == [1.0]
+    assert loops[0] is loops[1]  # one loop for the run, as in TRL

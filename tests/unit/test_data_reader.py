@@ -132,3 +132,13 @@ def test_a_data_column_named_like_a_reward_argument_is_refused(tmp_path):
     path.write_text(json.dumps({"prompt": "a", "completion_ids": [1]}) + "\n")
     with pytest.raises(UserError, match=r"column 'completion_ids' would clash with the reward function's own"):
         load_prompts(path)
+
+
+def test_values_keep_their_types_and_a_csv_from_excel_reads(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "2024-01-05", "answer": "007"}\n{"prompt": "p", "answer": 7}\n')
+    assert [row for row in read_records(path).rows] == [{"prompt": "2024-01-05", "answer": "007"},
+                                                        {"prompt": "p", "answer": 7}]
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes("\ufeffprompt,answer\n1+1=,02\n".encode())  # Excel's "CSV UTF-8" starts with a BOM
+    assert read_records(excel).rows == [{"prompt": "1+1=", "answer": "02"}]

@@ -211,3 +211,9 @@ def test_offline_batch_must_split_over_workers_and_micro_batches():
         "6 is not divisible by 4"]
     assert error_lines(offline_with(spec__training__batchSize=8, spec__training__microBatchSize=3)) == [
         "spec.training.microBatchSize: must divide each policy worker's share of an update (8 sequences), got 3"]
+
+
+def test_the_removed_prompt_field_says_what_replaced_it():
+    assert error_lines(job_with(spec__data__promptField="question")) == [
+        "spec.data.promptField: replaced by columns; write columns: {prompt: question}"
+    ]

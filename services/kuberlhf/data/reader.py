@@ -1,4 +1,5 @@
-"""The one reader of every stage's data, online and offline, through Hugging Face `datasets`.
+"""The one reader of every stage's data, online and offline: Hugging Face `datasets` for parquet, csv, saved
+datasets and the Hub; JSON files parsed as written.
 
 A source is a local file (`.jsonl`, `.json` holding an array of objects, `.parquet`, `.csv`), a directory written
 by `datasets`' `save_to_disk`, a directory of data files laid out like a Hub dataset repository, or a Hub
@@ -8,8 +9,9 @@ reads the prompt from the column `question`).
 
 Every row keeps where it came from, so a problem found later names it: `train.jsonl:17` (a JSON lines file),
 `train.json[16]` (a JSON array), `train.parquet row 16` (parquet, csv: its values are read as text),
-`org/name[train] row 16` (a dataset with splits). A column a row lacks (`datasets` fills it with null) is absent from that row. A file `datasets`
-cannot parse is read again line by line to name the first bad line.
+`org/name[train] row 16` (a dataset with splits). A column a row lacks (`datasets` fills it with null) is
+absent from that row. JSON files are parsed with the `json` module: `datasets`' JSON loader guesses types
+(a date-like string becomes a datetime, "007" beside 7 becomes a number), and a bad line is named exactly.
 """
 
 from __future__ import annotations
@@ -41,46 +43,82 @@ class Records:
 def read_records(source: str | Path, split: str = "train", subset: str | None = None,
                  columns: dict[str, str] | None = None, field: str = "spec.data.train") -> Records:
     """Every row of `source` (see the module docstring); `field` names the spec field in errors."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
     source = str(source)
     path = Path(source).expanduser()
     if path.is_file():
-        dataset, where = _read_file(path, field)
+        rows, places = _read_file(path, field)
     elif path.is_dir():
-        dataset, where = _read_directory(path, split, subset, field)
+        rows, places = _rows_of(*_read_directory(path, split, subset, field))
     elif path.suffix in FILE_BUILDERS or source.startswith(("/", "./", "../", "~")) or not _HUB_ID.match(source):
         raise UserError(f"{field}: {source}: no such file or directory")
     else:
-        dataset, where = _read_hub(source, split, subset, field), f"{source}[{split}] row {{}}"
-    if columns:
-        dataset = _rename(dataset, columns, source)
-    rows = [{name: value for name, value in row.items() if value is not None} for row in dataset.to_list()]
+        rows, places = _rows_of(_read_hub(source, split, subset, field), f"{source}[{split}] row {{}}")
+    rows = [{name: value for name, value in row.items() if value is not None} for row in rows]
     if not rows:
         raise UserError(f"{field}: {source}: no rows (the data is empty)")
-    places = where if isinstance(where, list) else [where.format(index) for index in range(len(rows))]
+    if columns:
+        rows = _rename(rows, columns, source)
     return Records(source, rows, places)
 
 
-def _read_file(path: Path, field: str) -> tuple[Any, list[str] | str]:
+def _rows_of(dataset: Any, place: str) -> tuple[list[dict[str, Any]], list[str]]:
+    rows = dataset.to_list()
+    return rows, [place.format(index) for index in range(len(rows))]
+
+
+def _read_file(path: Path, field: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """JSON files are parsed as written (datasets' JSON loader guesses types: "2024-01-05" would become a date,
+    "007" beside 7 a number); parquet and csv files go through datasets."""
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path)
+    if path.suffix == ".json":
+        return _read_json_array(path)
     import datasets
 
     builder = FILE_BUILDERS.get(path.suffix)
     if builder is None:
         raise UserError(f"{field}: {path}: unknown data file type {path.suffix!r}; use .jsonl, .json, .parquet, "
                         f".csv, a directory saved with datasets' save_to_disk, or a Hub dataset id")
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
     options = _csv_as_text(path) if builder == "csv" else {}
     try:
         dataset = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
     except Exception as err:  # pyarrow and datasets raise many kinds for a file they cannot parse
-        raise _diagnose(path, err) from None
-    if path.suffix == ".jsonl":
-        return dataset, _jsonl_places(path, len(dataset))
-    if path.suffix == ".json":
-        return dataset, f"{path}[{{}}]"
-    return dataset, f"{path} row {{}}"
+        if "corresponds to no data" in str(err):  # datasets' words for a file without rows (a csv header alone)
+            raise UserError(f"{path}: no rows (the file is empty)") from None
+        raise UserError(f"{path}: cannot read this {path.suffix} file: {_gist(err)}") from None
+    return _rows_of(dataset, f"{path} row {{}}")
+
+
+def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    rows, places = [], []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as bad:
+                raise UserError(f"{path}:{number}: invalid JSON: {bad.msg} (column {bad.colno})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+            places.append(f"{path}:{number}")
+    return rows, places
+
+
+def _read_json_array(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as bad:
+        raise UserError(f"{path}:{bad.lineno}: invalid JSON: {bad.msg} (column {bad.colno})") from None
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a JSON array of objects (or use .jsonl, one object per line)")
+    for index, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise UserError(f"{path}[{index}]: expected an object with named fields, got {type(row).__name__}")
+    return data, [f"{path}[{index}]" for index in range(len(data))]
 
 
 def _csv_as_text(path: Path) -> dict[str, Any]:
@@ -89,7 +127,7 @@ def _csv_as_text(path: Path) -> dict[str, Any]:
 
     import datasets
 
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # Excel writes a byte-order mark
         header = next(csv.reader(handle), [])
     if not header:
         return {}
@@ -100,6 +138,8 @@ def _csv_as_text(path: Path) -> dict[str, Any]:
 def _read_directory(path: Path, split: str, subset: str | None, field: str) -> tuple[Any, str]:
     import datasets
 
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
     saved = any((path / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json"))
     try:
         if saved:
@@ -120,6 +160,8 @@ def _read_directory(path: Path, split: str, subset: str | None, field: str) -> t
 def _read_hub(name: str, split: str, subset: str | None, field: str) -> Any:
     import datasets
 
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
     try:
         return datasets.load_dataset(name, subset, split=split)
     except Exception as err:  # no network, no such dataset, no such split or subset, gated
@@ -127,9 +169,9 @@ def _read_hub(name: str, split: str, subset: str | None, field: str) -> Any:
                         f"failed: {_gist(err)}") from None
 
 
-def _rename(dataset: Any, columns: dict[str, str], source: str) -> Any:
+def _rename(rows: list[dict[str, Any]], columns: dict[str, str], source: str) -> list[dict[str, Any]]:
     """Read field `name` from column `column` for every `name: column` of spec.data.columns."""
-    present = set(dataset.column_names)
+    present = {name for row in rows for name in row}
     for name, column in columns.items():
         if column not in present:
             raise UserError(f"spec.data.columns.{name}: {source} has no column {column!r} (columns: "
@@ -137,48 +179,8 @@ def _rename(dataset: Any, columns: dict[str, str], source: str) -> Any:
         if name in present and name != column:
             raise UserError(f"spec.data.columns.{name}: {source} has a column {name!r} too; rename or remove one "
                             f"of {name!r} and {column!r}")
-    return dataset.rename_columns({column: name for name, column in columns.items() if column != name})
-
-
-def _jsonl_places(path: Path, count: int) -> list[str] | str:
-    """`file:line` of each row: datasets skips blank lines, so row i is the i-th non-blank line."""
-    with path.open(encoding="utf-8") as handle:
-        numbers = [number for number, line in enumerate(handle, start=1) if line.strip()]
-    if len(numbers) != count:
-        return f"{path} row {{}}"
-    return [f"{path}:{number}" for number in numbers]
-
-
-def _diagnose(path: Path, err: Exception) -> UserError:
-    """The first bad line or element of a JSON file datasets could not read, else the error's gist."""
-    if "corresponds to no data" in str(err):  # datasets' words for a file without rows (a csv header alone)
-        return UserError(f"{path}: no rows (the file is empty)")
-    if path.suffix in (".jsonl", ".json", ".csv"):
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            if not any(line.strip() for line in handle):
-                return UserError(f"{path}: no rows (the file is empty)")
-    if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as bad:
-                    return UserError(f"{path}:{number}: invalid JSON: {bad.msg} (column {bad.colno})")
-                if not isinstance(row, dict):
-                    return UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-    if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as bad:
-            return UserError(f"{path}:{bad.lineno}: invalid JSON: {bad.msg} (column {bad.colno})")
-        if not isinstance(data, list):
-            return UserError(f"{path}: expected a JSON array of objects (or use .jsonl, one object per line)")
-        for index, row in enumerate(data):
-            if not isinstance(row, dict):
-                return UserError(f"{path}[{index}]: expected an object with named fields, got {type(row).__name__}")
-    return UserError(f"{path}: cannot read this {path.suffix} file: {_gist(err)}")
+    renamed = {column: name for name, column in columns.items()}
+    return [{renamed.get(key, key): value for key, value in row.items()} for row in rows]
 
 
 def _gist(err: BaseException) -> str:

@@ -135,15 +135,19 @@ class VLLMGenerationEngine:
         """A fresh engine with the initial weights. The old one is shut down first: its shutdown tears down
         vLLM's process-wide parallel state, which would break the new engine whenever the old one happened
         to be garbage-collected."""
+        self.close()
+        self.llm, self.asleep = self._vllm.LLM(**self.engine_args), False
+
+    def close(self) -> None:
+        """Stop the engine and free its memory (and vLLM's process-wide state), so another can start here."""
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
         try:
             self.llm.llm_engine.engine_core.shutdown()
-        except Exception as err:  # a broken engine may fail to stop cleanly; the new one must start anyway
-            logger.warning("stopping the failed vLLM engine: %s: %s", type(err).__name__, err)
+        except Exception as err:  # a broken engine may fail to stop cleanly; the next one must start anyway
+            logger.warning("stopping the vLLM engine: %s: %s", type(err).__name__, err)
         self.llm = None
         cleanup_dist_env_and_memory()
-        self.llm, self.asleep = self._vllm.LLM(**self.engine_args), False
 
     def _reload(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state_dict.items()),

@@ -22,6 +22,8 @@ import argparse
 import json
 import random
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -93,7 +95,8 @@ def build_assets(out_dir: str | Path, seed: int = 0, pairs_per_prompt: int = 2, 
         if not paths[name].is_file():
             write_rows(rows, paths[name])
     if not paths["pairs"].is_file():
-        sampled = sample(str(paths["model"]), train, samples, seed)
+        with rollout_engine(str(paths["model"]), seed) as engine:
+            sampled = sample(engine, train, samples, seed)
         write_rows(preference_pairs(train, sampled, pairs_per_prompt, seed), paths["pairs"])
     return {name: str(path) for name, path in paths.items()}
 
@@ -104,14 +107,24 @@ def write_rows(rows: list[dict], path: Path) -> None:
     partial.rename(path)
 
 
-def sample(model_dir: str, rows: list[dict], samples: int, seed: int,
-           temperature: float = TEMPERATURE) -> list[list[str]]:
-    """`samples` completions of each row's prompt with the rollout engine the jobs use (vLLM here)."""
-    from kuberlhf.engines.generation import SamplingParams
+@contextmanager
+def rollout_engine(model_dir: str, seed: int) -> Iterator[Any]:
+    """The rollout engine the jobs use (vLLM), stopped afterwards so the next model's can start."""
     from kuberlhf.engines.vllm_engine import VLLMGenerationEngine
     from kuberlhf.models.loading import load_tokenizer
 
     engine = VLLMGenerationEngine(model_dir, load_tokenizer(model_dir), seed=seed, max_model_len=256)
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def sample(engine: Any, rows: list[dict], samples: int, seed: int,
+           temperature: float = TEMPERATURE) -> list[list[str]]:
+    """`samples` completions of each row's prompt."""
+    from kuberlhf.engines.generation import SamplingParams
+
     batch = engine.generate([row["prompt"] for row in rows],
                             SamplingParams(samples, MAX_NEW_TOKENS, temperature, 1.0), seed=seed)
     return [batch.completions[i * samples:(i + 1) * samples] for i in range(len(rows))]
@@ -146,8 +159,9 @@ def compare(models: dict[str, str], rows: list[dict], samples: int = 8, seed: in
     `examples` rows the greedy answer and three sampled ones, of each model on `rows`."""
     results = {}
     for name, model_dir in models.items():
-        sampled = sample(model_dir, rows, samples, seed)
-        greedy = sample(model_dir, rows, 1, seed, temperature=0.0)
+        with rollout_engine(model_dir, seed) as engine:
+            sampled = sample(engine, rows, samples, seed)
+            greedy = sample(engine, rows, 1, seed, temperature=0.0)
         right = [sum(scores(row, texts)) for row, texts in zip(rows, sampled)]
         greedy_right = [scores(row, texts)[0] for row, texts in zip(rows, greedy)]
         results[name] = {

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -76,6 +77,14 @@ def quiet_run(log_path: Path, verbose: bool = False) -> Iterator[Console]:
             os.close(fd)
         terminal.close()
         log.close()
+
+
+def log_exception() -> None:
+    """The exception being handled, with its traceback, to run.log (and to the terminal with --verbose)."""
+    if _log is not None:
+        traceback.print_exc(file=_log)
+    if _log is None or _verbose:
+        traceback.print_exc()
 
 
 def _route_python_logging(log: IO[str], verbose: bool) -> list[tuple[logging.Logger, logging.Handler]]:

@@ -124,6 +124,7 @@ def serve_job_metrics(job: Any, total_steps: int, note: Callable[[str], None]) -
         return None
     labels = job_labels(job.metadata.name, job.metadata.namespace, job.metadata.labels, job.spec.algorithm)
     handle, address = start_metrics_server(labels, total_steps, metrics.port, port_may_move(metrics))
-    taken = "" if address.endswith(f":{metrics.port}") else f" (port {metrics.port} is taken)"
+    moved = metrics.port != 0 and not address.endswith(f":{metrics.port}")
+    taken = f" (port {metrics.port} is taken)" if moved else ""
     note(f"Prometheus metrics at http://{address}/metrics{taken}")
     return handle

@@ -46,19 +46,29 @@ class StepLog:
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as handle:
-            handle.write(json.dumps(record, sort_keys=self.sort_keys) + "\n")
+            handle.write(json.dumps(record, sort_keys=self.sort_keys, default=_plain) + "\n")
+
+
+def _plain(value: Any) -> Any:
+    """JSON for what a reward function may log: numpy and torch scalars as numbers, anything else as text."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
 
 
 def sample_records(step: int, rollout: Any, scores: Any, count: int) -> list[dict[str, Any]]:
     """The first `count` samples of a step's rollout for samples.jsonl: prompt (text, or the messages of a
     conversation), completion, reward, and the columns the reward function logged with `log_extra`."""
     prompts = rollout.prompt_messages if rollout.prompt_messages is not None else rollout.prompts
-    logged = rollout.reward_log.columns if rollout.reward_log is not None else {}
+    log = rollout.reward_log
+    logged = {name: log.column(name) for name in log.columns} if log is not None else {}
     records = []
     for row in range(min(count, len(rollout))):
         record = {"step": step, "prompt": prompts[row], "completion": rollout.completions[row],
                   "reward": float(scores[row])}
-        record.update({name: values[row] for name, values in logged.items() if row < len(values)})
+        record.update({name: values[row] for name, values in logged.items()})
         records.append(record)
     return records
 
@@ -73,6 +83,7 @@ class StepDisplay:
         self.progress = Progress(
             TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),
             TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=self.console,
+            redirect_stdout=False, redirect_stderr=False,  # what libraries print belongs in run.log, not here
         )
         self.task = self.progress.add_task("train", total=total_steps, completed=first_step, stats="")
 

@@ -73,7 +73,7 @@ class RolloutWorker:
             completions = [[{"role": "assistant", "content": text}] for text in batch.completions]
         mask = batch.response_mask.bool()
         completion_ids = [ids[row_mask].tolist() for ids, row_mask in zip(batch.response_ids, mask)]
-        log = RewardLog()
+        log = RewardLog(rows=len(batch))
         scores = call_reward_function(self.reward_function, self.reward_function_name, prompts, completions,
                                       columns, completion_ids, state, log)
         batch.scores = torch.tensor(scores, dtype=torch.float32)
