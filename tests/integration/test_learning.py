@@ -62,6 +62,7 @@ def accuracy(prompts, completions, completion_ids, answer, trainer_state, log_me
     contents = [completion[0]["content"] for completion in completions]
     rewards = [1.0 if content.strip() == expected else 0.0 for content, expected in zip(contents, answer)]
     log_metric("exact_match", sum(rewards) / len(rewards))
+    log_metric("global_step", trainer_state.global_step)
     log_extra("completion_tokens", [len(ids) for ids in completion_ids])
     assert prompts[0][-1]["role"] == "user" and 0 <= trainer_state.global_step <= trainer_state.max_steps
     return rewards
@@ -91,6 +92,7 @@ def test_ppo_on_chat_prompts_with_hf_rollouts_and_a_trl_reward_function_writes_i
                 "reward_fn/exact_match"):
         assert all(key in r for r in records), key
     assert [r["reward_fn/exact_match"] for r in records] == pytest.approx([r["reward/mean"] for r in records])
+    assert [r["reward_fn/global_step"] for r in records] == [0, 1, 2]  # updates behind the sampling weights
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert [s["step"] for s in samples] == [1] * 4 + [2] * 4 + [3] * 4
     assert samples[0]["prompt"][0]["role"] == "user" and isinstance(samples[0]["completion"], str)

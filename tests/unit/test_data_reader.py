@@ -106,6 +106,12 @@ def test_offline_and_online_stages_read_through_the_same_reader(tmp_path):
     pairs.write_text("q,good,bad\n2+2=,4,5\n")
     dataset = load_dataset(pairs, "dpo", columns={"prompt": "q", "chosen": "good", "rejected": "bad"})
     assert dataset.format == "preference" and dataset.rows == [{"prompt": "2+2=", "chosen": "4", "rejected": "5"}]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("prompt,completion,label\n2+2=,4,TRUE\n2+2=,5,false\n2+2=,6,0\n")
+    assert [row["label"] for row in load_dataset(labels, "kto").rows] == [True, False, False]
+    labels.write_text("prompt,completion,label\n2+2=,4,yes\n")
+    with pytest.raises(UserError, match=r"labels.csv row 0: field 'label' must be true or false, got 'yes'"):
+        load_dataset(labels, "kto")
     prompts = load_prompts(sources["saved"], split="test", columns={"prompt": "question"})
     assert prompts.prompts == ["2+2="] and prompts.columns == {"answer": ["4"]}
 

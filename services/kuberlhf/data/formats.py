@@ -93,6 +93,8 @@ def detect_dataset(records: Records) -> Dataset:
         elif name != detected:
             raise UserError(f"{place}: this row is {FORMAT_NAMES[name]} but the rows before it are "
                             f"{FORMAT_NAMES[detected]}; one file holds one format")
+        if "label" in row:
+            row["label"] = _label(row["label"], place)
         is_chat = check_fields(row, FORMAT_FIELDS[name], place)
         if conversational is None:
             conversational = is_chat
@@ -130,6 +132,16 @@ def _row_format(row: dict[str, Any], place: str) -> str:
         raise UserError(f"{place}: missing field {missing[0]!r} (fields: {', '.join(sorted(row)) or 'none'})")
     raise UserError(f"{place}: no known format in fields {', '.join(sorted(row)) or 'none'}; expected one of: "
                     + "; ".join(FORMAT_NAMES[n] for n in FORMAT_FIELDS))
+
+
+TEXT_LABELS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def _label(value: Any, place: str) -> Any:
+    """A KTO label as a bool: JSON booleans as they are, and the text a csv holds ("true"/"false", "1"/"0")."""
+    if isinstance(value, str) and value.strip().lower() in TEXT_LABELS:
+        return TEXT_LABELS[value.strip().lower()]
+    return value
 
 
 def check_fields(row: dict[str, Any], fields: tuple[str, ...], place: str) -> bool:

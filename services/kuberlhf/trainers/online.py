@@ -82,15 +82,16 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
         evals["eval/reward_mean_start"] = monitor.eval_start = evaluate(workers, eval_data, sampling, t.seed,
                                                                         TrainerState(0, t.steps))
 
-    def start_generation(step: int) -> tuple[Pending, dict[str, int]]:
-        """Send step `step`'s prompts to the rollout workers; returns at once."""
+    def start_generation(step: int, updates_done: int) -> tuple[Pending, dict[str, int]]:
+        """Send step `step`'s prompts to the rollout workers; returns at once. `updates_done` (the policy
+        updates behind the sampling weights) is the reward functions' `trainer_state.global_step`."""
         prompts, columns = train_data.select(sampler.next_indices())
         pending = workers.rollout.map_batch("generate", prompts, sampling, t.seed * 100_003 + step,
-                                            TrainerState(step - 1, t.steps), columns=columns)
+                                            TrainerState(updates_done, t.steps), columns=columns)
         return pending, sampler.state()
 
     started = time.perf_counter()
-    next_generation = start_generation(first_step)
+    next_generation = start_generation(first_step, first_step - 1)
     weights_synced: Pending | None = None
     metrics_of_last_sync: dict[str, float] = {}
     with display:
@@ -103,7 +104,7 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
             if weights_synced is not None:  # done by now: the rollout worker loads weights before it samples
                 metrics_of_last_sync = {"time/weight_load": weights_synced.get()}
             if one_step_off_policy and step < t.steps:  # the next batch samples while this one trains
-                next_generation = start_generation(step + 1)
+                next_generation = start_generation(step + 1, step - 1)
 
             with timer("scoring"):  # reference, reward model, critic (and old policy) run concurrently
                 scored, finished = gather_timed({
@@ -138,7 +139,7 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
                 critic_update = workers.critic.map_batch("update", experience, critic_config) if workers.critic else None
                 weights_synced = workers.rollout.call("load_weights", workers.policy.call("state_dict").refs[0])
                 if not one_step_off_policy and step < t.steps:  # queued behind the sync: samples with new weights
-                    next_generation = start_generation(step + 1)
+                    next_generation = start_generation(step + 1, step)
                 metrics.update(policy_update.get())
                 metrics.update(critic_update.get() if critic_update else {})
 
