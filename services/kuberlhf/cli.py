@@ -14,7 +14,7 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from kuberlhf.errors import UserError
+from kuberlhf.errors import Interrupted, UserError
 
 if TYPE_CHECKING:
     from kuberlhf.spec import RLHFJob
@@ -25,6 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
+    except Interrupted as err:  # SIGTERM: checkpointed; the exit status of a process ended by it
+        print(f"stopped: {err}", file=sys.stderr)
+        return 143
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -53,6 +56,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                      help="continue from the newest complete checkpoint in spec.checkpoint.dir (default: on); "
                      "--no-resume starts over, moving the old checkpoints aside (never deleting them)")
+    run.add_argument("--resume-changed", metavar="FIELD,...", default=None,
+                     help="resume although these settings differ from the checkpoint's, e.g. "
+                     "training.learningRate,data.train (spec.checkpoint.resumeChanged); the new values apply")
     run.add_argument("--verbose", action="store_true",
                      help="also show what libraries and Ray workers print (always kept in <output.dir>/run.log)")
     run.set_defaults(handler=_run)
@@ -196,7 +202,11 @@ def _run(args: argparse.Namespace) -> int:
     from kuberlhf.launcher import run_job
     from kuberlhf.telemetry.console import log_exception, quiet_run
 
-    job = load_job(args.file, args.overrides)
+    overrides = list(args.overrides or [])
+    if args.resume_changed:
+        fields = [field.strip() for field in args.resume_changed.split(",") if field.strip()]
+        overrides.append(f"spec.checkpoint.resumeChanged=[{', '.join(fields)}]")
+    job = load_job(args.file, overrides)
     log = Path(job.output_dir) / "run.log"
     with quiet_run(log, args.verbose):
         try:

@@ -12,6 +12,10 @@ class JobStopped(UserError):
     why and where the checkpoint is. Printed like a user error: no traceback, a non-zero exit."""
 
 
+class Interrupted(UserError):
+    """The job was asked to stop (SIGTERM) and did, after a checkpoint; running it again continues."""
+
+
 def user_error_in(error: BaseException) -> UserError | None:
     """The UserError behind a Ray error (a task or actor constructor that raised one, or a Ray Train worker),
     if any."""

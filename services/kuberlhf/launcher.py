@@ -18,17 +18,26 @@ from kuberlhf.preflight import check_local_inputs, check_offline_inputs
 from kuberlhf.quiet import quiet_libraries
 from kuberlhf.telemetry.console import console, route_worker_output
 from kuberlhf.spec import RLHFJob
-from kuberlhf.trainers.checkpoint import find_resume_point, set_aside_checkpoints
-from kuberlhf.trainers.checkpoint_store import checkpoint_store, fetch_stored_checkpoint
+from kuberlhf.storage import job_storage
+from kuberlhf.storage.checkpoints import final_committed, set_aside
+from kuberlhf.storage.lease import leased
+from kuberlhf.trainers.lifecycle import StopRequest, find_resume, local_final, open_run_storage
 
 
 def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[str, Any]:
+    """Run a job (or each stage of a chained one) as the only writer of its outputs (storage/lease.py)."""
     quiet_libraries()
-    if job.spec.stages is not None:
-        return run_stages(job, dashboard, resume)
+    storage = job_storage(job)
+    roots = [storage.outputs] + ([storage.checkpoints.storage] if job.spec.checkpoint.dir else [])
+    with leased(roots):
+        if job.spec.stages is not None:
+            return run_stages(job, dashboard, resume)
+        return run_single(job, dashboard, resume)
+
+
+def run_single(job: RLHFJob, dashboard: bool, resume: bool) -> dict[str, Any]:
     if not resume:
-        refuse_store_with_checkpoints(job)
-        moved = set_aside_checkpoints(job.checkpoint_dir)
+        moved = set_aside(job_storage(job).checkpoints)
         if moved is not None:
             console().print(f"--no-resume: the checkpoints of the earlier run are now in {moved}")
     if job.spec.is_offline:
@@ -36,8 +45,7 @@ def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[s
     inputs = check_local_inputs(job)
     check_prompt_lengths(inputs.policy_model, [inputs.train, inputs.eval], job.spec.data.max_prompt_tokens,
                          job.spec.rollout.max_new_tokens)
-    fetch_stored_checkpoint(job, lambda text: console().print(text, soft_wrap=True))
-    resume_from = find_resume_point(job.checkpoint_dir, job.output_dir, job.spec.training.steps)
+    resume_from = find_resume(job, job.spec.training.steps, note)
 
     import ray
 
@@ -48,23 +56,25 @@ def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[s
 
     started = time.perf_counter()
     display = StepDisplay(job.spec.training.steps, first_step=0)
-    with ray_session(job, dashboard) as where:
+    with ray_session(job, dashboard) as where, StopRequest() as stop_request:
         display.note(f"RLHFJob {job.metadata.name}: {job.spec.algorithm} on {where}, "
                      f"rollouts by {inputs.rollout_engine}")
         check_fits(job, inputs)
+        run = open_run_storage(job)
         exporter = serve_job_metrics(job, job.spec.training.steps, display.note)
         restarts = 0
         while True:  # each pass: fresh workers, from the newest checkpoint after a restart
             workers = start_workers(job, inputs)
             try:
-                result = train(job, workers, inputs.train, inputs.eval, display, resume_from, exporter)
+                result = train(job, workers, inputs.train, inputs.eval, display, run, resume_from, exporter,
+                               stop_request)
                 break
             except ray.exceptions.RayActorError as err:  # a worker process died: rebuild them all
-                restarts = restart_or_fail(err, restarts, job.spec.training.max_restarts, job.checkpoint_dir,
-                                           "a worker")
-                resume_from = find_resume_point(job.checkpoint_dir, job.output_dir, job.spec.training.steps)
+                restarts = restart_or_fail(err, restarts, job.spec.training.max_restarts,
+                                           run.storage.checkpoints.storage.url, "a worker")
+                resume_from = find_resume(job, job.spec.training.steps, display.note)
                 display.note(f"a worker died ({first_line(err)}); restart {restarts}/{job.spec.training.max_restarts}:"
-                             f" new workers from {resume_from or 'the start'}")
+                             f" new workers from {resume_from.name if resume_from else 'the start'}")
             except ray.exceptions.RayError as err:
                 cause = user_error_in(err)
                 if cause is not None:
@@ -76,13 +86,8 @@ def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[s
     return finish(job, result, time.perf_counter() - started, display.console)
 
 
-def refuse_store_with_checkpoints(job: RLHFJob) -> None:
-    """--no-resume cannot set aside what is in an object store: rather than resume from it, refuse."""
-    store = checkpoint_store(job.spec)
-    if store is not None and store.complete():
-        raise UserError(f"spec.checkpoint.uri: {store.uri} holds checkpoints that a run would resume from; "
-                        "--no-resume cannot move them aside there: choose another checkpoint.uri (nothing was "
-                        "changed)")
+def note(text: str) -> None:
+    console().print(text, soft_wrap=True)
 
 
 def check_fits(job: RLHFJob, inputs: Any) -> None:
@@ -98,8 +103,9 @@ def run_stages(job: RLHFJob, dashboard: bool, resume: bool = True) -> dict[str, 
 
     summaries = []
     for stage, stage_job in zip(job.spec.stages or [], stage_jobs(job)):
-        final = Path(stage_job.output_dir) / "final"
-        if final.exists():
+        stage_storage = job_storage(stage_job)
+        if final_committed(stage_storage.outputs):
+            final = local_final(stage_storage)
             console().print(f"stage {stage.name} ({stage.algorithm}): done earlier, {final}")
             summaries.append({"stage": stage.name, "algorithm": stage.algorithm, "status": "skipped",
                               "final_model": str(final)})
@@ -118,10 +124,10 @@ def run_offline_job(job: RLHFJob, dashboard: bool) -> dict[str, Any]:
     from kuberlhf.trainers.offline import train_offline
 
     inputs = check_offline_inputs(job)
-    final = Path(job.output_dir) / "final"
-    if final.exists():
-        raise UserError(f"spec.output.dir: {final} exists: this stage has finished; remove it or choose another "
-                        f"output.dir (nothing was overwritten)")
+    outputs = job_storage(job).outputs
+    if final_committed(outputs):
+        raise UserError(f"{outputs.field}: {outputs.describe('final')} exists: this stage has finished; remove it "
+                        f"or choose another {outputs.field} (nothing was overwritten)")
     Path(job.output_dir).mkdir(parents=True, exist_ok=True)
     started, out = time.perf_counter(), console()
     with ray_session(job, dashboard) as where:
@@ -208,8 +214,9 @@ def check_prompt_lengths(model: str, datasets: list[Any], max_prompt_tokens: int
 
 
 def build_summary(job: RLHFJob, result: dict[str, Any], wall_seconds: float) -> dict[str, Any]:
-    records = [json.loads(line) for line in Path(result["metrics_file"]).read_text().splitlines()]
-    from kuberlhf.telemetry.run_log import HEADLINE, OFFLINE_HEADLINE
+    from kuberlhf.telemetry.run_log import HEADLINE, OFFLINE_HEADLINE, read_records
+
+    records = [record for _, record in read_records(Path(result["metrics_file"]))]
 
     headline = {}
     keys = OFFLINE_HEADLINE if job.spec.is_offline else HEADLINE

@@ -266,22 +266,28 @@ class ResourcesSpec(SpecModel):
 
 class CheckpointSpec(SpecModel):
     """Periodic checkpoints: trained roles' weights and optimizer state, prompt position, KL coefficient.
-    `kuberlhf run` resumes from the newest complete checkpoint in `dir` and then sees the same batches as an
-    uninterrupted run."""
+    `kuberlhf run` resumes from the newest complete checkpoint and then sees the same batches as an
+    uninterrupted run; a checkpoint written by a job with other settings is refused (see `resumeChanged`)."""
 
     dir: str | None = None
-    """Checkpoint directory. Default: `<output.dir>/checkpoints`."""
-    every_steps: int = Field(default=0, ge=0)
-    """Save every N steps (0 = never)."""
+    """Checkpoint directory. Default: `<output.dir>/checkpoints` (`<output.uri>/checkpoints` with a uri)."""
+    every_steps: int = Field(default=50, ge=0)
+    """Save every N steps (0 = only when the job is stopped: SIGTERM, the monitor, the non-finite guard)."""
     keep: int = Field(default=2, ge=1)
-    """Newest checkpoints kept; older ones are deleted after a newer one is complete."""
-    uri: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9+.-]*://\S+$")
-    """Also keep every checkpoint in this object store, an fsspec URL: `gs://bucket/path` (needs gcsfs),
-    `az://container/path` (adlfs), `file:///mounted/path`; s3:// see docs/reliability.md.
-    Checkpoints are uploaded after they are written, `trainer_state.json` last (a stored checkpoint without
-    it is incomplete and ignored); `keep` applies there too. A run whose `dir` has no checkpoint as new as
-    the store's downloads the newest and resumes from it: a KubeRay retry on a new cluster without a PVC
-    loses nothing. Credentials come from the environment (`cluster.secretEnv`)."""
+    """Newest checkpoints kept; older ones are deleted after a newer one is complete (the newest one from
+    before a stop is kept too)."""
+    resume_changed: list[str] = Field(default_factory=list)
+    """Settings a resumed run may change from those the checkpoint was written with (`kuberlhf run
+    --resume-changed`), e.g. `[training.learningRate, data.train]`; a section name accepts its fields. The
+    resumed run uses the new values."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _uri_moved(cls, data: object) -> object:
+        if isinstance(data, dict) and "uri" in data:
+            raise ValueError("uri: replaced by spec.output.uri, which holds the checkpoints (<uri>/checkpoints) "
+                             "and the final model (<uri>/final); move it there")
+        return data
 
 
 class OutputSpec(SpecModel):
@@ -290,9 +296,19 @@ class OutputSpec(SpecModel):
     dir: str = "runs/{name}"
     """Output directory; `{name}` is replaced by metadata.name. Holds `final/` (a Hugging Face model
     directory), `metrics.jsonl` and `summary.json`."""
+    uri: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9+.-]*://\S+$")
+    """Durable storage for the job, an fsspec URL: `s3://bucket/path` (needs s3fs), `gs://...` (gcsfs),
+    `az://...` (adlfs), `file:///mounted/path`. Checkpoints go to `<uri>/checkpoints` and the final model to
+    `<uri>/final`, each written by the processes that own it and committed by the driver; `metrics.jsonl`,
+    `samples.jsonl` and `summary.json` are copied there at each checkpoint and at the end. A run (a KubeRay
+    retry on a new cluster) resumes from the newest checkpoint there. Credentials come from the environment
+    (`cluster.secretEnv`)."""
     merge_lora: bool = True
     """With `policy.lora`: save `final/` as the merged model (a plain Hugging Face directory); false saves
     the adapter alone (`adapter_config.json`, loadable with peft on top of the base model)."""
+    ephemeral: bool = False
+    """On Kubernetes: run even though the outputs have nowhere persistent to go (no `uri`, no
+    `cluster.persistentVolumeClaim`); they are lost when the cluster is torn down."""
 
 
 class StageSpec(SpecModel):

@@ -36,11 +36,11 @@ def stage_documents(spec: RLHFJobSpec, output_dir: str) -> list[tuple[str, dict[
             raw["policy"] = {"model": policy}
         if stage.algorithm in ONLINE_ALGORITHMS and stage.reward is None and reward_model is not None:
             raw["reward"] = {"model": reward_model}
-        raw["output"] = {"dir": f"{output_dir}/{stage.name}"}
+        raw["output"] = {**raw.get("output", {}), "dir": f"{output_dir}/{stage.name}"}
+        if spec.output.uri:
+            raw["output"]["uri"] = f"{spec.output.uri.rstrip('/')}/{stage.name}"
         if spec.checkpoint.dir:
             raw["checkpoint"] = {**raw.get("checkpoint", {}), "dir": f"{spec.checkpoint.dir}/{stage.name}"}
-        if spec.checkpoint.uri:
-            raw["checkpoint"] = {**raw.get("checkpoint", {}), "uri": f"{spec.checkpoint.uri.rstrip('/')}/{stage.name}"}
         final = f"{output_dir}/{stage.name}/final"
         if stage.algorithm == "rm":
             reward_model = final
@@ -84,4 +84,4 @@ def _applies(section: str, algorithm: str) -> bool:
         return algorithm not in OFFLINE_ALGORITHMS
     if section == "critic":
         return algorithm == "ppo"
-    return section != "output"
+    return True  # output too: its dir and uri get the stage's name appended

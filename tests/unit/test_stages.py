@@ -77,8 +77,10 @@ def test_a_job_without_stages_still_needs_an_algorithm():
 
 def test_each_stage_keeps_its_checkpoints_apart_locally_and_in_the_object_store():
     raw = raw_chain()
-    raw["spec"]["checkpoint"] = {"dir": "/ckpt/chain", "uri": "gs://bucket/chain/", "everySteps": 5}
+    raw["spec"]["checkpoint"] = {"dir": "/ckpt/chain", "everySteps": 5}
+    raw["spec"]["output"] = {"uri": "gs://bucket/chain/", "mergeLora": False}
     stages = stage_jobs(validate_job(raw))
     assert [job.checkpoint_dir for job in stages] == [f"/ckpt/chain/{n}" for n in ("sft", "rm", "ppo")]
-    assert [job.spec.checkpoint.uri for job in stages] == [f"gs://bucket/chain/{n}" for n in ("sft", "rm", "ppo")]
+    assert [job.spec.output.uri for job in stages] == [f"gs://bucket/chain/{n}" for n in ("sft", "rm", "ppo")]
+    assert {job.spec.output.merge_lora for job in stages} == {False}
     assert {job.spec.checkpoint.every_steps for job in stages} == {5}

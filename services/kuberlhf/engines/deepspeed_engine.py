@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kuberlhf.engines.training import set_base_learning_rate
+
 TAG = "state"
 
 
@@ -109,5 +111,22 @@ class DeepSpeedTrainingEngine:
         self.engine.save_checkpoint(str(path), tag=TAG, client_state=extra)
 
     def load(self, path: str | Path) -> dict[str, Any]:
+        """Restore what `save` wrote; returns the caller's extras. Loaded with `weights_only` (tensors, plain
+        values and DeepSpeed's own record types only): a checkpoint cannot run code when it is loaded."""
+        self.engine.checkpoint_engine.load = load_tensors_only
         _, client_state = self.engine.load_checkpoint(str(path), tag=TAG)
         return dict(client_state or {})
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        set_base_learning_rate(self.optimizer, self.engine.lr_scheduler, learning_rate)
+
+
+def load_tensors_only(path: str, map_location: Any = None) -> Any:
+    """DeepSpeed's checkpoint reader without unpickling arbitrary objects (its own loads with
+    weights_only=False): only DeepSpeed's record types are allowed besides tensors and plain values."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+        return torch.load(path, map_location=map_location, weights_only=True)

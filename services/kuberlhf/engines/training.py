@@ -64,6 +64,15 @@ def make_training_engine(model: nn.Module, setup: TrainingSetup, world_size: int
     return DeepSpeedTrainingEngine(model, setup)
 
 
+def set_base_learning_rate(optimizer: Any, scheduler: Any, learning_rate: float) -> None:
+    """The spec's learning rate after a resume (the optimizer and schedule states restore the checkpoint's):
+    the schedule goes on from its step with the new base, lr = base x schedule(step)."""
+    scheduler.base_lrs = [learning_rate] * len(scheduler.base_lrs)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = learning_rate
+        group["lr"] = learning_rate * factor(scheduler.last_epoch)
+
+
 def fused_adamw_supported(parameters: list[torch.Tensor]) -> bool:
     return bool(parameters) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in parameters)
 
@@ -110,6 +119,9 @@ class TorchTrainingEngine:
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         return {name: tensor.detach() for name, tensor in self.model.state_dict().items()}
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        set_base_learning_rate(self.optimizer, self.scheduler, learning_rate)
 
     def save(self, path: str | Path, **extra: Any) -> None:
         """Model and optimizer state (plus the caller's own counters) into directory `path`."""

@@ -62,17 +62,21 @@ class Row(NamedTuple):
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl; a line that is not a JSON object is a UserError naming file:line."""
+    """The records of a metrics.jsonl; a line that is not a JSON object is a UserError naming file:line, except
+    a last line cut short (a run killed while writing it), which is left out."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file (a run writes metrics.jsonl in its output dir after its first step)")
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
+            if number == len(lines) and not path.read_text().endswith("\n"):
+                break
             raise UserError(f"{path}:{number}: not valid JSON ({err.msg}, column {err.colno})") from None
         if not isinstance(record, dict):
             raise UserError(f"{path}:{number}: expected a JSON object per line, got {type(record).__name__}")

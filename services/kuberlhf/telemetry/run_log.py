@@ -33,20 +33,69 @@ class PhaseTimer:
 
 
 class StepLog:
-    """A JSON-lines file of records tagged with their step (metrics.jsonl, samples.jsonl); on resume, drops the
-    lines past the resumed step first."""
+    """A JSON-lines file of records tagged with their step (metrics.jsonl, samples.jsonl); on resume, keeps
+    the lines up to the resumed step (a line cut short by a crash or a full disk is dropped) and replaces the
+    file in one rename."""
 
     def __init__(self, path: Path, resume_step: int = 0, sort_keys: bool = True) -> None:
         self.path, self.sort_keys = path, sort_keys
         path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if resume_step and path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= resume_step]
-        path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line, record in read_records(path) if record.get("step", 0) <= resume_step]
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text("".join(line + "\n" for line in kept))
+        partial.replace(path)
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as handle:
             handle.write(json.dumps(record, sort_keys=self.sort_keys, default=_plain) + "\n")
+
+
+def read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) of each whole JSON line of a step log; a cut or garbled line is skipped."""
+    found = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            found.append((line, record))
+    return found
+
+
+class DriverFiles:
+    """A Ray actor on the driver's node that writes the driver's own files (metrics.jsonl, eval.json) for a
+    process that runs elsewhere (an offline stage's rank 0, on another pod)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+        self.logs: dict[str, StepLog] = {}
+
+    def open_log(self, name: str, resume_step: int) -> None:
+        self.logs[name] = StepLog(self.directory / name, resume_step)
+
+    def write(self, name: str, record: dict[str, Any]) -> None:
+        self.logs[name].write(record)
+
+    def write_text(self, name: str, text: str) -> None:
+        (self.directory / name).write_text(text)
+
+
+class RemoteStepLog:
+    """A StepLog kept by a DriverFiles actor (same `write`)."""
+
+    def __init__(self, files: Any, name: str, resume_step: int) -> None:
+        import ray
+
+        self.files, self.name = files, name
+        ray.get(files.open_log.remote(name, resume_step))
+
+    def write(self, record: dict[str, Any]) -> None:
+        import ray
+
+        ray.get(self.files.write.remote(self.name, json.loads(json.dumps(record, default=_plain))))
 
 
 def _plain(value: Any) -> Any:

@@ -20,8 +20,10 @@ from kuberlhf.models.loading import load_tokenizer
 from kuberlhf.preflight import OfflineInputs
 from kuberlhf.spec import RLHFJob
 from kuberlhf.telemetry.exporter import serve_job_metrics
-from kuberlhf.trainers.checkpoint import find_resume_point, read_trainer_state
-from kuberlhf.trainers.checkpoint_store import fetch_stored_checkpoint
+from kuberlhf.storage.checkpoints import begin_final
+from kuberlhf.storage.transfer import start_on_this_node
+from kuberlhf.telemetry.run_log import DriverFiles
+from kuberlhf.trainers.lifecycle import find_resume, local_final, open_run_storage
 from kuberlhf.trainers.offline_loop import EVAL_FILE, OfflineConfig, Split, train_loop
 from kuberlhf.workers.launch import training_setup
 
@@ -61,25 +63,31 @@ def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any) -> dict[str, A
     note(f"{spec.algorithm}: {len(examples)} examples, {config.steps_per_epoch} steps per epoch, "
          f"{config.total_steps} steps")
     config = dataclasses.replace(config, exporter=serve_job_metrics(job, config.total_steps, note))
-    fetch_stored_checkpoint(job, note)
+    run = open_run_storage(job)
+    begin_final(run.storage.outputs)  # an uncommitted final/ of a run that died while writing it
+    config = dataclasses.replace(config, checkpoints=run.checkpoints, outputs=run.outputs,
+                                 fingerprint=run.fingerprint,
+                                 driver_files=start_on_this_node(DriverFiles, str(Path(job.output_dir).resolve())))
     restarts = 0
     while True:  # each pass a new Ray Train run, from the newest complete checkpoint
-        resume_from = find_resume_point(job.checkpoint_dir, job.output_dir, config.total_steps)
+        resume_from = find_resume(job, config.total_steps, note)
         if resume_from is not None:
-            note(f"resuming from {resume_from} (step {read_trainer_state(resume_from)['step']})")
-        config = dataclasses.replace(config, resume_from=str(resume_from) if resume_from else None)
+            note(f"resuming from {run.storage.checkpoints.storage.describe(resume_from.name)} "
+                 f"(step {resume_from.step})")
+        config = dataclasses.replace(config, resume_from=resume_from)
         try:
             ray_train_run(job, config).fit()
             break
         except ray.train.TrainingFailedError as err:
-            restarts = restart_or_fail(err, restarts, spec.training.max_restarts, job.checkpoint_dir,
+            restarts = restart_or_fail(err, restarts, spec.training.max_restarts, run.storage.checkpoints.storage.url,
                                        "a Ray Train worker")
             note(f"a Ray Train worker failed ({first_line(err)}); restart {restarts}/{spec.training.max_restarts}: "
                  f"new workers")
     output = Path(job.output_dir)
+    run.storage.copy_logs()
     evaluated = json.loads((output / EVAL_FILE).read_text()) if evaluation is not None else {}
-    return {"final_model": str(output / "final"), "metrics_file": str(output / "metrics.jsonl"), "eval": evaluated,
-            "steps": config.total_steps, "restarts": restarts}
+    return {"final_model": local_final(run.storage), "metrics_file": str(output / "metrics.jsonl"),
+            "eval": evaluated, "steps": config.total_steps, "restarts": restarts}
 
 
 def ray_train_run(job: RLHFJob, config: OfflineConfig) -> Any:
@@ -116,12 +124,12 @@ def offline_config(job: RLHFJob, inputs: OfflineInputs, train: Split, evaluation
         settings = dict(beta=spec.kto.beta, desirable_weight=spec.kto.desirable_weight,
                         undesirable_weight=spec.kto.undesirable_weight)
     config = OfflineConfig(
-        algorithm=spec.algorithm, model_path=inputs.policy_model, output_dir=str(Path(job.output_dir).resolve()),
+        algorithm=spec.algorithm, model_path=inputs.policy_model,
         setup=training_setup(spec, t.learning_rate, "policy", total_steps=0), batch_size=t.batch_size,
         epochs=t.epochs, max_steps=t.steps if "steps" in t.model_fields_set else None, seed=t.seed,
         cpus=spec.resources.policy.cpus,
-        checkpoint_every=spec.checkpoint.every_steps, checkpoint_dir=str(Path(job.checkpoint_dir).resolve()),
-        keep=spec.checkpoint.keep, checkpoint_uri=spec.checkpoint.uri, pad_token_id=pad_token_id, train=train,
+        checkpoint_every=spec.checkpoint.every_steps, checkpoints=None, outputs=None, fingerprint={},
+        driver_files=None, keep=spec.checkpoint.keep, pad_token_id=pad_token_id, train=train,
         evaluation=evaluation, eval_every=t.eval_every_steps, lora=spec.policy.lora, merge_lora=spec.output.merge_lora,
         job_labels=dict(job.metadata.labels), max_non_finite_steps=t.max_non_finite_steps, **settings,
     )

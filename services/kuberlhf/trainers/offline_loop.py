@@ -3,7 +3,7 @@
 Reads top to bottom like a single-process trainer: build the model and its engine, restore the checkpoint
 the driver found (`resume_from`), then for each epoch and each batch: take this rank's share, compute the
 algorithm's loss micro-batch by micro-batch, step, log, and now and then checkpoint (atomically, as the online
-algorithms do: `trainers/checkpoint.py`). Reference log-probs
+algorithms do: `storage/checkpoints.py`). Reference log-probs
 were computed once before training (`Examples` + `ReferenceLogprobs`), never by a second model in here.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +35,10 @@ from kuberlhf.models.forward import response_logprobs
 from kuberlhf.models.reward import sequence_rewards
 from kuberlhf.telemetry.job_status import status_reporter
 from kuberlhf.telemetry.console import say
-from kuberlhf.telemetry.run_log import StepLog
+from kuberlhf.telemetry.run_log import RemoteStepLog
 from kuberlhf.telemetry.step_sink import StepSink
-from kuberlhf.trainers import checkpoint
-from kuberlhf.trainers.checkpoint_store import CheckpointStore
+from kuberlhf.storage.checkpoints import FINAL, Checkpoint, checkpoint_name
+from kuberlhf.storage.transfer import StorageTarget, deliver, fetch
 from kuberlhf.trainers.guards import NonFiniteGuard
 from kuberlhf.workers.common import configure_process, worker_device
 
@@ -68,7 +69,6 @@ class OfflineConfig:
 
     algorithm: str
     model_path: str
-    output_dir: str
     setup: TrainingSetup
     batch_size: int
     epochs: int
@@ -76,9 +76,11 @@ class OfflineConfig:
     seed: int
     cpus: float
     checkpoint_every: int
-    checkpoint_dir: str  # shared by every rank (a PVC across nodes)
+    checkpoints: StorageTarget  # where every rank writes its part of a checkpoint (storage/transfer.py)
+    outputs: StorageTarget  # where rank 0 writes final/
     keep: int  # checkpoint.keep
-    checkpoint_uri: str | None  # checkpoint.uri: rank 0 uploads each checkpoint there
+    fingerprint: dict[str, Any]  # recorded in each checkpoint (storage/fingerprint.py)
+    driver_files: Any  # a DriverFiles actor: metrics.jsonl and eval.json in the driver's output directory
     pad_token_id: int
     lora: Any  # the job's policy.lora, or None
     merge_lora: bool
@@ -94,7 +96,7 @@ class OfflineConfig:
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
     job_labels: dict[str, str] = field(default_factory=dict)  # the stage label names a chain's stage
-    resume_from: str | None = None  # the newest complete checkpoint when the run (re)starts
+    resume_from: Checkpoint | None = None  # the newest complete checkpoint when the run (re)starts
 
     @property
     def steps_per_epoch(self) -> int:
@@ -120,8 +122,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
         join_existing_group()
     engine = make_training_engine(model, config.setup, world)
-    step = restore(engine, config.resume_from)
-    sink = StepSink(StepLog(Path(config.output_dir, "metrics.jsonl"), resume_step=step), config.exporter,
+    step = restore(engine, config)
+    sink = StepSink(RemoteStepLog(config.driver_files, "metrics.jsonl", step), config.exporter,
                     status_reporter(config.total_steps, step + 1, config.job_labels)) if rank == 0 else None
     share = config.batch_size // world
     guard = NonFiniteGuard(config.max_non_finite_steps)  # every rank sees the same (averaged) metrics
@@ -149,13 +151,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             say(f"step {step}/{config.total_steps}  loss {metrics['loss']:.4f}"
                 + (f"  accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""))
         if broken or (config.checkpoint_every and step % config.checkpoint_every == 0):
-            save_checkpoint(engine, config, step, rank, world)
+            save_checkpoint(engine, config, step, rank, world, stopped=broken)
         if broken:
             raise JobStopped(f"{broken}. A checkpoint of this step was written (spec.checkpoint.dir); run the job "
                              f"again with other settings to continue from it")
     if rank == 0 and config.evaluation is not None:
         final_eval = {k: v for k, v in metrics.items() if k.startswith("eval/")}
-        Path(config.output_dir, EVAL_FILE).write_text(json.dumps(final_eval, indent=2))
+        ray.get(config.driver_files.write_text.remote(EVAL_FILE, json.dumps(final_eval, indent=2)))
     save_final(engine, model, config, rank)
 
 
@@ -304,30 +306,49 @@ def average_over_ranks(metrics: dict[str, float], world: int) -> dict[str, float
     return {k: float(v) / world for k, v in zip(keys, values)}
 
 
-def restore(engine: Any, resume_from: str | None) -> int:
-    """Load the checkpoint the driver found (after a re-run or a worker failure); its step, else 0."""
-    if resume_from is None:
+def restore(engine: Any, config: OfflineConfig) -> int:
+    """Load the checkpoint the driver found (after a re-run or a worker failure), every rank its copy of the
+    engine part, then the spec's learning rate; the checkpoint's step, else 0."""
+    checkpoint = config.resume_from
+    if checkpoint is None:
         return 0
-    engine.load(Path(resume_from) / "engine")
-    return checkpoint.read_trainer_state(Path(resume_from))["step"]
+    with tempfile.TemporaryDirectory(prefix="kuberlhf-checkpoint-") as scratch:
+        fetch(config.checkpoints, f"{checkpoint.name}/engine", checkpoint.files_of("engine"), Path(scratch))
+        engine.load(Path(scratch))
+    engine.set_learning_rate(config.setup.learning_rate)
+    return checkpoint.step
 
 
-def save_checkpoint(engine: Any, config: OfflineConfig, step: int, rank: int, world: int) -> None:
-    """Every rank writes its part (DeepSpeed shards) into a hidden partial directory; once all have, rank 0
-    commits it (`trainers/checkpoint.py`: trainer state last, then the rename). Not Ray Train's checkpoints:
-    its controller registers a reported checkpoint only at its next poll of the workers (every 2 s), so a
-    worker killed in between lost it and the restarted run began from an older one."""
-    partial = Path(config.checkpoint_dir) / f".{checkpoint.checkpoint_name(step)}.partial"
+def save_checkpoint(engine: Any, config: OfflineConfig, step: int, rank: int, world: int,
+                    stopped: str | None = None) -> None:
+    """Every rank writes its part (DeepSpeed shards) into the job's storage from wherever it runs; once all
+    have, rank 0 has the driver-side relay commit it (storage/checkpoints.py: manifest checked, state file
+    last). Not Ray Train's checkpoints: its controller registers a reported checkpoint only at its next poll
+    of the workers (every 2 s), so a worker killed in between lost it and the restarted run began from an
+    older one."""
+    import ray
+
+    relay = config.checkpoints.relay
     if rank == 0:
-        checkpoint.partial_dir(config.checkpoint_dir, step)  # a fresh, empty one
+        ray.get(relay.begin_checkpoint.remote(step))
     barrier(world)
-    engine.save(partial / "engine")
-    barrier(world)
+    key = f"{checkpoint_name(step)}/engine"
+    with tempfile.TemporaryDirectory(prefix="kuberlhf-checkpoint-") as scratch:
+        engine.save(scratch)
+        manifests = gather_objects(deliver(Path(scratch), config.checkpoints, key), world)
     if rank == 0:
-        saved = checkpoint.commit_checkpoint(partial, step, {"algorithm": config.algorithm}, config.keep)
-        if config.checkpoint_uri:
-            CheckpointStore(config.checkpoint_uri).upload(saved, config.keep)
+        files = {f"engine/{name}": size for manifest in manifests for name, size in manifest.items()}
+        state = {"algorithm": config.algorithm, "fingerprint": config.fingerprint}
+        ray.get(relay.commit_checkpoint.remote(step, files, state, config.keep, stopped))
     barrier(world)  # no rank goes on (or stops) before the checkpoint is in place
+
+
+def gather_objects(value: Any, world: int) -> list[Any]:
+    if world == 1:
+        return [value]
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
 
 
 def barrier(world: int) -> None:
@@ -340,8 +361,13 @@ def save_final(engine: Any, model: torch.nn.Module, config: OfflineConfig, rank:
     from kuberlhf.models.loading import load_tokenizer
     from kuberlhf.models.lora import save_trained
 
+    import ray
+
     weights = engine.full_state_dict()
     if rank == 0:
-        final = Path(config.output_dir) / "final"
-        save_trained(model, weights, final, config.merge_lora)
-        load_tokenizer(config.model_path).save_pretrained(final)
+        with tempfile.TemporaryDirectory(prefix="kuberlhf-final-") as scratch:
+            save_trained(model, weights, Path(scratch), config.merge_lora)
+            load_tokenizer(config.model_path).save_pretrained(scratch)
+            files = deliver(Path(scratch), config.outputs, FINAL)
+        about = {"algorithm": config.algorithm, "step": config.total_steps}
+        ray.get(config.outputs.relay.commit_final.remote(files, about))

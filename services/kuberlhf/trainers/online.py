@@ -12,7 +12,6 @@ Distribution lives in `workers/`, numerics in `algorithms/`; nothing here touche
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -22,15 +21,21 @@ from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.data.prompts import PromptDataset
 from kuberlhf.data.sampler import PromptSampler
 from kuberlhf.engines.generation import SamplingParams
-from kuberlhf.errors import JobStopped
+from kuberlhf.errors import Interrupted, JobStopped
 from kuberlhf.reward_functions import TrainerState
 from kuberlhf.spec import RLHFJob
 from kuberlhf.telemetry.job_status import status_reporter
 from kuberlhf.telemetry.monitor import RewardHackingMonitor
 from kuberlhf.telemetry.run_log import PhaseTimer, StepDisplay, StepLog, sample_records
 from kuberlhf.telemetry.step_sink import StepSink
-from kuberlhf.trainers import checkpoint
-from kuberlhf.trainers.checkpoint_store import CheckpointStore, checkpoint_store
+from kuberlhf.storage.checkpoints import Checkpoint
+from kuberlhf.trainers.lifecycle import (
+    RunStorage,
+    StopRequest,
+    restore_checkpoint,
+    save_checkpoint,
+    save_final_model,
+)
 from kuberlhf.trainers.experience import AdvantageConfig, make_experience
 from kuberlhf.trainers.guards import NonFiniteGuard
 from kuberlhf.workers.critic import CriticUpdateConfig
@@ -40,9 +45,10 @@ from kuberlhf.workers.policy import PolicyUpdateConfig
 
 
 def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_data: PromptDataset | None,
-          display: StepDisplay, resume_from: Path | None = None, exporter: Any | None = None) -> dict[str, Any]:
+          display: StepDisplay, run: RunStorage, resume_from: Checkpoint | None = None,
+          exporter: Any | None = None, stop_request: StopRequest | None = None) -> dict[str, Any]:
     spec, t = job.spec, job.spec.training
-    output_dir, checkpoint_dir, store = Path(job.output_dir), Path(job.checkpoint_dir), checkpoint_store(spec)
+    output_dir = Path(job.output_dir)
     sampling = SamplingParams(spec.rollout.samples_per_prompt, spec.rollout.max_new_tokens,
                               spec.rollout.temperature, spec.rollout.top_p, spec.rollout.min_new_tokens)
     policy_config = PolicyUpdateConfig(
@@ -63,14 +69,16 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
     sampler = PromptSampler(len(train_data), t.prompts_per_step, t.seed)
     monitor, guard = RewardHackingMonitor(spec.monitor), NonFiniteGuard(t.max_non_finite_steps)
     kl_coef, first_step = t.kl.coef, 1
+    trained = trained_groups(workers)
     if resume_from is not None:
-        state = checkpoint.read_trainer_state(resume_from)
-        restore_workers(workers, resume_from)
+        state = resume_from.state
+        restore_checkpoint(run, trained, resume_from)
+        workers.rollout.call("load_weights", workers.policy.call("state_dict").refs[0]).get()
         sampler.load_state(state["sampler"])
-        kl_coef, first_step = state["kl_coef"], state["step"] + 1
-        if "monitor" in state:
-            monitor.load_state(state["monitor"])
-        display.note(f"resuming from {resume_from} (step {state['step']})")
+        kl_coef, first_step = state["kl_coef"], resume_from.step + 1
+        monitor.load_state(state["monitor"])
+        display.note(f"resuming from {run.storage.checkpoints.storage.describe(resume_from.name)} "
+                     f"(step {resume_from.step})")
     elif spec.policy.lora is not None and spec.policy.lora.quantize:  # QLoRA: the engines loaded the model
         workers.rollout.call("load_weights", workers.policy.call("state_dict").refs[0]).get()  # unquantized
     sink = StepSink(StepLog(output_dir / "metrics.jsonl", resume_step=first_step - 1), exporter,
@@ -150,9 +158,10 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
                     metrics["eval/reward_mean"] = evaluate(workers, eval_data, sampling, t.seed,
                                                            TrainerState(step, t.steps))
             trainer_state = {"sampler": sampler_state, "kl_coef": kl_coef, "monitor": monitor.state()}
+            saved = None
             if spec.checkpoint.every_steps and step % spec.checkpoint.every_steps == 0:
                 with timer("checkpoint"):
-                    save_checkpoint(workers, checkpoint_dir, step, trainer_state, spec.checkpoint.keep, store)
+                    saved = save_checkpoint(run, trained, step, trainer_state)
 
             metrics.update(timer.seconds)
             metrics.update(throughput(rollout, time.perf_counter() - step_started))
@@ -161,17 +170,25 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
             display.update(step, metrics)
             if signals and spec.monitor.action == "stop":
                 evidence = "; ".join(f"{s.name}: {s.evidence}" for s in signals)
-                stop(f"stopped by spec.monitor (action: stop) at step {step}: {evidence}", workers,
-                     checkpoint_dir, step, trainer_state, spec.checkpoint.keep, store)
+                stop(f"stopped by spec.monitor (action: stop) at step {step}: {evidence}", run, trained, step,
+                     trainer_state)
             if broken:
-                stop(broken, workers, checkpoint_dir, step, trainer_state, spec.checkpoint.keep, store)
+                stop(broken, run, trained, step, trainer_state)
+            if stop_request is not None and stop_request.requested and step < t.steps:
+                if weights_synced is not None:
+                    weights_synced.get()
+                saved = saved or save_checkpoint(run, trained, step, trainer_state)
+                raise Interrupted(f"SIGTERM: stopped after step {step}; its checkpoint "
+                                  f"{run.storage.checkpoints.storage.describe(saved.name)} is saved, and running "
+                                  "the job again continues from it")
 
     if weights_synced is not None:
         weights_synced.get()  # surface a failed last sync
     if eval_data is not None:
         evals["eval/reward_mean_end"] = evaluate(workers, eval_data, sampling, t.seed,
                                                  TrainerState(t.steps, t.steps))
-    final_model = save_final_model(workers, output_dir, spec.output.merge_lora)
+    final_model = save_final_model(run, workers.policy, spec.output.merge_lora,
+                                   {"job": job.metadata.name, "algorithm": spec.algorithm, "step": t.steps})
     return {"final_model": str(final_model), "metrics_file": str(sink.metrics_file.path), "eval": evals,
             "train_seconds": time.perf_counter() - started, "first_step": first_step}
 
@@ -197,46 +214,15 @@ def throughput(rollout: RolloutBatch, seconds: float) -> dict[str, float]:
             "throughput/tokens_per_second": tokens / seconds}
 
 
-def stop(reason: str, workers: RoleWorkers, directory: Path, step: int, state: dict[str, Any], keep: int,
-         store: CheckpointStore | None) -> None:
-    """End the job as failed on purpose (the monitor's `stop`, too many non-finite updates), after a checkpoint."""
-    saved = save_checkpoint(workers, directory, step, state, keep, store)
-    raise JobStopped(f"{reason}. The checkpoint {saved} holds this step; inspect it, then resume with other "
-                     f"settings, or delete it to start over")
+def trained_groups(workers: RoleWorkers) -> dict[str, Any]:
+    """The roles whose weights and optimizer state a checkpoint holds."""
+    return {"policy": workers.policy, **({"critic": workers.critic} if workers.critic else {})}
 
 
-def save_checkpoint(workers: RoleWorkers, directory: Path, step: int, state: dict[str, Any], keep: int,
-                    store: CheckpointStore | None) -> Path:
-    partial = checkpoint.partial_dir(directory, step)
-    pending = [workers.policy.call("save_state", str(partial / "policy"))]
-    if workers.critic:
-        pending.append(workers.critic.call("save_state", str(partial / "critic")))
-    for p in pending:
-        p.get()
-    saved = checkpoint.commit_checkpoint(partial, step, state, keep)
-    if store is not None:
-        store.upload(saved, keep)
-    return saved
-
-
-def restore_workers(workers: RoleWorkers, saved: Path) -> None:
-    pending = [workers.policy.call("load_state", str(saved / "policy"))]
-    if workers.critic:
-        pending.append(workers.critic.call("load_state", str(saved / "critic")))
-    for p in pending:
-        p.get()
-    workers.rollout.call("load_weights", workers.policy.call("state_dict").refs[0]).get()
-
-
-def save_final_model(workers: RoleWorkers, output_dir: Path, merge_lora: bool = True) -> Path:
-    """Write output_dir/final atomically: a complete new model replaces the old one only once written."""
-    final, partial = output_dir / "final", output_dir / ".final.partial"
-    workers.policy.call("save_pretrained", str(partial), merge_lora).get()
-    if final.exists():
-        previous = output_dir / ".final.previous"
-        final.rename(previous)
-        partial.rename(final)
-        shutil.rmtree(previous)
-    else:
-        partial.rename(final)
-    return final
+def stop(reason: str, run: RunStorage, trained: dict[str, Any], step: int, state: dict[str, Any]) -> None:
+    """End the job as failed on purpose (the monitor's `stop`, too many non-finite updates), after a checkpoint
+    marked as a stop's (pruning keeps the last one from before it)."""
+    saved = save_checkpoint(run, trained, step, state, stopped=reason)
+    where = run.storage.checkpoints.storage.describe(saved.name)
+    raise JobStopped(f"{reason}. The checkpoint {where} holds this step; inspect it, then resume with other "
+                     f"settings, or delete it to start over from the one before")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from kuberlhf.quiet import quiet_libraries
+from kuberlhf.storage.transfer import StorageTarget, deliver, fetch
 from kuberlhf.telemetry.console import configure_worker_logging
 
 
@@ -106,7 +109,7 @@ class TrainedRole:
         """Join the group (DeepSpeed) or stay single-process (plain torch), then build the training engine."""
         from kuberlhf.engines.training import make_training_engine
 
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.setup = rank, world_size, setup
         if setup.uses_deepspeed(world_size):
             from kuberlhf.engines.deepspeed_engine import init_distributed
 
@@ -128,8 +131,17 @@ class TrainedRole:
         return {"params_mib": mib(params), "optimizer_mib": mib(states),
                 "rss_mib": psutil.Process().memory_info().rss / 2**20}
 
-    def save_state(self, path: str) -> None:
-        self.engine.save(path, updates=self.updates)
+    def save_state(self, target: StorageTarget, key: str) -> dict[str, int]:
+        """Write this rank's part of a checkpoint (weights, optimizer state: its ZeRO partition) into the job's
+        storage under `key`, from wherever this worker runs; returns the manifest of the files it wrote."""
+        with tempfile.TemporaryDirectory(prefix="kuberlhf-checkpoint-") as scratch:
+            self.engine.save(scratch, updates=self.updates)
+            return deliver(Path(scratch), target, key)
 
-    def load_state(self, path: str) -> None:
-        self.updates = self.engine.load(path)["updates"]
+    def load_state(self, target: StorageTarget, key: str, files: dict[str, int]) -> None:
+        """Restore a checkpoint's part (every rank reads all of its files), then apply the spec's learning
+        rate (a resume may have accepted a new one)."""
+        with tempfile.TemporaryDirectory(prefix="kuberlhf-checkpoint-") as scratch:
+            fetch(target, key, files, Path(scratch))
+            self.updates = self.engine.load(scratch)["updates"]
+        self.engine.set_learning_rate(self.setup.learning_rate)

@@ -3,6 +3,7 @@ updates. The loss is `algorithms.ppo_policy_loss` (+ `algorithms.kl_loss` when t
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from kuberlhf.data.batch import Experience, RolloutBatch
 from kuberlhf.models.forward import response_logprobs
 from kuberlhf.models.loading import load_policy, load_tokenizer
 from kuberlhf.models.lora import is_lora, merged_state_dict, save_trained
+from kuberlhf.storage.transfer import StorageTarget, deliver
 from kuberlhf.workers.common import (
     TrainedRole,
     accumulate_micro_batches,
@@ -116,12 +118,15 @@ class PolicyWorker(TrainedRole):
             weights = merged_state_dict(self.model, weights)
         return {name: tensor.cpu() for name, tensor in weights.items()}
 
-    def save_pretrained(self, path: str, merge_lora: bool = True) -> str:
-        """Rank 0 writes a Hugging Face model directory (safetensors + tokenizer); every rank gathers."""
+    def save_pretrained(self, target: StorageTarget, key: str, merge_lora: bool = True) -> dict[str, int]:
+        """Rank 0 writes a Hugging Face model directory (safetensors + tokenizer) into the job's storage under
+        `key` and returns its manifest; every rank takes part in the gather."""
         weights = self.engine.full_state_dict()
-        if self.rank == 0:
-            save_trained(self.model, weights, Path(path), merge_lora)
-            self.tokenizer.save_pretrained(path)
-        return path
+        if self.rank != 0:
+            return {}
+        with tempfile.TemporaryDirectory(prefix="kuberlhf-final-") as scratch:
+            save_trained(self.model, weights, Path(scratch), merge_lora)
+            self.tokenizer.save_pretrained(scratch)
+            return deliver(Path(scratch), target, key)
 
 
