@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from kuberlhf.storage.lease import OWNER_ENV
 from kuberlhf.spec import API_VERSION, KIND, ONLINE_ALGORITHMS, RLHFJob, RLHFJobSpec
 from kuberlhf.stages import stage_jobs
 from kuberlhf.workers.placement import plan_placement
@@ -170,7 +171,9 @@ def build_rayjob(job: dict[str, Any], spec: RLHFJobSpec, settings: OperatorSetti
         "backoffLimit": spec.cluster.backoff_limit,
         "suspend": spec.suspend,
         "submissionMode": "K8sJobMode",
-        "runtimeEnvYAML": yaml.safe_dump({"env_vars": {"KUBERLHF_RLHFJOB": f"{namespace_of(job)}/{name}"}}),
+        # KUBERLHF_OWNER: a retry of this RLHFJob (a new cluster) takes over the lease on its outputs at once.
+        "runtimeEnvYAML": yaml.safe_dump({"env_vars": {"KUBERLHF_RLHFJOB": f"{namespace_of(job)}/{name}",
+                                                       OWNER_ENV: job["metadata"].get("uid", "")}}),
         "rayClusterSpec": {
             "rayVersion": RAY_VERSION,
             "headGroupSpec": {"rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"}, "template": head},

@@ -58,6 +58,15 @@ def reconcile(job: dict[str, Any], rayjob: dict[str, Any] | None, configmap: dic
         conditions = set_condition(conditions, "Failed", "True", "RayJobNameTaken", message, now, generation)
         actions.status = finish_status(status, conditions, generation, rayjob=None, now=now)
         return actions
+    if spec is not None:
+        conditions = storage_condition(conditions, spec, now, generation)
+        if rayjob is None and not persistent(spec) and not spec.output.ephemeral:
+            conditions = set_condition(conditions, "Accepted", "False", "NoPersistentStorage",
+                                       NO_PERSISTENT_STORAGE, now, generation)
+            conditions = set_condition(conditions, "Failed", "True", "NoPersistentStorage", NO_PERSISTENT_STORAGE,
+                                       now, generation)
+            actions.status = finish_status(status, conditions, generation, rayjob=None, now=now)
+            return actions
     if configmap is None and rayjob is None and spec is not None:
         actions.create.append(build_configmap(job))
     if rayjob is None and spec is not None:
@@ -81,6 +90,32 @@ def reconcile(job: dict[str, Any], rayjob: dict[str, Any] | None, configmap: dic
         conditions = monitor_condition(conditions, status.get("monitor"), now, generation)
     actions.status = finish_status(status, conditions, generation, rayjob, now)
     return actions
+
+
+NO_PERSISTENT_STORAGE = ("spec.output: the checkpoints and the final model would be lost when KubeRay tears the "
+                         "cluster down (pods do not share a disk): set spec.output.uri (an object store) or "
+                         "spec.cluster.persistentVolumeClaim, or spec.output.ephemeral: true to run anyway")
+
+
+def persistent(spec: RLHFJobSpec) -> bool:
+    """Whether the job's outputs outlive its cluster: an object store, or a volume every pod mounts."""
+    return bool(spec.output.uri or spec.cluster.persistent_volume_claim)
+
+
+def storage_condition(conditions: list[dict[str, Any]], spec: RLHFJobSpec, now: str,
+                      generation: int | None) -> list[dict[str, Any]]:
+    """OutputsPersistent: where the checkpoints and final model go, and whether they outlive the cluster."""
+    if spec.output.uri:
+        return set_condition(conditions, "OutputsPersistent", "True", "ObjectStore",
+                             f"checkpoints and the final model go to {spec.output.uri}", now, generation)
+    if spec.cluster.persistent_volume_claim:
+        return set_condition(conditions, "OutputsPersistent", "True", "PersistentVolume",
+                             f"checkpoints and the final model go to the volume {spec.cluster.persistent_volume_claim}",
+                             now, generation)
+    return set_condition(conditions, "OutputsPersistent", "False", "Ephemeral" if spec.output.ephemeral else
+                         "NoPersistentStorage", "the outputs are lost when the cluster is torn down "
+                         "(spec.output.ephemeral)" if spec.output.ephemeral else NO_PERSISTENT_STORAGE,
+                         now, generation)
 
 
 def owned_by(child: dict[str, Any], job: dict[str, Any]) -> bool:
@@ -175,7 +210,8 @@ def phase_of(conditions: list[dict[str, Any]]) -> str:
 
 def finish_status(status: dict[str, Any], conditions: list[dict[str, Any]], generation: int | None,
                   rayjob: dict[str, Any] | None, now: str) -> dict[str, Any]:
-    order = ["Accepted", "ClusterReady", "Running", "Suspended", "Succeeded", "Failed", "RewardHackingSuspected"]
+    order = ["Accepted", "OutputsPersistent", "ClusterReady", "Running", "Suspended", "Succeeded", "Failed",
+             "RewardHackingSuspected"]
     conditions = sorted(conditions, key=lambda c: order.index(c["type"]))
     new = {**status, "conditions": conditions, "observedGeneration": generation, "phase": phase_of(conditions)}
     if rayjob is not None:

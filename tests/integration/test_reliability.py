@@ -133,6 +133,26 @@ def test_a_driver_killed_mid_run_resumes_with_the_same_batches_and_ends_with_the
     assert_same_run(interrupted, straight)
 
 
+def test_sigterm_checkpoints_at_the_step_boundary_and_a_changed_rerun_is_refused(assets, uninterrupted):
+    """As KubeRay deleting or suspending the job, or a preempted node: SIGTERM is a checkpoint, then an exit."""
+    driver, output, straight = slow_run_past_step_4(assets, uninterrupted, "terminated")
+    driver.send_signal(signal.SIGTERM)
+    _, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 143, stderr[-3000:]
+    (stopped,) = re.findall(r"SIGTERM: stopped after step (\d+); its checkpoint .*step-0000000\1 is saved", stderr)
+    assert 4 <= int(stopped) < 8 and not (output / "final").exists()
+
+    workdir = output.parent
+    changed = kuberlhf_run(assets, workdir, output, extra=("spec.training.learningRate=0.5",))
+    _, stderr = changed.communicate(timeout=300)
+    assert changed.returncode == 1 and "was written by a job with other settings (training.learningRate: " in stderr
+    assert "--resume-changed training.learningRate" in stderr and len(stderr.strip().splitlines()) == 1
+
+    stderr = finish(kuberlhf_run(assets, workdir, output))
+    assert f"step-0000000{stopped} (step {stopped})" in stderr
+    assert_same_run(output, straight)
+
+
 def test_a_worker_killed_mid_run_is_replaced_from_the_newest_checkpoint(assets, uninterrupted):
     driver, output, straight = slow_run_past_step_4(assets, uninterrupted, "worker-killed")
     (policy,) = [p for p in psutil.Process(driver.pid).children(recursive=True)
@@ -188,15 +208,18 @@ def test_a_ray_train_worker_killed_mid_stage_is_replaced_from_the_newest_checkpo
     assert_same_final_weights(output, straight)
 
 
-def test_a_run_whose_checkpoint_directory_is_gone_resumes_from_the_object_store(assets, uninterrupted):
+def test_a_run_whose_output_directory_is_gone_resumes_from_the_object_store(assets, uninterrupted):
     """As a KubeRay retry on a new cluster without a PVC: the output directory is lost, the store is not."""
     workdir, straight = uninterrupted
     output, store = workdir / "lost-pod", f"file://{workdir}/store"
-    run = (f"spec.checkpoint.uri={store}",)
+    run = (f"spec.output.uri={store}",)
     finish(kuberlhf_run(assets, workdir, output, extra=run))
-    assert sorted(p.name for p in (workdir / "store").iterdir()) == ["step-00000006"]  # keep: 1
+    stored = workdir / "store"
+    assert sorted(p.name for p in (stored / "checkpoints").iterdir() if not p.name.startswith(".")) == \
+        ["step-00000006"]  # keep: 1
+    assert (stored / "final" / "kuberlhf-final.json").is_file() and (stored / "metrics.jsonl").is_file()
     shutil.rmtree(output)  # the pod and its disk are gone
     stderr = finish(kuberlhf_run(assets, workdir, output, extra=run))
-    assert f"downloaded step-00000006 from {store}" in stderr and "(step 6)" in stderr
-    assert steps_logged(output) == [7, 8]  # the new pod ran only what the store did not hold
+    assert f"resuming from {store}/checkpoints/step-00000006 (step 6)" in stderr
+    assert steps_logged(output) == list(range(1, 9))  # steps 1-6 from the store's metrics.jsonl, 7-8 run again
     assert_same_final_weights(output, straight)

@@ -51,6 +51,7 @@ def operator(monkeypatch, metrics_port: int = 0) -> KopfRunner:
 def submit(name: str, example: str = "ppo-tiny", **spec: Any) -> None:
     job = yaml.safe_load((EXAMPLES / f"{example}.yaml").read_text())
     job["metadata"] = {"name": name, "namespace": NAMESPACE}
+    job["spec"]["output"] = {**job["spec"].get("output", {}), "uri": f"s3://{NAMESPACE}/{name}"}
     job["spec"].update(spec)
     kubernetes.client.CustomObjectsApi().create_namespaced_custom_object("kuberlhf.io", "v1alpha1", NAMESPACE,
                                                                          "rlhfjobs", job)

@@ -23,6 +23,7 @@ def k8s_job(example: str = "ppo-tiny", **spec_changes: Any) -> dict[str, Any]:
     """An example as the API server holds it (uid, generation, namespace)."""
     job = yaml.safe_load((EXAMPLES / f"{example}.yaml").read_text())
     job["metadata"].update(uid="1234-abcd", generation=1, namespace="team-a")
+    job["spec"]["output"] = {**job["spec"].get("output", {}), "uri": f"s3://team-a/{job['metadata']['name']}"}
     job["spec"].update(spec_changes)
     return job
 
@@ -133,6 +134,26 @@ def test_a_new_job_creates_its_configmap_and_rayjob_once():
     assert replay.create == [] and replay.patch_rayjob is None  # a replayed event or a restart: nothing new
 
 
+def test_a_job_whose_outputs_would_die_with_its_cluster_is_refused_unless_it_opts_in():
+    job = k8s_job(output={"dir": "runs/ppo-tiny"})
+    actions = reconcile(job, None, None, SETTINGS, T0)
+    assert actions.create == [] and actions.status["phase"] == "Failed"
+    assert conditions(actions)["Accepted"] == ("False", "NoPersistentStorage")
+    assert conditions(actions)["OutputsPersistent"] == ("False", "NoPersistentStorage")
+    failed = next(c for c in actions.status["conditions"] if c["type"] == "Failed")
+    assert failed["message"].startswith("spec.output: the checkpoints and the final model would be lost")
+    ephemeral = reconcile(k8s_job(output={"dir": "runs/x", "ephemeral": True}), None, None, SETTINGS, T0)
+    assert [o["kind"] for o in ephemeral.create] == ["ConfigMap", "RayJob"]
+    assert conditions(ephemeral)["OutputsPersistent"] == ("False", "Ephemeral")
+    volume = reconcile(k8s_job(output={"dir": "runs/x"}, cluster={"persistentVolumeClaim": "rlhf-data"}), None, None,
+                       SETTINGS, T0)
+    assert conditions(volume)["OutputsPersistent"] == ("True", "PersistentVolume") and len(volume.create) == 2
+    stored = reconcile(k8s_job(), None, None, SETTINGS, T0)
+    assert conditions(stored)["OutputsPersistent"] == ("True", "ObjectStore")
+    environment = yaml.safe_load(stored.create[1]["spec"]["runtimeEnvYAML"])["env_vars"]
+    assert environment["KUBERLHF_OWNER"] == "1234-abcd"  # a KubeRay retry takes over its own lease at once
+
+
 def test_an_invalid_spec_fails_the_job_and_never_reaches_ray():
     job = k8s_job()
     job["spec"]["training"]["steps"] = 0
@@ -219,7 +240,7 @@ def test_transition_times_move_only_when_a_condition_changes():
     first = reconcile(job, submitted(job, "Running", "RUNNING"), build_configmap(job), SETTINGS, T0)
     later = reconcile({**job, "status": first.status}, submitted(job, "Running", "RUNNING"), build_configmap(job),
                       SETTINGS, T1)
-    assert [c["lastTransitionTime"] for c in later.status["conditions"]] == [T0] * 6
+    assert [c["lastTransitionTime"] for c in later.status["conditions"]] == [T0] * 7
     done = reconcile({**job, "status": later.status}, submitted(job, "Complete", "SUCCEEDED"), build_configmap(job),
                      SETTINGS, T1)
     times = {c["type"]: c["lastTransitionTime"] for c in done.status["conditions"]}
