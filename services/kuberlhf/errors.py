@@ -39,7 +39,7 @@ def user_error_in(error: BaseException) -> UserError | None:
 
 
 # An actor whose constructor raised is reported (ActorDiedError) with the constructor's traceback as text only.
-_RAISED_IN_TEXT = re.compile(r"^kuberlhf\.errors\.(?:UserError|JobStopped): (.*?)(?:\n\s*\n|\Z)",
+_RAISED_IN_TEXT = re.compile(r"^kuberlhf\.errors\.(?:UserError|JobStopped|Interrupted): (.*?)(?:\n\s*\n|\Z)",
                              re.MULTILINE | re.DOTALL)
 
 

@@ -130,10 +130,10 @@ def run_offline_job(job: RLHFJob, dashboard: bool) -> dict[str, Any]:
                         f"or choose another {outputs.field} (nothing was overwritten)")
     Path(job.output_dir).mkdir(parents=True, exist_ok=True)
     started, out = time.perf_counter(), console()
-    with ray_session(job, dashboard) as where:
+    with ray_session(job, dashboard) as where, StopRequest() as stop_request:
         out.print(f"RLHFJob {job.metadata.name}: {job.spec.algorithm} on {where}")
         check_fits(job, inputs)
-        result = train_offline(job, inputs, lambda text: out.print(text, soft_wrap=True))
+        result = train_offline(job, inputs, lambda text: out.print(text, soft_wrap=True), stop_request)
     return finish(job, result, time.perf_counter() - started, out)
 
 

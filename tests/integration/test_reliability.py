@@ -186,7 +186,7 @@ def sft_run(assets, workdir: Path, output: Path, env: dict[str, str] | None = No
     )
 
 
-def test_a_ray_train_worker_killed_mid_stage_is_replaced_from_the_newest_checkpoint(assets, tmp_path):
+def test_a_ray_train_worker_killed_or_a_driver_terminated_mid_stage_resumes_from_the_newest_checkpoint(assets, tmp_path):
     (tmp_path / "sitecustomize.py").write_text(SLOW_STEP_SITECUSTOMIZE)
     straight, output = tmp_path / "straight", tmp_path / "worker-killed"
     finish(sft_run(assets, tmp_path, straight))
@@ -206,6 +206,18 @@ def test_a_ray_train_worker_killed_mid_stage_is_replaced_from_the_newest_checkpo
     for step in range(4, 9):  # the same batches after the restart
         assert losses[step] == pytest.approx(expected[step], abs=1e-5), step
     assert_same_final_weights(output, straight)
+
+    terminated = tmp_path / "terminated"  # SIGTERM to the driver: the Ray Train workers checkpoint and stop
+    driver = sft_run(assets, tmp_path, terminated, {"KUBERLHF_TEST_SLOW_STEP": "0.5"})
+    wait_for_steps(driver, terminated, 4)
+    driver.send_signal(signal.SIGTERM)
+    _, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 143, stderr[-3000:]
+    (stopped,) = re.findall(r"SIGTERM: stopped after step (\d+); its checkpoint .*/step-0000000\1 is saved", stderr)
+    assert 4 <= int(stopped) < 8 and not (terminated / "final").exists()
+    stderr = finish(sft_run(assets, tmp_path, terminated))
+    assert f"step-0000000{stopped} (step {stopped})" in stderr
+    assert_same_final_weights(terminated, straight)
 
 
 def test_a_run_whose_output_directory_is_gone_resumes_from_the_object_store(assets, uninterrupted):

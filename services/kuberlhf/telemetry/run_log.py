@@ -72,6 +72,13 @@ class DriverFiles:
     def __init__(self, directory: str) -> None:
         self.directory = Path(directory)
         self.logs: dict[str, StepLog] = {}
+        self.stopping = False  # the driver got SIGTERM: the workers checkpoint and stop at the step's end
+
+    def request_stop(self) -> None:
+        self.stopping = True
+
+    def stop_requested(self) -> bool:
+        return self.stopping
 
     def open_log(self, name: str, resume_step: int) -> None:
         self.logs[name] = StepLog(self.directory / name, resume_step)

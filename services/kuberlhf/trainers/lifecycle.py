@@ -131,6 +131,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.signal: int | None = None
         self._previous: Any = None
+        self._event = threading.Event()
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
@@ -143,6 +144,14 @@ class StopRequest:
 
     def _note(self, signum: int, frame: Any) -> None:
         self.signal = signum
+        self._event.set()
+
+    def tell(self, callback: Callable[[], Any]) -> None:
+        """Call `callback` from a helper thread once a stop is requested (a signal handler must not call Ray)."""
+        def wait() -> None:
+            self._event.wait()
+            callback()
+        threading.Thread(target=wait, name="kuberlhf-stop", daemon=True).start()
 
     @property
     def requested(self) -> bool:

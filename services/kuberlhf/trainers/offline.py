@@ -15,7 +15,7 @@ import torch
 
 from kuberlhf.data.examples import Examples, make_batch, tokenize_dataset
 from kuberlhf.data.packing import pack_by_best_fit
-from kuberlhf.errors import UserError, first_line, restart_or_fail
+from kuberlhf.errors import Interrupted, UserError, first_line, restart_or_fail
 from kuberlhf.models.loading import load_tokenizer
 from kuberlhf.preflight import OfflineInputs
 from kuberlhf.spec import RLHFJob
@@ -23,14 +23,14 @@ from kuberlhf.telemetry.exporter import serve_job_metrics
 from kuberlhf.storage.checkpoints import begin_final
 from kuberlhf.storage.transfer import start_on_this_node
 from kuberlhf.telemetry.run_log import DriverFiles
-from kuberlhf.trainers.lifecycle import find_resume, local_final, open_run_storage
+from kuberlhf.trainers.lifecycle import RunStorage, StopRequest, find_resume, local_final, open_run_storage
 from kuberlhf.trainers.offline_loop import EVAL_FILE, OfflineConfig, Split, train_loop
 from kuberlhf.workers.launch import training_setup
 
 REFERENCE_BATCH = 16  # sequences per reference forward pass
 
 
-def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any) -> dict[str, Any]:
+def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any, stop_request: StopRequest) -> dict[str, Any]:
     """Train one offline stage; returns where the final model and the metrics are."""
     import ray.train
 
@@ -69,6 +69,7 @@ def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any) -> dict[str, A
                                  fingerprint=run.fingerprint,
                                  driver_files=start_on_this_node(DriverFiles, str(Path(job.output_dir).resolve())))
     restarts = 0
+    stop_request.tell(lambda: config.driver_files.request_stop.remote())
     while True:  # each pass a new Ray Train run, from the newest complete checkpoint
         resume_from = find_resume(job, config.total_steps, note)
         if resume_from is not None:
@@ -79,6 +80,8 @@ def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any) -> dict[str, A
             ray_train_run(job, config).fit()
             break
         except ray.train.TrainingFailedError as err:
+            if stop_request.requested:  # the workers checkpointed and stopped (or were stopped with the driver)
+                raise interrupted(run) from None
             restarts = restart_or_fail(err, restarts, spec.training.max_restarts, run.storage.checkpoints.storage.url,
                                        "a Ray Train worker")
             note(f"a Ray Train worker failed ({first_line(err)}); restart {restarts}/{spec.training.max_restarts}: "
@@ -88,6 +91,16 @@ def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any) -> dict[str, A
     evaluated = json.loads((output / EVAL_FILE).read_text()) if evaluation is not None else {}
     return {"final_model": local_final(run.storage), "metrics_file": str(output / "metrics.jsonl"),
             "eval": evaluated, "steps": config.total_steps, "restarts": restarts}
+
+
+def interrupted(run: RunStorage) -> Interrupted:
+    """The SIGTERM report: the newest checkpoint, from which running the job again continues."""
+    newest = run.storage.checkpoints.newest()
+    if newest is None:
+        return Interrupted("SIGTERM: stopped before the first checkpoint; running the job again starts over")
+    return Interrupted(f"SIGTERM: stopped after step {newest.step}; its checkpoint "
+                       f"{run.storage.checkpoints.storage.describe(newest.name)} is saved, and running the job "
+                       "again continues from it")
 
 
 def ray_train_run(job: RLHFJob, config: OfflineConfig) -> Any:

@@ -30,7 +30,7 @@ from kuberlhf.algorithms.preference import (
 from kuberlhf.data.examples import Examples, make_batch
 from kuberlhf.data.packing import packed_batch, packed_logprobs
 from kuberlhf.engines.training import TrainingSetup, make_training_engine
-from kuberlhf.errors import JobStopped
+from kuberlhf.errors import Interrupted, JobStopped
 from kuberlhf.models.forward import response_logprobs
 from kuberlhf.models.reward import sequence_rewards
 from kuberlhf.telemetry.job_status import status_reporter
@@ -150,11 +150,15 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             sink.record(step, metrics)
             say(f"step {step}/{config.total_steps}  loss {metrics['loss']:.4f}"
                 + (f"  accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""))
-        if broken or (config.checkpoint_every and step % config.checkpoint_every == 0):
+        terminated = step < config.total_steps and stop_requested(config, rank, world)
+        if broken or terminated or (config.checkpoint_every and step % config.checkpoint_every == 0):
             save_checkpoint(engine, config, step, rank, world, stopped=broken)
         if broken:
             raise JobStopped(f"{broken}. A checkpoint of this step was written (spec.checkpoint.dir); run the job "
                              f"again with other settings to continue from it")
+        if terminated:
+            raise Interrupted(f"SIGTERM: stopped after step {step}; its checkpoint {checkpoint_name(step)} is saved, "
+                              "and running the job again continues from it")
     if rank == 0 and config.evaluation is not None:
         final_eval = {k: v for k, v in metrics.items() if k.startswith("eval/")}
         ray.get(config.driver_files.write_text.remote(EVAL_FILE, json.dumps(final_eval, indent=2)))
@@ -341,6 +345,16 @@ def save_checkpoint(engine: Any, config: OfflineConfig, step: int, rank: int, wo
         state = {"algorithm": config.algorithm, "fingerprint": config.fingerprint}
         ray.get(relay.commit_checkpoint.remote(step, files, state, config.keep, stopped))
     barrier(world)  # no rank goes on (or stops) before the checkpoint is in place
+
+
+def stop_requested(config: OfflineConfig, rank: int, world: int) -> bool:
+    """Whether the driver got SIGTERM (asked of its DriverFiles actor by rank 0, then agreed by every rank)."""
+    import ray
+
+    asked = torch.tensor([float(ray.get(config.driver_files.stop_requested.remote())) if rank == 0 else 0.0])
+    if world > 1:
+        torch.distributed.all_reduce(asked)
+    return bool(asked.item())
 
 
 def gather_objects(value: Any, world: int) -> list[Any]:
