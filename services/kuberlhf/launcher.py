@@ -19,6 +19,7 @@ from kuberlhf.quiet import quiet_libraries
 from kuberlhf.telemetry.console import console, route_worker_output
 from kuberlhf.spec import RLHFJob
 from kuberlhf.storage import job_storage
+from kuberlhf.storage.store import Storage
 from kuberlhf.storage.checkpoints import final_committed, set_aside
 from kuberlhf.storage.lease import leased
 from kuberlhf.trainers.lifecycle import StopRequest, find_resume, local_final, open_run_storage
@@ -29,6 +30,8 @@ def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[s
     quiet_libraries()
     storage = job_storage(job)
     roots = [storage.outputs] + ([storage.checkpoints.storage] if job.spec.checkpoint.dir else [])
+    if storage.remote:  # the driver's own files (metrics.jsonl, run.log) are in output.dir
+        roots.append(Storage(storage.local, "spec.output.dir"))
     with leased(roots):
         if job.spec.stages is not None:
             return run_stages(job, dashboard, resume)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -218,20 +217,3 @@ def test_a_ray_train_worker_killed_or_a_driver_terminated_mid_stage_resumes_from
     stderr = finish(sft_run(assets, tmp_path, terminated))
     assert f"step-0000000{stopped} (step {stopped})" in stderr
     assert_same_final_weights(terminated, straight)
-
-
-def test_a_run_whose_output_directory_is_gone_resumes_from_the_object_store(assets, uninterrupted):
-    """As a KubeRay retry on a new cluster without a PVC: the output directory is lost, the store is not."""
-    workdir, straight = uninterrupted
-    output, store = workdir / "lost-pod", f"file://{workdir}/store"
-    run = (f"spec.output.uri={store}",)
-    finish(kuberlhf_run(assets, workdir, output, extra=run))
-    stored = workdir / "store"
-    assert sorted(p.name for p in (stored / "checkpoints").iterdir() if not p.name.startswith(".")) == \
-        ["step-00000006"]  # keep: 1
-    assert (stored / "final" / "kuberlhf-final.json").is_file() and (stored / "metrics.jsonl").is_file()
-    shutil.rmtree(output)  # the pod and its disk are gone
-    stderr = finish(kuberlhf_run(assets, workdir, output, extra=run))
-    assert f"resuming from {store}/checkpoints/step-00000006 (step 6)" in stderr
-    assert steps_logged(output) == list(range(1, 9))  # steps 1-6 from the store's metrics.jsonl, 7-8 run again
-    assert_same_final_weights(output, straight)

@@ -68,6 +68,13 @@ def test_sampler_resumes_with_the_same_batches():
     assert [fresh.next_indices() for _ in range(3)] == batches[2:]
 
 
+def test_a_sampler_resumed_on_smaller_data_starts_its_next_epoch():
+    sampler = PromptSampler(6, 4, seed=1)
+    sampler.load_state({"epoch": 2, "position": 8})  # the checkpoint's data had 10 rows
+    assert sampler.state() == {"epoch": 3, "position": 0}
+    assert sorted(sampler.next_indices() + sampler.next_indices()[:2]) == list(range(6))
+
+
 def test_split_indices_is_contiguous_and_balanced():
     assert split_indices(5, 2) == [[0, 1, 2], [3, 4]]
     assert split_indices(1, 3) == [[0]]

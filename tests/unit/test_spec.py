@@ -217,3 +217,11 @@ def test_the_removed_prompt_field_says_what_replaced_it():
     assert error_lines(job_with(spec__data__promptField="question")) == [
         "spec.data.promptField: replaced by columns; write columns: {prompt: question}"
     ]
+
+
+def test_the_moved_checkpoint_uri_says_where_it_went():
+    assert error_lines(job_with(spec__checkpoint__uri="gs://bucket/x")) == [
+        "spec.checkpoint.uri: replaced by spec.output.uri, which holds the checkpoints (<uri>/checkpoints) and the "
+        "final model (<uri>/final); move it there"
+    ]
+    assert error_lines(job_with(spec__output__uri="bucket/no-scheme"))[0].startswith("spec.output.uri: ")

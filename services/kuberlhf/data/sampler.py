@@ -35,7 +35,11 @@ class PromptSampler:
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state(self, state: dict[str, int]) -> None:
+        """Continue where a checkpoint was; a position past the end of the data (a resume that accepted a
+        smaller data.train) starts the next epoch."""
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        if self.position >= self.num_rows:
+            self.epoch, self.position = self.epoch + 1, 0
 
     def _order(self, epoch: int) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
