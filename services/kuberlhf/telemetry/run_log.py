@@ -86,6 +86,9 @@ class DriverFiles:
     def write(self, name: str, record: dict[str, Any]) -> None:
         self.logs[name].write(record)
 
+    def wait(self) -> None:
+        """Returns once every call sent before it has run."""
+
     def write_text(self, name: str, text: str) -> None:
         (self.directory / name).write_text(text)
 
@@ -100,9 +103,14 @@ class RemoteStepLog:
         ray.get(files.open_log.remote(name, resume_step))
 
     def write(self, record: dict[str, Any]) -> None:
+        """Sent without waiting: an actor runs one caller's calls in order, and the next call that is waited
+        for (the final eval.json) comes after every record."""
+        self.files.write.remote(self.name, json.loads(json.dumps(record, default=_plain)))
+
+    def flush(self) -> None:
         import ray
 
-        ray.get(self.files.write.remote(self.name, json.loads(json.dumps(record, default=_plain))))
+        ray.get(self.files.wait.remote())
 
 
 def _plain(value: Any) -> Any:

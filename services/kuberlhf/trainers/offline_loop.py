@@ -127,6 +127,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                     status_reporter(config.total_steps, step + 1, config.job_labels)) if rank == 0 else None
     share = config.batch_size // world
     guard = NonFiniteGuard(config.max_non_finite_steps)  # every rank sees the same (averaged) metrics
+    stop_poll = StopPoll(config.driver_files, rank, world)
     while step < config.total_steps:
         started = time.perf_counter()
         epoch, index = divmod(step, config.steps_per_epoch)
@@ -150,7 +151,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             sink.record(step, metrics)
             say(f"step {step}/{config.total_steps}  loss {metrics['loss']:.4f}"
                 + (f"  accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""))
-        terminated = step < config.total_steps and stop_requested(config, rank, world)
+        terminated = stop_poll.requested() and step < config.total_steps
+        if sink is not None and (broken or terminated or step == config.total_steps):
+            sink.metrics_file.flush()  # every record is in metrics.jsonl before the driver reads it
         if broken or terminated or (config.checkpoint_every and step % config.checkpoint_every == 0):
             save_checkpoint(engine, config, step, rank, world, stopped=broken)
         if broken:
@@ -347,14 +350,25 @@ def save_checkpoint(engine: Any, config: OfflineConfig, step: int, rank: int, wo
     barrier(world)  # no rank goes on (or stops) before the checkpoint is in place
 
 
-def stop_requested(config: OfflineConfig, rank: int, world: int) -> bool:
-    """Whether the driver got SIGTERM (asked of its DriverFiles actor by rank 0, then agreed by every rank)."""
-    import ray
+class StopPoll:
+    """Whether the driver got SIGTERM: rank 0 asks the driver's DriverFiles actor without waiting (the answer
+    to the last question, if it has come), and every rank agrees on it at the same step."""
 
-    asked = torch.tensor([float(ray.get(config.driver_files.stop_requested.remote())) if rank == 0 else 0.0])
-    if world > 1:
-        torch.distributed.all_reduce(asked)
-    return bool(asked.item())
+    def __init__(self, driver_files: Any, rank: int, world: int) -> None:
+        self.driver_files, self.rank, self.world = driver_files, rank, world
+        self.pending = driver_files.stop_requested.remote() if rank == 0 else None
+
+    def requested(self) -> bool:
+        import ray
+
+        asked = 0.0
+        if self.pending is not None and ray.wait([self.pending], timeout=0)[0]:
+            asked = float(ray.get(self.pending))
+            self.pending = self.driver_files.stop_requested.remote()
+        flag = torch.tensor([asked])
+        if self.world > 1:
+            torch.distributed.all_reduce(flag)
+        return bool(flag.item())
 
 
 def gather_objects(value: Any, world: int) -> list[Any]:
