@@ -1,11 +1,14 @@
-"""The children of an RLHFJob, as pure functions of the job: a ConfigMap holding the job file and a KubeRay
-`RayJob` (ray.io/v1) whose entrypoint runs `kuberlhf run` on it.
+"""The children of an RLHFJob, as pure functions of the job: a ConfigMap holding the job file, the job's
+ServiceAccount and status Role (access.py), its NetworkPolicy, and a KubeRay `RayJob` (ray.io/v1) whose
+entrypoint runs `kuberlhf run` on the job file, with Ray's token auth on (KubeRay `authOptions`, 1.6+).
 
 Cluster size: the roles' placement-group bundles (`kuberlhf.workers.placement.plan_placement`, the function
 the job itself reserves them with), for the largest stage of a chained job. The head pod runs the driver and
 the dashboard only (`num-cpus: 0`); worker pods of `cluster.gpusPerWorker` GPUs hold every bundle, so Ray can
 place the job's placement group. Both children are owned by the RLHFJob (deleting it deletes them) and are
 named after it, so a second create of the same child fails with a conflict instead of making a duplicate.
+The ConfigMap and the RayJob carry the digest of the spec they were made from (SPEC_HASH), so a stale one is
+found and replaced.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
 from kuberlhf.storage.lease import OWNER_ENV
+from kuberlhf_operator import access
 from kuberlhf.spec import API_VERSION, KIND, ONLINE_ALGORITHMS, RLHFJob, RLHFJobSpec
 from kuberlhf.stages import stage_jobs
 from kuberlhf.workers.placement import plan_placement
@@ -27,6 +31,7 @@ from kuberlhf.workers.placement import plan_placement
 JOB_DIR, JOB_FILE, DATA_DIR = "/etc/kuberlhf", "job.yaml", "/data"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 SPEC_HASH = "kuberlhf.io/spec-hash"
+SUSPEND_REQUESTED = "kuberlhf.io/suspend-requested"  # the last spec.suspend the operator forwarded
 RUNTIME_UID = 1000  # the user of images/runtime/Dockerfile
 JOB_LABEL = "kuberlhf.io/job"
 RAY_VERSION = "2.60.0"
@@ -35,11 +40,25 @@ MAX_GPUS_PER_WORKER = 8
 
 @dataclass(frozen=True)
 class OperatorSettings:
-    """What the Helm chart configures: the default runtime image and the pods' service account."""
+    """What the Helm chart configures (handlers.operator_settings reads it from the environment).
+
+    - runtime_image: the image of jobs that name none.
+    - ray_auth: Ray's token auth on the job's cluster (KubeRay `authOptions.mode: token`, KubeRay 1.6+).
+    - network_policy: render a NetworkPolicy per job; monitoring_namespaces: labels of the namespaces allowed to
+      scrape the metrics ports (None: none); kuberay: the NetworkPolicy peer of the KubeRay operator.
+    - allowed_images / allowed_service_accounts: what an RLHFJob may ask for (creating an RLHFJob amounts to
+      creating pods with its image and service account); empty: anything.
+    """
 
     runtime_image: str
-    job_service_account: str | None = None
     image_pull_policy: str = "IfNotPresent"
+    ray_auth: bool = True
+    network_policy: bool = True
+    monitoring_namespaces: dict[str, str] | None = None
+    kuberay: dict[str, Any] = field(default_factory=lambda: {
+        "namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}})
+    allowed_images: tuple[str, ...] = ()
+    allowed_service_accounts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -130,14 +149,39 @@ def pod_template(spec: RLHFJobSpec, settings: OperatorSettings, container: str, 
     security = {"runAsNonRoot": True, "runAsUser": RUNTIME_UID, "runAsGroup": RUNTIME_UID, "fsGroup": RUNTIME_UID,
                 "seccompProfile": {"type": "RuntimeDefault"}}
     pod: dict[str, Any] = {"containers": [main], "volumes": volumes, "securityContext": security}
-    account = cluster.service_account_name or settings.job_service_account
-    if account:
-        pod["serviceAccountName"] = account
+    pod["serviceAccountName"] = cluster.service_account_name or job_account_name(job_name)
     if cluster.node_selector:
         pod["nodeSelector"] = dict(cluster.node_selector)
     if cluster.tolerations:
         pod["tolerations"] = [t.model_dump(exclude_none=True) for t in cluster.tolerations]
     return {"metadata": {"labels": {"app.kubernetes.io/name": "kuberlhf", JOB_LABEL: job_name}}, "spec": pod}
+
+
+def build_children(job: dict[str, Any], spec: RLHFJobSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """Every child of a job, in the order they are created: what the RayJob's pods use comes first."""
+    name, namespace = job["metadata"]["name"], namespace_of(job)
+    children = [build_configmap(job)]
+    account = spec.cluster.service_account_name
+    if not account:
+        account = job_account_name(name)
+        children.append(access.service_account(child_metadata(job, account)))
+    role = status_role_name(name)
+    children += [access.status_role(job, child_metadata(job, role)),
+                 access.status_role_binding(child_metadata(job, role), role, account, namespace)]
+    if settings.network_policy:
+        port = spec.metrics.port if spec.metrics.enabled else None
+        children.append(access.network_policy(job, child_metadata(job, name), JOB_LABEL, port,
+                                              settings.monitoring_namespaces, settings.kuberay))
+    children.append(build_rayjob(job, spec, settings))
+    return children
+
+
+def job_account_name(job_name: str) -> str:
+    return f"{job_name}-job"
+
+
+def status_role_name(job_name: str) -> str:
+    return f"{job_name}-status"
 
 
 def build_configmap(job: dict[str, Any]) -> dict[str, Any]:
@@ -147,11 +191,10 @@ def build_configmap(job: dict[str, Any]) -> dict[str, Any]:
                 "metadata": {"name": meta["name"], "namespace": meta.get("namespace"),
                              "labels": dict(meta.get("labels") or {})},
                 "spec": job["spec"]}
-    return {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": child_metadata(job, configmap_name(job)),
-        "data": {JOB_FILE: yaml.safe_dump(document, sort_keys=False)},
-    }
+    metadata = child_metadata(job, configmap_name(job))
+    metadata["annotations"] = {SPEC_HASH: spec_hash(job["spec"])}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata,
+            "data": {JOB_FILE: yaml.safe_dump(document, sort_keys=False)}}
 
 
 def build_rayjob(job: dict[str, Any], spec: RLHFJobSpec, settings: OperatorSettings) -> dict[str, Any]:
@@ -169,21 +212,25 @@ def build_rayjob(job: dict[str, Any], spec: RLHFJobSpec, settings: OperatorSetti
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": spec.cluster.ttl_seconds_after_finished,
         "backoffLimit": spec.cluster.backoff_limit,
-        "suspend": spec.suspend,
+        # With a Kueue queue, Kueue admits the job by unsuspending it: it starts suspended, whatever the spec says.
+        "suspend": spec.suspend or queue_of(job) is not None,
         "submissionMode": "K8sJobMode",
         # KUBERLHF_OWNER: a retry of this RLHFJob (a new cluster) takes over the lease on its outputs at once.
         "runtimeEnvYAML": yaml.safe_dump({"env_vars": {"KUBERLHF_RLHFJOB": f"{namespace_of(job)}/{name}",
                                                        OWNER_ENV: job["metadata"].get("uid", "")}}),
         "rayClusterSpec": {
             "rayVersion": RAY_VERSION,
+            # The dashboard listens on the pod's interfaces for the submitter and KubeRay; the token guards it.
             "headGroupSpec": {"rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"}, "template": head},
             "workerGroupSpecs": [workers],
         },
     }
+    if settings.ray_auth:
+        rayjob_spec["rayClusterSpec"]["authOptions"] = {"mode": "token"}
     if spec.cluster.active_deadline_seconds:
         rayjob_spec["activeDeadlineSeconds"] = spec.cluster.active_deadline_seconds
     metadata = child_metadata(job, name)
-    metadata["annotations"] = {SPEC_HASH: spec_hash(job["spec"])}
+    metadata["annotations"] = {SPEC_HASH: spec_hash(job["spec"]), SUSPEND_REQUESTED: str(spec.suspend).lower()}
     return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": metadata, "spec": rayjob_spec}
 
 
@@ -191,12 +238,17 @@ def child_metadata(job: dict[str, Any], name: str) -> dict[str, Any]:
     meta = job["metadata"]
     labels = {"app.kubernetes.io/name": "kuberlhf", "app.kubernetes.io/managed-by": "kuberlhf-operator",
               JOB_LABEL: meta["name"]}
-    queue = (meta.get("labels") or {}).get(QUEUE_LABEL)
+    queue = queue_of(job)
     if queue:
         labels[QUEUE_LABEL] = queue
     return {"name": name, "namespace": namespace_of(job), "labels": labels,
             "ownerReferences": [{"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"],
                                  "controller": True, "blockOwnerDeletion": True}]}
+
+
+def queue_of(job: dict[str, Any]) -> str | None:
+    """The Kueue LocalQueue the job asks for (its `kueue.x-k8s.io/queue-name` label), if any."""
+    return (job["metadata"].get("labels") or {}).get(QUEUE_LABEL) or None
 
 
 def configmap_name(job: dict[str, Any]) -> str:

@@ -2,15 +2,23 @@
 and the job's new status out. kopf handlers (handlers.py) only read the objects, call `reconcile` and apply
 its result; every decision is here and unit-tested.
 
-- An invalid spec never reaches Ray: `Failed/InvalidSpec` with pydantic's message, and no children.
-- Missing children are created (named after the job: a replayed event or a restarted operator finds them
-  and creates nothing); existing ones are never replaced.
-- A spec change after submission is not applied (a running Ray job cannot change its model or data): the
-  `Accepted` condition says so (`SpecChangeRejected`) and the job runs on as submitted. `spec.suspend` is the
-  exception: it is patched into the RayJob, which suspends or resumes it.
+- A finished job (Succeeded or Failed) is left as it is: its children are never recreated, whatever happens to
+  them (deleted by hand, by a KubeRay TTL) and however often the operator restarts.
+- An invalid spec, a name KubeRay cannot carry, or an image or service account the chart does not allow never
+  reaches Ray: `Failed` with the reason, and no children.
+- Children are named after the job and made together (rayjob.build_children): a missing one is created (a
+  replayed event or a restarted operator finds the others and creates nothing), a stale one (made from another
+  spec, e.g. a ConfigMap left from before a RayJob was deleted by hand and the spec edited) is replaced before
+  the RayJob is created, so the RayJob always runs the job file it was sized for.
+- A spec change after submission is refused by the CRD's CEL rules; where the API server lacks them it is not
+  applied (a running Ray job cannot change its model or data): the `Accepted` condition says so
+  (`SpecChangeRejected`). `spec.suspend` is the exception: a change the user makes is forwarded to the RayJob.
+  With a Kueue queue label Kueue owns the RayJob's `suspend` (it starts suspended and Kueue admits it); the
+  operator forwards only the user's own changes, recorded in the RayJob's SUSPEND_REQUESTED annotation.
 - The status follows KubeRay's RayJob status (`jobDeploymentStatus`, `jobStatus`, `reason`). A failed Ray job
   that KubeRay retries (`spec.cluster.backoffLimit`: deployment status `Retrying`, then a new cluster) is not
   failed: `status.restarts` counts the retries, each of which resumes from the newest checkpoint.
+- Messages are bounded (MAX_MESSAGE): a failed Ray job's status carries its driver log, which stays there.
 """
 
 from __future__ import annotations
@@ -20,76 +28,145 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kuberlhf.spec import RLHFJobSpec
-from kuberlhf_operator.rayjob import SPEC_HASH, OperatorSettings, build_configmap, build_rayjob, spec_hash
+from kuberlhf.spec import MAX_NAME_LENGTH, RLHFJobSpec
+from kuberlhf_operator.rayjob import (SPEC_HASH, SUSPEND_REQUESTED, OperatorSettings, build_children, queue_of,
+                                      spec_hash)
 
 FAILURE_REASONS = {"DeadlineExceeded", "SubmissionFailed", "AppFailed", "ValidationFailed", "JobDeploymentStatusTransitionGracePeriodExceeded"}
+MAX_MESSAGE = 1024
+TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
 @dataclass
 class Actions:
-    """What the handler does: create these objects, merge-patch the RayJob, write this status."""
+    """What the handler does: create these objects, replace these (same kind and name), merge-patch the RayJob,
+    write this status."""
 
     create: list[dict[str, Any]] = field(default_factory=list)
+    replace: list[dict[str, Any]] = field(default_factory=list)
     patch_rayjob: dict[str, Any] | None = None
     status: dict[str, Any] = field(default_factory=dict)
 
 
-def reconcile(job: dict[str, Any], rayjob: dict[str, Any] | None, configmap: dict[str, Any] | None,
-              settings: OperatorSettings, now: str) -> Actions:
-    actions = Actions()
+def reconcile(job: dict[str, Any], children: dict[str, dict[str, Any] | None], settings: OperatorSettings,
+              now: str) -> Actions:
+    """`children`: the job's children found in the cluster, by kind (a missing kind or None: absent)."""
     status = dict(job.get("status") or {})
+    if status.get("phase") in TERMINAL_PHASES:
+        return Actions(status=status)
+    rayjob = children.get("RayJob")
     conditions = list(status.get("conditions") or [])
     generation = job["metadata"].get("generation")
+
+    def refuse(reason: str, message: str) -> Actions:
+        refused = set_condition(conditions, "Accepted", "False", reason, message, now, generation)
+        refused = set_condition(refused, "Failed", "True", reason, message, now, generation)
+        return Actions(status=finish_status(status, refused, generation, rayjob=None, now=now))
+
     try:
         spec = RLHFJobSpec.model_validate(job.get("spec") or {})
     except ValidationError as err:
         if rayjob is None:  # never submitted: fail it
-            conditions = set_condition(conditions, "Accepted", "False", "InvalidSpec", invalid_message(err),
-                                       now, generation)
-            conditions = set_condition(conditions, "Failed", "True", "InvalidSpec", invalid_message(err), now,
-                                       generation)
-            actions.status = finish_status(status, conditions, generation, rayjob=None, now=now)
-            return actions
+            return refuse("InvalidSpec", invalid_message(err))
         spec = None  # an edit broke a running job's spec: it runs on as submitted
     if rayjob is not None and not owned_by(rayjob, job):
-        message = (f"a RayJob named {rayjob['metadata']['name']} exists and belongs to something else; "
-                   "rename the RLHFJob or remove that RayJob")
-        conditions = set_condition(conditions, "Failed", "True", "RayJobNameTaken", message, now, generation)
-        actions.status = finish_status(status, conditions, generation, rayjob=None, now=now)
-        return actions
+        conditions = set_condition(conditions, "Failed", "True", "RayJobNameTaken",
+                                   f"a RayJob named {rayjob['metadata']['name']} exists and belongs to something "
+                                   "else; rename the RLHFJob or remove that RayJob", now, generation)
+        return Actions(status=finish_status(status, conditions, generation, rayjob=None, now=now))
     if spec is not None:
         conditions = storage_condition(conditions, spec, now, generation)
-        if rayjob is None and not persistent(spec) and not spec.output.ephemeral:
-            conditions = set_condition(conditions, "Accepted", "False", "NoPersistentStorage",
-                                       NO_PERSISTENT_STORAGE, now, generation)
-            conditions = set_condition(conditions, "Failed", "True", "NoPersistentStorage", NO_PERSISTENT_STORAGE,
-                                       now, generation)
-            actions.status = finish_status(status, conditions, generation, rayjob=None, now=now)
-            return actions
-    if configmap is None and rayjob is None and spec is not None:
-        actions.create.append(build_configmap(job))
     if rayjob is None and spec is not None:
-        actions.create.append(build_rayjob(job, spec, settings))
-        conditions = set_condition(conditions, "Accepted", "True", "Submitted",
-                                   "the RayJob was created", now, generation)
-    elif rayjob is not None:
+        problem = admission_problem(job, spec, settings)
+        if problem is None and not persistent(spec) and not spec.output.ephemeral:
+            problem = ("NoPersistentStorage", NO_PERSISTENT_STORAGE)
+        if problem:
+            return refuse(*problem)
+    actions = Actions()
+    if rayjob is None:
+        actions.create, actions.replace = children_to_make(job, spec, children, settings, with_rayjob=True)
+        conditions = set_condition(conditions, "Accepted", "True", "Submitted", "the RayJob was created", now,
+                                   generation)
+    else:
         submitted = (rayjob["metadata"].get("annotations") or {}).get(SPEC_HASH)
         if spec is None or spec_hash(job["spec"]) != submitted:
             conditions = set_condition(conditions, "Accepted", "True", "SpecChangeRejected",
                                        "the spec changed after submission; the job runs as submitted (only "
                                        "spec.suspend applies to a submitted job): delete and re-create it to "
                                        "change anything else", now, generation)
-        else:
+        else:  # the children it runs with, as they were made: a lost one is made again
+            actions.create, _ = children_to_make(job, spec, children, settings, with_rayjob=False)
             conditions = set_condition(conditions, "Accepted", "True", "Submitted", "the RayJob was created",
                                        now, generation)
-        suspend = bool((job.get("spec") or {}).get("suspend", False))
-        if bool(rayjob.get("spec", {}).get("suspend", False)) != suspend:
-            actions.patch_rayjob = {"spec": {"suspend": suspend}}
-        conditions = rayjob_conditions(conditions, rayjob, suspend, now, generation)
+        actions.patch_rayjob = suspend_patch(job, rayjob)
+        conditions = rayjob_conditions(conditions, rayjob, job, now, generation)
         conditions = monitor_condition(conditions, status.get("monitor"), now, generation)
     actions.status = finish_status(status, conditions, generation, rayjob, now)
     return actions
+
+
+def children_to_make(job: dict[str, Any], spec: RLHFJobSpec, children: dict[str, dict[str, Any] | None],
+                     settings: OperatorSettings, with_rayjob: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(to create, to replace): the missing children, and those made from another spec."""
+    create, replace = [], []
+    for child in build_children(job, spec, settings):
+        if child["kind"] == "RayJob" and not with_rayjob:
+            continue
+        found = children.get(child["kind"])
+        if found is None:
+            create.append(child)
+        elif with_rayjob and SPEC_HASH in child["metadata"].get("annotations", {}) and \
+                (found["metadata"].get("annotations") or {}).get(SPEC_HASH) != child["metadata"]["annotations"][SPEC_HASH]:
+            replace.append(child)
+    return create, replace
+
+
+def suspend_patch(job: dict[str, Any], rayjob: dict[str, Any]) -> dict[str, Any] | None:
+    """The user's change of `spec.suspend` since the operator last forwarded it, as a RayJob patch. Without the
+    annotation (a RayJob made by an older operator) the RayJob's own `suspend` is the last forwarded value."""
+    requested = bool((job.get("spec") or {}).get("suspend", False))
+    annotation = (rayjob["metadata"].get("annotations") or {}).get(SUSPEND_REQUESTED)
+    forwarded = annotation == "true" if annotation is not None else bool(rayjob.get("spec", {}).get("suspend"))
+    if requested == forwarded:
+        return None
+    return {"metadata": {"annotations": {SUSPEND_REQUESTED: str(requested).lower()}}, "spec": {"suspend": requested}}
+
+
+def admission_problem(job: dict[str, Any], spec: RLHFJobSpec, settings: OperatorSettings) -> tuple[str, str] | None:
+    """(reason, message) when the job may not be run: a name its children cannot carry, or an image or service
+    account outside what the chart allows (an RLHFJob creates pods with both)."""
+    name = job["metadata"]["name"]
+    if len(name) > MAX_NAME_LENGTH:
+        return "InvalidName", (f"metadata.name: at most {MAX_NAME_LENGTH} characters (the RayJob and the Ray pods "
+                               f"are named after the job), got {len(name)}")
+    image = spec.cluster.image or settings.runtime_image
+    if settings.allowed_images and not any(image.startswith(prefix) for prefix in settings.allowed_images):
+        return "ImageNotAllowed", (f"spec.cluster.image: {image[:200]} is not allowed here; allowed: "
+                                   f"{', '.join(settings.allowed_images)}* (Helm value jobPolicy.allowedImages)")
+    account = spec.cluster.service_account_name
+    if account and settings.allowed_service_accounts and account not in settings.allowed_service_accounts:
+        return "ServiceAccountNotAllowed", (
+            f"spec.cluster.serviceAccountName: {account} is not allowed here; allowed: "
+            f"{', '.join(settings.allowed_service_accounts)} (Helm value jobPolicy.allowedServiceAccounts), or "
+            "none: the job's own account")
+    return None
+
+
+def child_error(status: dict[str, Any], generation: int | None, kind: str, name: str, code: int, api_reason: str,
+                api_message: str, now: str) -> tuple[dict[str, Any], bool]:
+    """The job's status after the API refused to create or change a child, and whether retrying is pointless.
+    422 (the object is invalid, e.g. refused by an admission webhook) fails the job; a quota (403), missing
+    permission (403) or missing kind (404: KubeRay not installed) may be fixed meanwhile: retried with backoff."""
+    hint = {404: f" (is the {kind} kind served? KubeRay installed?)" if kind == "RayJob" else "",
+            403: " (a quota, or the operator's RBAC)"}.get(code, "")
+    message = f"creating {kind} {name}: {api_message}{hint}"
+    reason = f"{kind}{api_reason or 'Error'}"
+    conditions = set_condition(list(status.get("conditions") or []), "Accepted", "False", reason, message, now,
+                               generation)
+    permanent = code == 422
+    if permanent:
+        conditions = set_condition(conditions, "Failed", "True", reason, message, now, generation)
+    return finish_status(status, conditions, generation, rayjob=None, now=now), permanent
 
 
 NO_PERSISTENT_STORAGE = ("spec.output: the checkpoints and the final model would be lost when KubeRay tears the "
@@ -122,9 +199,12 @@ def owned_by(child: dict[str, Any], job: dict[str, Any]) -> bool:
     return any(ref.get("uid") == job["metadata"]["uid"] for ref in child["metadata"].get("ownerReferences") or [])
 
 
-def rayjob_conditions(conditions: list[dict[str, Any]], rayjob: dict[str, Any], suspend: bool, now: str,
+def rayjob_conditions(conditions: list[dict[str, Any]], rayjob: dict[str, Any], job: dict[str, Any], now: str,
                       generation: int | None) -> list[dict[str, Any]]:
-    """ClusterReady, Running, Suspended, Succeeded and Failed from the RayJob's status."""
+    """ClusterReady, Running, Suspended, Succeeded and Failed from the RayJob's status. A RayJob that Kueue holds
+    (queue label, suspended, not by the user) is Suspended with reason `Queued`."""
+    suspend = bool((job.get("spec") or {}).get("suspend", False))
+    queue = queue_of(job)
     observed = rayjob.get("status") or {}
     deployment = observed.get("jobDeploymentStatus", "")
     ray_status = observed.get("jobStatus", "")
@@ -138,8 +218,12 @@ def rayjob_conditions(conditions: list[dict[str, Any]], rayjob: dict[str, Any], 
     cluster_ready = deployment in ("Running", "Complete") or ray_status in ("RUNNING", "SUCCEEDED", "FAILED")
     put("ClusterReady", cluster_ready, "RayClusterReady" if cluster_ready else "RayClusterStarting",
         f"RayJob {deployment or 'submitted'}")
-    suspended = deployment in ("Suspending", "Suspended") or (suspend and deployment not in ("Running",))
-    put("Suspended", suspended, "Suspended" if suspended else "NotSuspended")
+    held = deployment in ("Suspending", "Suspended", "") and bool(rayjob.get("spec", {}).get("suspend"))
+    if queue and held and not suspend:
+        put("Suspended", True, "Queued", f"waiting for Kueue to admit it (queue {queue})")
+    else:
+        suspended = deployment in ("Suspending", "Suspended") or (suspend and deployment not in ("Running",))
+        put("Suspended", suspended, "Suspended" if suspended else "NotSuspended")
     running = deployment == "Running" and ray_status == "RUNNING"
     retrying = deployment == "Retrying"  # the failed attempt's jobStatus lingers until the new cluster starts
     if retrying:
@@ -188,7 +272,9 @@ def monitor_condition(conditions: list[dict[str, Any]], monitor: dict[str, Any] 
 
 def set_condition(conditions: list[dict[str, Any]], kind: str, status: str, reason: str, message: str, now: str,
                   generation: int | None) -> list[dict[str, Any]]:
-    """`conditions` with `kind` set; lastTransitionTime moves only when the status changes."""
+    """`conditions` with `kind` set; lastTransitionTime moves only when the status changes. The message is
+    bounded: its first MAX_MESSAGE characters, without the driver log KubeRay appends to a failed job's."""
+    message = bounded(message)
     previous = next((c for c in conditions if c["type"] == kind), None)
     changed = previous is None or previous["status"] != status
     condition = {"type": kind, "status": status, "reason": reason, "message": message,
@@ -198,13 +284,19 @@ def set_condition(conditions: list[dict[str, Any]], kind: str, status: str, reas
     return [c for c in conditions if c["type"] != kind] + [condition]
 
 
+def bounded(message: str) -> str:
+    message = message.split("last available logs")[0].rstrip(" ,:;\n")
+    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE - 3] + "..."
+
+
 def phase_of(conditions: list[dict[str, Any]]) -> str:
     """The printer column's one word, derived from the conditions."""
     holds = {c["type"] for c in conditions if c["status"] == "True"}
     for kind, phase in (("Failed", "Failed"), ("Succeeded", "Succeeded"), ("Suspended", "Suspended"),
                         ("Running", "Running")):
         if kind in holds:
-            return phase
+            queued = any(c["type"] == "Suspended" and c["reason"] == "Queued" for c in conditions)
+            return "Queued" if phase == "Suspended" and queued else phase
     return "Starting" if "Accepted" in holds else "Pending"
 
 

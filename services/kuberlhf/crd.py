@@ -5,8 +5,10 @@ form the API server requires: references inlined, `Optional[X]` as `nullable`, `
 `enum`, JSON Schema's numeric `exclusiveMinimum` as OpenAPI's boolean form, a union of different types (a
 string or a list) as `x-kubernetes-preserve-unknown-fields`. Defaults are not copied into the schema (the API
 server would write them into every stored object, and the job tells a field the user set from a default);
-they go into the descriptions `kubectl explain` shows. Checks that span fields stay in pydantic: the operator
-validates every spec and fails the job with `InvalidSpec` and pydantic's message.
+they go into the descriptions `kubectl explain` shows. CEL rules (`add_cel_rules`) refuse at admission what
+the API server can check: the name's length, changes to a submitted spec, one reward source. Other checks that
+span fields stay in pydantic: the operator validates every spec and fails the job with `InvalidSpec` and
+pydantic's message.
 
 The checked-in copy (helm/kuberlhf/crds/rlhfjobs.kuberlhf.io.yaml) is tested against this output.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kuberlhf.spec import API_VERSION, KIND, RLHFJobSpec
+from kuberlhf.spec import API_VERSION, KIND, MAX_NAME_LENGTH, RLHFJobSpec
 from kuberlhf.status import RLHFJobStatus
 
 GROUP, VERSION = API_VERSION.split("/")
@@ -52,6 +54,7 @@ def crd_document() -> dict[str, Any]:
     }
     conditions = schema["properties"]["status"]["properties"]["conditions"]
     conditions.update({"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+    add_cel_rules(schema)
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -69,6 +72,47 @@ def crd_document() -> dict[str, Any]:
             }],
         },
     }
+
+
+MUTABLE_SPEC_FIELDS = {"suspend"}
+
+
+def add_cel_rules(schema: dict[str, Any]) -> None:
+    """CEL `x-kubernetes-validations` the API server checks at admission (Kubernetes 1.25+): a name KubeRay can
+    carry, a spec that does not change after creation except `suspend` (transition rules: a running Ray job
+    cannot change its model or data), and the cross-field rules CEL can express. pydantic checks all of them
+    again in the operator, for API servers without CEL."""
+    schema["x-kubernetes-validations"] = [{
+        "rule": f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+        "message": f"metadata.name: at most {MAX_NAME_LENGTH} characters (the RayJob and the Ray pods are named "
+                   "after the job)",
+    }]
+    spec = schema["properties"]["spec"]
+    spec["x-kubernetes-validations"] = [immutable_rule(name) for name in spec["properties"]
+                                        if name not in MUTABLE_SPEC_FIELDS]
+    for node in _object_nodes(spec):
+        if set(node["properties"]) >= {"model", "function", "url"}:  # RewardSpec, at the top or in a stage
+            node["x-kubernetes-validations"] = [{
+                "rule": "[has(self.model), has(self.function), has(self.url)].exists_one(given, given)",
+                "message": "set exactly one of model, function or url",
+            }]
+
+
+def immutable_rule(field: str) -> dict[str, str]:
+    return {
+        "rule": f"has(self.{field}) == has(oldSelf.{field}) && (!has(self.{field}) || self.{field} == oldSelf.{field})",
+        "message": f"spec.{field} cannot change after the job is created (only spec.suspend can): delete and "
+                   "re-create the RLHFJob",
+    }
+
+
+def _object_nodes(node: dict[str, Any]):
+    if "properties" in node:
+        yield node
+        for child in node["properties"].values():
+            yield from _object_nodes(child)
+    if "items" in node:
+        yield from _object_nodes(node["items"])
 
 
 def crd_yaml() -> str:

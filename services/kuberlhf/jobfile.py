@@ -7,6 +7,7 @@ Light on purpose (pydantic + PyYAML only): the operator uses it too.
 from __future__ import annotations
 
 import difflib
+import reprlib
 import re
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from kuberlhf.errors import UserError
+from kuberlhf.safe_yaml import parse_yaml
 from kuberlhf.spec import RLHFJob
 
+MAX_ERROR_LINES, MAX_ERROR_LINE = 20, 400  # what one invalid job prints, however large it is
 _PATH_PREFIX = re.compile(r"^([A-Za-z][\w.]*): (.*)$", re.DOTALL)
 
 
@@ -29,21 +32,18 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> RLHFJob:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML mapping, with `file:line:column` on syntax errors."""
+    """Parse a YAML mapping (kuberlhf.safe_yaml: UTF-8, no duplicate keys, bounded aliases and depth), with
+    `file:line:column` on errors."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, not a job file") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read: {err.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(err, "problem", None) or str(err)
-        raise UserError(f"{where}: invalid YAML: {problem}") from None
+    raw = parse_yaml(data, str(path))
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a YAML mapping with apiVersion, kind, metadata and spec")
     return raw
@@ -89,6 +89,8 @@ def validate_job(raw: dict[str, Any], source: str = "job") -> RLHFJob:
         return RLHFJob.model_validate(raw)
     except ValidationError as err:
         lines = [format_error(error) for error in err.errors()]
+        if len(lines) > MAX_ERROR_LINES:
+            lines = lines[:MAX_ERROR_LINES] + [f"... and {len(lines) - MAX_ERROR_LINES} more problems"]
         raise UserError(f"{source}: invalid RLHFJob\n" + "\n".join(f"  {line}" for line in lines)) from None
 
 
@@ -100,11 +102,12 @@ def format_error(error: dict[str, Any]) -> str:
     match = _PATH_PREFIX.match(message)
     if kind == "value_error" and match:  # our validators name the sub-field themselves
         loc, message = loc + match.group(1).split("."), match.group(2)
-    return f"{'.'.join(loc) or '(top level)'}: {message}"
+    line = f"{'.'.join(loc) or '(top level)'}: {message}"
+    return line if len(line) <= MAX_ERROR_LINE else line[:MAX_ERROR_LINE - 3] + "..."
 
 
 def _describe(kind: str, ctx: dict[str, Any], value: Any, default: str, loc: list[str]) -> str:
-    got = f", got {value!r}"
+    got = f", got {short_repr(value)}"
     bounds = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}",
               "less_than_equal": "<= {le}"}
     if kind in bounds:
@@ -132,6 +135,14 @@ def _describe(kind: str, ctx: dict[str, Any], value: Any, default: str, loc: lis
     if kind == "value_error":
         return str(ctx.get("error", default)).removeprefix("Value error, ")
     return f"{default}{got}"
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters: an error echoes what it was given, never megabytes of it."""
+    shortener = reprlib.Repr()
+    shortener.maxstring = shortener.maxother = limit
+    text = shortener.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _number(value: Any) -> Any:

@@ -27,6 +27,7 @@ Algorithm = Literal["ppo", "grpo", "rloo", "reinforce_pp", "sft", "rm", "dpo", "
 ONLINE_ALGORITHMS: tuple[str, ...] = ("ppo", "grpo", "rloo", "reinforce_pp")
 GROUP_ALGORITHMS: tuple[str, ...] = ("grpo", "rloo")
 
+MAX_NAME_LENGTH = 47  # KubeRay's longest RayJob name: its RayCluster adds 6 characters and pod labels carry it
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _CALLABLE_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -34,9 +35,9 @@ _CALLABLE_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 class Metadata(SpecModel):
     """Kubernetes object metadata (only the fields KubeRLHF reads)."""
 
-    name: str = Field(min_length=1, max_length=50)
-    """Job name: lowercase letters, digits and '-', at most 50 characters (it prefixes Ray actor names,
-    the RayJob and its pods)."""
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
+    """Job name: lowercase letters, digits and '-', at most 47 characters (it prefixes Ray actor names; on
+    Kubernetes it names the RayJob, whose RayCluster and pods KubeRay names after it)."""
     namespace: str | None = None
     """Kubernetes namespace (ignored by local runs)."""
     labels: dict[str, str] = Field(default_factory=dict)
@@ -191,7 +192,7 @@ class TrainingSpec(SpecModel):
     """Sequences per forward/backward pass on one worker (gradient accumulation): each mini-batch's share on
     a worker is processed this many sequences at a time, with the gradient of the whole mini-batch. Must
     divide that share. Default: the whole share in one pass."""
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     """Seed for prompt order, sampling and initialisation."""
     kl: KLSpec = Field(default_factory=KLSpec)
     """KL regulariser settings."""
@@ -269,7 +270,7 @@ class CheckpointSpec(SpecModel):
     `kuberlhf run` resumes from the newest complete checkpoint and then sees the same batches as an
     uninterrupted run; a checkpoint written by a job with other settings is refused (see `resumeChanged`)."""
 
-    dir: str | None = None
+    dir: str | None = Field(default=None, min_length=1)
     """Checkpoint directory. Default: `<output.dir>/checkpoints` (`<output.uri>/checkpoints` with a uri)."""
     every_steps: int = Field(default=50, ge=0)
     """Save every N steps (0 = only when the job is stopped: SIGTERM, the monitor, the non-finite guard)."""
@@ -293,7 +294,7 @@ class CheckpointSpec(SpecModel):
 class OutputSpec(SpecModel):
     """Where results go."""
 
-    dir: str = "runs/{name}"
+    dir: str = Field(default="runs/{name}", min_length=1)
     """Output directory; `{name}` is replaced by metadata.name. Holds `final/` (a Hugging Face model
     directory), `metrics.jsonl` and `summary.json`."""
     uri: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9+.-]*://\S+$")

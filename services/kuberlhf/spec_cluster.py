@@ -60,8 +60,8 @@ class ClusterSpec(SpecModel):
     tolerations: list[TolerationSpec] = Field(default_factory=list)
     """Taints the pods tolerate (e.g. `nvidia.com/gpu`)."""
     service_account_name: str | None = None
-    """Service account of the pods. The job writes its progress to its RLHFJob's status with it (the Helm
-    chart's `kuberlhf-job` account may do that). Default: the chart's job account."""
+    """Service account of the pods. Default: one the operator makes for this job (`<name>-job`), allowed only
+    to read this RLHFJob and write its status (the job's progress); a named account gets that permission too."""
     secret_env: list[SecretEnvSpec] = Field(default_factory=list)
     """Environment variables from Secrets, e.g. `{name: HF_TOKEN, secretName: hub, key: token}`."""
     ttl_seconds_after_finished: int = Field(default=600, ge=0)

@@ -11,6 +11,7 @@ uninterrupted run; the same for an offline stage (Ray Train workers on other nod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -60,38 +61,50 @@ def cluster(tmp_path_factory):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     start = [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
-    nodes = [subprocess.Popen(in_own_disk(roots["head"], pod, [*start, "--head", "--port", str(port),
-                                                                 "--num-cpus", "0", "--include-dashboard", "false"]),
-                              env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    time.sleep(5)
-    for name in ("node-a", "node-b"):
-        nodes.append(subprocess.Popen(in_own_disk(roots[name], pod, [*start, "--address", address, "--num-cpus", "2"]),
-                                      env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
+    logs = {name: base / f"{name}.log" for name in roots}
+
+    def start_node(name: str, *options: str) -> subprocess.Popen:
+        with logs[name].open("wb") as log:
+            return subprocess.Popen(in_own_disk(roots[name], pod, [*start, *options]), env=env,
+                                    start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+
+    nodes = [start_node("head", "--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false")]
     try:
-        wait_for_nodes(address, 3)
+        wait_for_nodes(address, 1, nodes, logs)
+        # One at a time: two nodes of one IP starting together can each take the other's raylet for its own
+        # and time out ("The current node timed out during startup"), as seen under a loaded CI machine.
+        for count, name in enumerate(("node-a", "node-b"), start=2):
+            nodes.append(start_node(name, "--address", address, "--num-cpus", "2", "--node-name", name))
+            wait_for_nodes(address, count, nodes, logs)
         yield {"address": address, "pod": pod, "roots": roots, "base": base}
     finally:
         for node in reversed(nodes):
-            os.killpg(node.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # a node that failed to start may be gone
+                os.killpg(node.pid, signal.SIGTERM)
         for node in nodes:
             try:
                 node.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(node.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(node.pid, signal.SIGKILL)
 
 
-def wait_for_nodes(address: str, count: int) -> None:
+def wait_for_nodes(address: str, count: int, nodes: list[subprocess.Popen], logs: dict[str, Path]) -> None:
+    """Until `count` nodes are alive; a node process that ended, or 5 minutes, fails with every node's log tail."""
     count_alive = ("import ray; ray.init(address='%s', logging_level='ERROR', log_to_driver=False); "
                    "print(sum(node['Alive'] for node in ray.nodes()))" % address)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 300
+    last = ""
+    while time.monotonic() < deadline and all(node.poll() is None for node in nodes):
         status = subprocess.run([sys.executable, "-c", count_alive], capture_output=True, text=True,
-                                env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+                                env={**os.environ, "RAY_AUTH_MODE": "disabled"}, timeout=120)
         if status.returncode == 0 and int(status.stdout.split()[-1]) >= count:
             return
+        last = (status.stdout + status.stderr)[-1500:]
         time.sleep(2)
-    raise AssertionError(f"the {count} Ray nodes did not come up")
+    tails = "\n".join(f"--- {name} (exit {node.poll()}):\n{path.read_text(errors='replace')[-1500:]}"
+                      for (name, path), node in zip(logs.items(), nodes))
+    raise AssertionError(f"the {count} Ray nodes did not come up; last probe:\n{last}\n{tails}")
 
 
 def run_on_head(cluster, *settings: str, example: str = "grpo-tiny") -> str:

@@ -17,18 +17,29 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+import aiohttp.web
 import kmock
 
 RLHFJOBS = kmock.resource("kuberlhf.io", "v1alpha1", "rlhfjobs")
 RAYJOBS = kmock.resource("ray.io", "v1", "rayjobs")
 CONFIGMAPS = kmock.resource("", "v1", "configmaps")
+SERVICEACCOUNTS = kmock.resource("", "v1", "serviceaccounts")
+ROLES = kmock.resource("rbac.authorization.k8s.io", "v1", "roles")
+ROLEBINDINGS = kmock.resource("rbac.authorization.k8s.io", "v1", "rolebindings")
+NETWORKPOLICIES = kmock.resource("networking.k8s.io", "v1", "networkpolicies")
 VERBS = {"create", "get", "list", "watch", "patch", "delete"}
 
 
 class StampingEmulator(kmock.KubernetesEmulator):
     versions = itertools.count(1)
+    refusals: dict[tuple[str, str], tuple[int, str, str]]  # (action, plural) -> (code, reason, message)
 
     async def _handle(self, request: Any) -> Any:
+        refusal = self.refusals.get((str(request.action), getattr(request.resource, "plural", None)))
+        if refusal is not None:  # as an API server that refuses it (quota, RBAC, admission webhook)
+            code, reason, message = refusal
+            return aiohttp.web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                              "code": code, "reason": reason, "message": message}, status=code)
         if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE) and \
                 isinstance(request.data, list):  # a JSON patch (kopf's finalizer patches test the version)
             request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": str(next(self.versions))})
@@ -57,10 +68,18 @@ class KmockCluster:
     async def _serve(self) -> None:
         self.stopping = asyncio.Event()
         async with StampingEmulator() as emulator, kmock.Server(emulator) as server:
+            emulator.refusals = {}
             resources = emulator.resources
             resources["v1/namespaces"] = kmock.ResourceInfo(kind="Namespace", namespaced=False,
                                                             verbs={"get", "list", "watch"})
             resources["v1/configmaps"] = kmock.ResourceInfo(kind="ConfigMap", namespaced=True, verbs=VERBS)
+            resources["v1/serviceaccounts"] = kmock.ResourceInfo(kind="ServiceAccount", namespaced=True,
+                                                                 verbs=VERBS)
+            for plural, kind in (("roles", "Role"), ("rolebindings", "RoleBinding")):
+                resources[f"rbac.authorization.k8s.io/v1/{plural}"] = kmock.ResourceInfo(kind=kind, namespaced=True,
+                                                                                        verbs=VERBS)
+            resources["networking.k8s.io/v1/networkpolicies"] = kmock.ResourceInfo(kind="NetworkPolicy",
+                                                                                   namespaced=True, verbs=VERBS)
             resources["v1/events"] = kmock.ResourceInfo(kind="Event", namespaced=True, verbs={"create", "list"})
             resources["kuberlhf.io/v1alpha1/rlhfjobs"] = kmock.ResourceInfo(
                 kind="RLHFJob", singular="rlhfjob", namespaced=True, subresources={"status"}, verbs=VERBS)
@@ -103,6 +122,21 @@ class KmockCluster:
             return read()
 
         return asyncio.run_coroutine_threadsafe(inside(), self.loop).result(5)
+
+    def created_names(self, resource: Any) -> list[str]:
+        """The names of every object of `resource` created so far (successfully or not)."""
+        async def inside() -> list[str]:
+            return [(request.data or {}).get("metadata", {}).get("name")
+                    for request in self.emulator[kmock.action.CREATE, resource]]
+
+        return asyncio.run_coroutine_threadsafe(inside(), self.loop).result(5)
+
+    def refuse(self, action: Any, resource: Any, code: int, reason: str, message: str) -> None:
+        """From now on, answer `action` on `resource` with this error (as a quota or a webhook would)."""
+        self.emulator.refusals[(str(action), resource.plural)] = (code, reason, message)
+
+    def allow(self, action: Any, resource: Any) -> None:
+        self.emulator.refusals.pop((str(action), resource.plural), None)
 
     def requests(self, *criteria: Any) -> int:
         """How many requests so far matched kmock's criteria (e.g. kmock.action.CREATE, RAYJOBS)."""

@@ -98,3 +98,56 @@ def test_a_status_the_operator_writes_validates():
     OAS30Validator(SCHEMA).validate(document)
     document["status"]["conditions"][0]["status"] = "Maybe"
     assert list(OAS30Validator(SCHEMA).iter_errors(document))
+
+
+# ------------------------------------------------------------------------------------ CEL (x-kubernetes-validations)
+
+
+def cel_rules(node: dict[str, Any]) -> list[dict[str, str]]:
+    return node.get("x-kubernetes-validations", [])
+
+
+def cel_holds(rule: str, new: Any, old: Any = None) -> bool:
+    """Evaluate a CEL rule as the API server does: `self` the new value, `oldSelf` the stored one (updates)."""
+    import celpy
+
+    environment = celpy.Environment()
+    program = environment.program(environment.compile(rule))
+    activation = {"self": celpy.json_to_cel(new)}
+    if old is not None:
+        activation["oldSelf"] = celpy.json_to_cel(old)
+    return bool(program.evaluate(activation))
+
+
+def spec_rules_hold(new_spec: dict[str, Any], old_spec: dict[str, Any]) -> list[str]:
+    """The messages of the spec's transition rules that refuse this update."""
+    return [r["message"] for r in cel_rules(SCHEMA["properties"]["spec"]) if not cel_holds(r["rule"], new_spec, old_spec)]
+
+
+def test_cel_refuses_spec_changes_after_creation_except_suspend():
+    job = yaml.safe_load((REPO / "examples" / "ppo-tiny.yaml").read_text())
+    spec = job["spec"]
+    assert spec_rules_hold(spec, spec) == []  # a status write or a no-op update
+    assert spec_rules_hold({**spec, "suspend": True}, spec) == []
+    changed = {**spec, "training": {**spec["training"], "steps": 999}}
+    assert spec_rules_hold(changed, spec) == ["spec.training cannot change after the job is created (only "
+                                              "spec.suspend can): delete and re-create the RLHFJob"]
+    added = {**spec, "stages": [{"name": "a"}]}
+    assert any(m.startswith("spec.stages ") for m in spec_rules_hold(added, spec))
+    removed = {k: v for k, v in spec.items() if k != "rollout"}
+    assert any(m.startswith("spec.rollout ") for m in spec_rules_hold(removed, spec))
+    # every spec field but suspend has its rule
+    assert {r["message"].split()[0] for r in cel_rules(SCHEMA["properties"]["spec"])} == \
+        {f"spec.{name}" for name in SCHEMA["properties"]["spec"]["properties"] if name != "suspend"}
+
+
+def test_cel_refuses_names_kuberay_cannot_carry_and_two_reward_sources():
+    (name_rule,) = cel_rules(SCHEMA)
+    assert cel_holds(name_rule["rule"], {"metadata": {"name": "a" * 47}, "spec": {}})
+    assert not cel_holds(name_rule["rule"], {"metadata": {"name": "a" * 48}, "spec": {}})
+    (reward_rule,) = cel_rules(SCHEMA["properties"]["spec"]["properties"]["reward"])
+    assert cel_holds(reward_rule["rule"], {"function": "m:f"})
+    assert not cel_holds(reward_rule["rule"], {"function": "m:f", "url": "http://x"})
+    assert not cel_holds(reward_rule["rule"], {"batchSize": 4})
+    stage_reward = SCHEMA["properties"]["spec"]["properties"]["stages"]["items"]["properties"]["reward"]
+    assert cel_rules(stage_reward) == [reward_rule]

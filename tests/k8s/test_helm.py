@@ -4,6 +4,7 @@ are there, values.schema.json refuses bad values, and the RayJobs the operator b
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from kuberlhf.spec import RLHFJobSpec
-from kuberlhf_operator.rayjob import OperatorSettings, build_configmap, build_rayjob
+from kuberlhf_operator.rayjob import OperatorSettings, build_children
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "kuberlhf"
@@ -52,20 +53,24 @@ def test_lint_strict_is_clean(helm_env):
 @pytest.mark.parametrize("sets", [
     (),
     ("metrics.serviceMonitor.enabled=true", "metrics.podMonitor.enabled=true", "metrics.prometheusRule.enabled=true",
-     "metrics.grafanaDashboard.enabled=true", "jobNamespaces={team-a,team-b}"),
+     "metrics.grafanaDashboard.enabled=true", "security.networkPolicy.monitoringNamespaceLabels.team=monitoring",
+     "jobPolicy.allowedImages={registry.corp/}"),
 ])
 def test_every_rendered_object_is_valid_kubernetes(helm_env, sets):
     objects = render(helm_env, *sets)
     kinds = sorted(o["kind"] for o in objects)
     assert {"CustomResourceDefinition", "Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-            "Role", "RoleBinding", "Service"} <= set(kinds)
+            "Service"} <= set(kinds)
     for obj in objects:
         if obj["apiVersion"].startswith("monitoring.coreos.com"):
             continue  # Prometheus Operator kinds: not in kubernetes-validate's schemas
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     if sets:
         assert {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap"} <= set(kinds)
-        assert sorted(o["metadata"]["namespace"] for o in objects if o["kind"] == "Role") == ["team-a", "team-b"]
+        (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+        env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert json.loads(env["KUBERLHF_MONITORING_NAMESPACE_LABELS"]) == {"team": "monitoring"}
+        assert env["KUBERLHF_ALLOWED_IMAGES"] == "registry.corp/" and env["KUBERLHF_RAY_AUTH"] == "token"
 
 
 def test_the_operator_runs_unprivileged_on_a_read_only_root(helm_env):
@@ -87,10 +92,14 @@ def test_rbac_is_least_privilege(helm_env):
     assert all("*" not in v and "delete" not in v for v in verbs.values())  # owner references clean up
     assert verbs[("ray.io", "rayjobs")] == {"get", "list", "watch", "create", "patch"}
     assert ("", "secrets") not in verbs
-    (job_role,) = [o for o in objects if o["kind"] == "Role"]
-    assert job_role["rules"] == [{"apiGroups": ["kuberlhf.io"], "resources": ["rlhfjobs"], "verbs": ["get"]},
-                                 {"apiGroups": ["kuberlhf.io"], "resources": ["rlhfjobs/status"],
-                                  "verbs": ["get", "patch"]}]
+    assert verbs[("kuberlhf.io", "rlhfjobs/finalizers")] == {"update"}  # owner references that block deletion
+    job = yaml.safe_load((REPO / "examples" / "ppo-tiny.yaml").read_text())
+    job["metadata"].update(uid="1234", namespace="team-a")
+    for child in build_children(job, RLHFJobSpec.model_validate(job["spec"]), OperatorSettings("runtime:1")):
+        group = child["apiVersion"].rpartition("/")[0]
+        plural = {"NetworkPolicy": "networkpolicies"}.get(child["kind"], child["kind"].lower() + "s")
+        assert {"get", "create"} <= verbs[(group, plural)], child["kind"]  # every child the operator makes
+    assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]  # jobs get their own, per job
 
 
 def test_the_crd_in_the_chart_is_the_generated_one(helm_env):
@@ -104,7 +113,7 @@ def test_the_crd_in_the_chart_is_the_generated_one(helm_env):
     ("replicaCount=3", "maximum"),
     ("image.pullPolicy=Sometimes", "image/pullPolicy"),
     ("metrics.port=0", "minimum"),
-    ("jobNamespaces={Team_A}", "jobNamespaces/0"),
+    ("security.rayAuth=maybe", "security/rayAuth"),
 ])
 def test_the_values_schema_refuses_bad_values(helm_env, value, message):
     result = helm(helm_env, "template", "rel", str(CHART), "--set", value)
@@ -116,8 +125,11 @@ def test_rayjobs_the_operator_builds_hold_valid_pods(example):
     job = yaml.safe_load(example.read_text())
     job["metadata"].update(uid="1234", namespace="team-a")
     job["spec"]["cluster"] = {"persistentVolumeClaim": "data", "tolerations": [{"key": "gpu", "operator": "Exists"}]}
-    rayjob = build_rayjob(job, RLHFJobSpec.model_validate(job["spec"]), OperatorSettings("runtime:1", "kuberlhf-job"))
-    kubernetes_validate.validate(build_configmap(job), K8S_VERSION, strict=True)
+    children = build_children(job, RLHFJobSpec.model_validate(job["spec"]), OperatorSettings(
+        "runtime:1", monitoring_namespaces={"kubernetes.io/metadata.name": "monitoring"}))
+    for child in children[:-1]:  # ConfigMap, ServiceAccount, Role, RoleBinding, NetworkPolicy
+        kubernetes_validate.validate(child, K8S_VERSION, strict=True)
+    rayjob = children[-1]
     cluster = rayjob["spec"]["rayClusterSpec"]
     for template in [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]:
         pod = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "x"}, "template": template}
@@ -141,7 +153,8 @@ def validate_rayjob_fields(rayjob: dict[str, Any]) -> None:
     yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])
     assert all(isinstance(v, str) for v in rayjob["spec"]["metadata"].values())  # map[string]string
     cluster = rayjob["spec"]["rayClusterSpec"]
-    assert set(cluster) == {"rayVersion", "headGroupSpec", "workerGroupSpecs"}
+    assert set(cluster) <= {"rayVersion", "headGroupSpec", "workerGroupSpecs", "authOptions"}
+    assert cluster.get("authOptions", {"mode": "token"}) == {"mode": "token"}  # KubeRay 1.6+: token | disabled
     assert all(isinstance(v, str) for v in cluster["headGroupSpec"]["rayStartParams"].values())  # KubeRay wants strings
     for group in cluster["workerGroupSpecs"]:
         for key, value in group.items():

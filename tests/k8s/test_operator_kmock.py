@@ -38,7 +38,6 @@ def cluster(tmp_path, monkeypatch):
         monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(config))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         monkeypatch.setenv("KUBERLHF_RUNTIME_IMAGE", "runtime:test")
-        monkeypatch.setenv("KUBERLHF_JOB_SERVICE_ACCOUNT", "kuberlhf-job")
         kubernetes.config.load_kube_config(config_file=str(config))
         yield running
 
@@ -48,9 +47,9 @@ def operator(monkeypatch, metrics_port: int = 0) -> KopfRunner:
     return KopfRunner(["run", "--standalone", "--all-namespaces", "-m", "kuberlhf_operator.handlers"], timeout=30)
 
 
-def submit(name: str, example: str = "ppo-tiny", **spec: Any) -> None:
+def submit(name: str, example: str = "ppo-tiny", labels: dict[str, str] | None = None, **spec: Any) -> None:
     job = yaml.safe_load((EXAMPLES / f"{example}.yaml").read_text())
-    job["metadata"] = {"name": name, "namespace": NAMESPACE}
+    job["metadata"] = {"name": name, "namespace": NAMESPACE, "labels": labels or {}}
     job["spec"]["output"] = {**job["spec"].get("output", {}), "uri": f"s3://{NAMESPACE}/{name}"}
     job["spec"].update(spec)
     kubernetes.client.CustomObjectsApi().create_namespaced_custom_object("kuberlhf.io", "v1alpha1", NAMESPACE,

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
-from kuberlhf_operator.rayjob import OperatorSettings, build_configmap, build_rayjob, cluster_size
+from kuberlhf_operator.rayjob import OperatorSettings, build_children, build_configmap, build_rayjob, cluster_size
 from kuberlhf_operator.reconcile import phase_of, reconcile, status_patch
 from kuberlhf.spec import RLHFJobSpec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-SETTINGS = OperatorSettings(runtime_image="ghcr.io/kuberlhf/runtime:0.1.0", job_service_account="kuberlhf-job")
+SETTINGS = OperatorSettings(runtime_image="ghcr.io/kuberlhf/runtime:0.1.0")
 T0, T1 = "2026-11-24T12:00:00Z", "2026-11-24T12:05:00Z"
 
 
@@ -50,7 +50,7 @@ def test_the_rayjob_runs_kuberlhf_on_the_mounted_job_file_and_is_owned_by_the_jo
     pod = head["template"]["spec"]
     assert pod["volumes"][0] == {"name": "job", "configMap": {"name": "ppo-tiny-job"}}
     assert pod["containers"][0]["image"] == SETTINGS.runtime_image
-    assert pod["serviceAccountName"] == "kuberlhf-job"
+    assert pod["serviceAccountName"] == "ppo-tiny-job"  # the job's own account (access.py)
     assert "ppo-tiny-job" == build_configmap(job)["metadata"]["name"]
 
 
@@ -121,43 +121,52 @@ def submitted(job: dict[str, Any], deployment: str = "", ray_status: str = "", *
     return rayjob
 
 
+def run(job: dict[str, Any], rayjob: dict[str, Any] | None, configmap: dict[str, Any] | None, now: str,
+        settings: OperatorSettings = SETTINGS):
+    """reconcile, with the given RayJob and ConfigMap in the cluster, and the job's other children as made
+    when a RayJob is there."""
+    others = {c["kind"]: c for c in build_children(job, spec_of(job), settings)} if rayjob is not None else {}
+    return reconcile(job, {**others, "RayJob": rayjob, "ConfigMap": configmap}, settings, now)
+
+
 def conditions(actions) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in actions.status["conditions"]}
 
 
 def test_a_new_job_creates_its_configmap_and_rayjob_once():
     job = k8s_job()
-    actions = reconcile(job, None, None, SETTINGS, T0)
-    assert [o["kind"] for o in actions.create] == ["ConfigMap", "RayJob"]
+    actions = run(job, None, None, T0)
+    assert [o["kind"] for o in actions.create] == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding",
+                                                   "NetworkPolicy", "RayJob"]
     assert actions.status["phase"] == "Starting" and conditions(actions)["Accepted"] == ("True", "Submitted")
-    replay = reconcile({**job, "status": actions.status}, submitted(job), build_configmap(job), SETTINGS, T1)
+    replay = run({**job, "status": actions.status}, submitted(job), build_configmap(job), T1)
     assert replay.create == [] and replay.patch_rayjob is None  # a replayed event or a restart: nothing new
 
 
 def test_a_job_whose_outputs_would_die_with_its_cluster_is_refused_unless_it_opts_in():
     job = k8s_job(output={"dir": "runs/ppo-tiny"})
-    actions = reconcile(job, None, None, SETTINGS, T0)
+    actions = run(job, None, None, T0)
     assert actions.create == [] and actions.status["phase"] == "Failed"
     assert conditions(actions)["Accepted"] == ("False", "NoPersistentStorage")
     assert conditions(actions)["OutputsPersistent"] == ("False", "NoPersistentStorage")
     failed = next(c for c in actions.status["conditions"] if c["type"] == "Failed")
     assert failed["message"].startswith("spec.output: the checkpoints and the final model would be lost")
-    ephemeral = reconcile(k8s_job(output={"dir": "runs/x", "ephemeral": True}), None, None, SETTINGS, T0)
-    assert [o["kind"] for o in ephemeral.create] == ["ConfigMap", "RayJob"]
+    ephemeral = run(k8s_job(output={"dir": "runs/x", "ephemeral": True}), None, None, T0)
+    assert [o["kind"] for o in ephemeral.create][-1] == "RayJob"
     assert conditions(ephemeral)["OutputsPersistent"] == ("False", "Ephemeral")
-    volume = reconcile(k8s_job(output={"dir": "runs/x"}, cluster={"persistentVolumeClaim": "rlhf-data"}), None, None,
-                       SETTINGS, T0)
-    assert conditions(volume)["OutputsPersistent"] == ("True", "PersistentVolume") and len(volume.create) == 2
-    stored = reconcile(k8s_job(), None, None, SETTINGS, T0)
+    volume = run(k8s_job(output={"dir": "runs/x"}, cluster={"persistentVolumeClaim": "rlhf-data"}), None, None,
+                       T0)
+    assert conditions(volume)["OutputsPersistent"] == ("True", "PersistentVolume") and len(volume.create) == 6
+    stored = run(k8s_job(), None, None, T0)
     assert conditions(stored)["OutputsPersistent"] == ("True", "ObjectStore")
-    environment = yaml.safe_load(stored.create[1]["spec"]["runtimeEnvYAML"])["env_vars"]
+    environment = yaml.safe_load(stored.create[-1]["spec"]["runtimeEnvYAML"])["env_vars"]
     assert environment["KUBERLHF_OWNER"] == "1234-abcd"  # a KubeRay retry takes over its own lease at once
 
 
 def test_an_invalid_spec_fails_the_job_and_never_reaches_ray():
     job = k8s_job()
     job["spec"]["training"]["steps"] = 0
-    actions = reconcile(job, None, None, SETTINGS, T0)
+    actions = run(job, None, None, T0)
     assert actions.create == []
     assert conditions(actions)["Failed"] == ("True", "InvalidSpec")
     failed = next(c for c in actions.status["conditions"] if c["type"] == "Failed")
@@ -181,7 +190,7 @@ def test_the_status_follows_the_rayjob(deployment, ray_status, reason, phase, fa
     rayjob = submitted(job, deployment, ray_status, reason=reason, message="details",
                        dashboardURL="ppo-tiny-head-svc.team-a.svc:8265", startTime=T0, endTime=T1,
                        jobId="ppo-tiny-x7k2p")
-    actions = reconcile(job, rayjob, build_configmap(job), SETTINGS, T1)
+    actions = run(job, rayjob, build_configmap(job), T1)
     assert actions.status["phase"] == phase
     assert conditions(actions)["Failed"] == (("True", failed) if failed else ("False", "NotFailed"))
     assert actions.status["rayJobName"] == "ppo-tiny" and actions.status["observedGeneration"] == 1
@@ -194,20 +203,20 @@ def test_a_failed_attempt_that_kuberay_retries_is_a_restart_not_a_failure():
     job = k8s_job(cluster={"backoffLimit": 2})
     cm = build_configmap(job)
     # KubeRay after attempt 1 failed: Failed -> Retrying in one status write, the Ray job's FAILED lingers
-    retrying = reconcile(job, submitted(job, "Retrying", "FAILED", failed=1, message="worker OOM", endTime=T0),
-                         cm, SETTINGS, T0)
+    retrying = run(job, submitted(job, "Retrying", "FAILED", failed=1, message="worker OOM", endTime=T0),
+                         cm, T0)
     assert retrying.status["phase"] == "Starting" and retrying.status["restarts"] == 1
     assert conditions(retrying)["Failed"] == ("False", "NotFailed")
     assert conditions(retrying)["Running"] == ("False", "RayJobRetrying")
     assert "completionTime" not in retrying.status
     job["status"] = retrying.status
-    again = reconcile(job, submitted(job, "Running", "RUNNING", failed=1), cm, SETTINGS, T1)
+    again = run(job, submitted(job, "Running", "RUNNING", failed=1), cm, T1)
     assert again.status["phase"] == "Running" and again.status["restarts"] == 1
     job["status"] = again.status
-    done = reconcile(job, submitted(job, "Complete", "SUCCEEDED", failed=1, succeeded=1), cm, SETTINGS, T1)
+    done = run(job, submitted(job, "Complete", "SUCCEEDED", failed=1, succeeded=1), cm, T1)
     assert done.status["phase"] == "Succeeded" and done.status["restarts"] == 1
     # the last attempt allowed fails: Failed, and the final failure is not a restart
-    final = reconcile(job, submitted(job, "Failed", "FAILED", failed=3, reason="AppFailed"), cm, SETTINGS, T1)
+    final = run(job, submitted(job, "Failed", "FAILED", failed=3, reason="AppFailed"), cm, T1)
     assert final.status["phase"] == "Failed" and final.status["restarts"] == 2
 
 
@@ -225,24 +234,25 @@ def test_a_spec_change_after_submission_is_rejected_but_suspend_applies():
     changed = copy.deepcopy(job)
     changed["metadata"]["generation"] = 2
     changed["spec"]["training"]["steps"] = 80
-    actions = reconcile(changed, rayjob, build_configmap(job), SETTINGS, T1)
+    actions = run(changed, rayjob, build_configmap(job), T1)
     assert conditions(actions)["Accepted"] == ("True", "SpecChangeRejected") and actions.patch_rayjob is None
     assert actions.status["phase"] == "Running"  # runs on as submitted
     suspended = copy.deepcopy(job)
     suspended["spec"]["suspend"] = True
-    actions = reconcile(suspended, rayjob, build_configmap(job), SETTINGS, T1)
-    assert actions.patch_rayjob == {"spec": {"suspend": True}}
+    actions = run(suspended, rayjob, build_configmap(job), T1)
+    assert actions.patch_rayjob == {"metadata": {"annotations": {"kuberlhf.io/suspend-requested": "true"}},
+                                    "spec": {"suspend": True}}
     assert conditions(actions)["Accepted"] == ("True", "Submitted")
 
 
 def test_transition_times_move_only_when_a_condition_changes():
     job = k8s_job()
-    first = reconcile(job, submitted(job, "Running", "RUNNING"), build_configmap(job), SETTINGS, T0)
-    later = reconcile({**job, "status": first.status}, submitted(job, "Running", "RUNNING"), build_configmap(job),
-                      SETTINGS, T1)
+    first = run(job, submitted(job, "Running", "RUNNING"), build_configmap(job), T0)
+    later = run({**job, "status": first.status}, submitted(job, "Running", "RUNNING"), build_configmap(job),
+                      T1)
     assert [c["lastTransitionTime"] for c in later.status["conditions"]] == [T0] * 7
-    done = reconcile({**job, "status": later.status}, submitted(job, "Complete", "SUCCEEDED"), build_configmap(job),
-                     SETTINGS, T1)
+    done = run({**job, "status": later.status}, submitted(job, "Complete", "SUCCEEDED"), build_configmap(job),
+                     T1)
     times = {c["type"]: c["lastTransitionTime"] for c in done.status["conditions"]}
     assert times["Succeeded"] == T1 and times["Running"] == T1 and times["Accepted"] == T0
 
@@ -251,7 +261,7 @@ def test_a_rayjob_of_the_same_name_that_is_not_ours_is_left_alone():
     job = k8s_job()
     stranger = submitted(job, "Running", "RUNNING")
     stranger["metadata"]["ownerReferences"] = []
-    actions = reconcile(job, stranger, None, SETTINGS, T0)
+    actions = run(job, stranger, None, T0)
     assert actions.create == [] and actions.patch_rayjob is None
     assert conditions(actions)["Failed"] == ("True", "RayJobNameTaken")
 
@@ -264,16 +274,16 @@ def test_phase_is_derived_from_conditions():
 def test_the_monitor_signals_the_job_writes_become_the_reward_hacking_condition():
     job = k8s_job()
     rayjob = submitted(job, "Running", "RUNNING")
-    quiet = reconcile(job, rayjob, build_configmap(job), SETTINGS, T1)
+    quiet = run(job, rayjob, build_configmap(job), T1)
     assert "RewardHackingSuspected" not in conditions(quiet)  # the job has reported no verdict yet
     evidence = "reward correlates with response length (mean r=0.93) and responses grew from 3.1 to 7.9 tokens"
     job["status"] = {"monitor": {"step": 12, "signals": [{"signal": "length", "step": 12, "evidence": evidence}]}}
-    actions = reconcile(job, rayjob, build_configmap(job), SETTINGS, T1)
+    actions = run(job, rayjob, build_configmap(job), T1)
     assert conditions(actions)["RewardHackingSuspected"] == ("True", "Length")
     condition = next(c for c in actions.status["conditions"] if c["type"] == "RewardHackingSuspected")
     assert evidence in condition["message"] and actions.status["phase"] == "Running"
     job["status"] = {**actions.status, "monitor": {"step": 13, "signals": []}}
-    cleared = reconcile(job, rayjob, build_configmap(job), SETTINGS, T1)
+    cleared = run(job, rayjob, build_configmap(job), T1)
     assert conditions(cleared)["RewardHackingSuspected"] == ("False", "NoSignal")
 
 

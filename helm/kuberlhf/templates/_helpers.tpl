@@ -15,11 +15,3 @@ app.kubernetes.io/name: kuberlhf
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end -}}
-
-{{- define "kuberlhf.jobNamespaces" -}}
-{{- if .Values.jobNamespaces -}}
-{{- toJson .Values.jobNamespaces -}}
-{{- else -}}
-{{- toJson (list .Release.Namespace) -}}
-{{- end -}}
-{{- end -}}
