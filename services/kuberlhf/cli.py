@@ -66,13 +66,17 @@ def _build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser(
         "validate",
         help="check RLHFJob files",
-        description="Check each file against the RLHFJob spec, then (unless --schema-only) check that its "
-        "model directories, data files and reward function exist on this machine.",
+        description="Check each file against the RLHFJob spec, then (unless --schema-only) what `run` checks "
+        "before it starts: model directories, data files and prompt lengths, the reward function (imported, "
+        "its signature checked) or service, and the output storage.",
     )
     validate.add_argument("files", nargs="+", help="RLHFJob YAML files")
     _add_overrides(validate)
     validate.add_argument("--schema-only", action="store_true",
                           help="check the spec only, not the files it names (for jobs meant for a cluster)")
+    validate.add_argument("--no-import", action="store_true",
+                          help="do not import the reward function's module (runs none of the job's code: for "
+                               "files from elsewhere)")
     validate.set_defaults(handler=_validate)
 
     demo = commands.add_parser(
@@ -230,7 +234,7 @@ def _validate(args: argparse.Namespace) -> int:
             if not args.schema_only:
                 from kuberlhf.preflight import check_inputs
 
-                check_inputs(job)
+                check_inputs(job, import_user_code=not args.no_import)
         except UserError as err:
             failed += 1
             print(f"error: {err}", file=sys.stderr)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -16,6 +16,7 @@ from kuberlhf.errors import UserError, first_line, restart_or_fail, user_error_i
 from kuberlhf.capacity import check_capacity, models_by_role
 from kuberlhf.preflight import check_local_inputs, check_offline_inputs
 from kuberlhf.quiet import quiet_libraries
+from kuberlhf.ray_security import loopback_node, save_token, token_auth
 from kuberlhf.telemetry.console import console, route_worker_output
 from kuberlhf.spec import RLHFJob
 from kuberlhf.storage import job_storage
@@ -46,8 +47,6 @@ def run_single(job: RLHFJob, dashboard: bool, resume: bool) -> dict[str, Any]:
     if job.spec.is_offline:
         return run_offline_job(job, dashboard)
     inputs = check_local_inputs(job)
-    check_prompt_lengths(inputs.policy_model, [inputs.train, inputs.eval], job.spec.data.max_prompt_tokens,
-                         job.spec.rollout.max_new_tokens)
     resume_from = find_resume(job, job.spec.training.steps, note)
 
     import ray
@@ -162,7 +161,8 @@ def finish(job: RLHFJob, result: dict[str, Any], wall_seconds: float, console: A
 
 @contextmanager
 def ray_session(job: RLHFJob, dashboard: bool) -> Iterator[str]:
-    """Connect to $RAY_ADDRESS if set, else start an embedded Ray with this machine's CPUs."""
+    """Connect to $RAY_ADDRESS if set, else start an embedded Ray with this machine's CPUs, on loopback with
+    token auth (ray_security)."""
     import ray
 
     quiet_libraries()  # also names DeepSpeed's accelerator, which the workers inherit below
@@ -172,48 +172,32 @@ def ray_session(job: RLHFJob, dashboard: bool) -> Iterator[str]:
         env[STATUS_ENV] = os.environ[STATUS_ENV]
     metadata = {"rlhfjob": job.metadata.name, "namespace": job.metadata.namespace or "", **job.metadata.labels}
     address = os.environ.get("RAY_ADDRESS")
-    if address:
-        context = ray.init(address=address, runtime_env={"env_vars": env}, namespace="kuberlhf",
-                           job_config=ray.job_config.JobConfig(metadata=metadata), log_to_driver=True)
-        where = f"Ray cluster {address}"
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local dashboard without a token
-        # "local": never attach to whatever cluster /tmp/ray/ray_current_cluster names (a stale one from a
-        # killed `ray start` or test would otherwise be joined, and reject num_cpus)
-        context = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=dashboard,
-                           runtime_env={"env_vars": env},
-                           namespace="kuberlhf", job_config=ray.job_config.JobConfig(metadata=metadata),
-                           log_to_driver=True, configure_logging=False)
-        url = context.dashboard_url
-        where = "embedded local Ray" + (f", dashboard http://{url}" if url else "")
-    route_worker_output()
-    try:
+    with ExitStack() as stack:
+        if address:
+            ray.init(address=address, runtime_env={"env_vars": env}, namespace="kuberlhf",
+                     job_config=ray.job_config.JobConfig(metadata=metadata), log_to_driver=True)
+            where = f"Ray cluster {address}"
+        else:
+            token = stack.enter_context(token_auth())
+            if token is None:
+                console.print("warning: Ray token auth is off (RAY_AUTH_MODE=disabled): any local user can "
+                              "attach to this run's Ray")
+            with loopback_node():
+                # "local": never attach to whatever cluster /tmp/ray/ray_current_cluster names (a stale one from
+                # a killed `ray start` or test would otherwise be joined, and reject num_cpus)
+                context = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=dashboard,
+                                   dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
+                                   runtime_env={"env_vars": env}, namespace="kuberlhf",
+                                   job_config=ray.job_config.JobConfig(metadata=metadata), log_to_driver=True,
+                                   configure_logging=False)
+            where = "embedded local Ray on 127.0.0.1"
+            if context.dashboard_url:
+                where += f", dashboard http://{context.dashboard_url}"
+                if token:
+                    where += f" (sign in with the token in {save_token(token, context.address_info['session_dir'])})"
+        stack.callback(ray.shutdown)
+        route_worker_output()
         yield where
-    finally:
-        ray.shutdown()
-
-
-def check_prompt_lengths(model: str, datasets: list[Any], max_prompt_tokens: int, max_new_tokens: int) -> None:
-    """Every prompt, as the policy reads it (chat template applied), must fit in `data.maxPromptTokens`, and with
-    `rollout.maxNewTokens` in the model's context; the first one that does not is named by its row."""
-    from transformers import AutoConfig
-
-    from kuberlhf.data.prompts import encode_prompts
-    from kuberlhf.models.loading import load_tokenizer
-
-    tokenizer = load_tokenizer(model)
-    context = getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", None)
-    for data in datasets:
-        if data is None:
-            continue
-        _, ids = encode_prompts(tokenizer, data.prompts)
-        for index, length in enumerate(len(row) for row in ids):
-            if length > max_prompt_tokens:
-                raise UserError(f"{data.where(index)}: prompt is {length} tokens, longer than "
-                                f"spec.data.maxPromptTokens = {max_prompt_tokens}")
-            if context is not None and length + max_new_tokens > context:
-                raise UserError(f"{data.where(index)}: prompt is {length} tokens; with spec.rollout.maxNewTokens = "
-                                f"{max_new_tokens} that exceeds the model's context of {context} tokens")
 
 
 def build_summary(job: RLHFJob, result: dict[str, Any], wall_seconds: float) -> dict[str, Any]:

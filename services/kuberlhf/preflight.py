@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kuberlhf.data.formats import Dataset, load_dataset
 from kuberlhf.data.prompts import PromptDataset, load_prompts
 from kuberlhf.errors import UserError
-from kuberlhf.reward_functions import RemoteReward, import_reward_function
+from kuberlhf.reward_functions import RemoteReward, check_reward_signature, import_reward_function
 from kuberlhf.spec import RLHFJob
 
 
@@ -30,14 +31,14 @@ class ResolvedInputs:
     rollout_engine: str  # "vllm" or "hf"
 
 
-def check_inputs(job: RLHFJob) -> ResolvedInputs | OfflineInputs:
+def check_inputs(job: RLHFJob, import_user_code: bool = True) -> ResolvedInputs | OfflineInputs:
     """The checks of the job's kind; for a chained job, of its first stage (later stages train models that
     earlier ones produce, so they are checked when they start)."""
     if job.spec.stages is not None:
         from kuberlhf.stages import stage_jobs
 
-        return check_inputs(stage_jobs(job)[0])
-    return check_offline_inputs(job) if job.spec.is_offline else check_local_inputs(job)
+        return check_inputs(stage_jobs(job)[0], import_user_code)
+    return check_offline_inputs(job) if job.spec.is_offline else check_local_inputs(job, import_user_code)
 
 
 @dataclass
@@ -67,21 +68,23 @@ def check_offline_inputs(job: RLHFJob) -> OfflineInputs:
     return OfflineInputs(policy, reference, train, evaluation)
 
 
-def check_local_inputs(job: RLHFJob) -> ResolvedInputs:
-    """Check every file and import the job names; raise UserError on the first problem."""
+def check_local_inputs(job: RLHFJob, import_user_code: bool = True) -> ResolvedInputs:
+    """Check every file and import the job names (the reward function's module only with `import_user_code`:
+    `kuberlhf validate --no-import` of a file from elsewhere runs none of its code); raise UserError on the
+    first problem."""
     spec = job.spec
     policy = resolve_model(spec.policy.model, "spec.policy.model")
     reference = resolve_model(spec.reference.model, "spec.reference.model") if spec.reference.model else policy
     reward_model = resolve_model(spec.reward.model, "spec.reward.model") if spec.reward.model else None
-    if spec.reward.function:
-        import_reward_function(spec.reward.function)
+    data = spec.data
+    train = load_prompts(data.train, data.split, data.subset, data.columns, "spec.data.train")
+    if spec.reward.function and import_user_code:
+        check_reward_signature(import_reward_function(spec.reward.function), spec.reward.function, list(train.columns))
     if spec.reward.url:
         RemoteReward(spec.reward.url, timeout_s=30)([], [])  # reachable and speaking the protocol
     critic = None
     if spec.critic is not None:
         critic = resolve_model(spec.critic.model, "spec.critic.model") if spec.critic.model else (reward_model or policy)
-    data = spec.data
-    train = load_prompts(data.train, data.split, data.subset, data.columns, "spec.data.train")
     evaluation = None
     if data.eval is not None:
         evaluation = load_prompts(data.eval, data.eval_split, data.subset, data.columns, "spec.data.eval")
@@ -90,6 +93,8 @@ def check_local_inputs(job: RLHFJob) -> ResolvedInputs:
             f"spec.training.promptsPerStep: {spec.training.prompts_per_step} prompts per step but "
             f"{spec.data.train} has only {len(train)} rows"
         )
+    check_prompt_lengths(policy, [train, evaluation], data.max_prompt_tokens, spec.rollout.max_new_tokens)
+    check_outputs_reachable(job)
     return ResolvedInputs(
         rollout_engine=resolve_rollout_engine(spec.rollout.engine),
         policy_model=policy,
@@ -99,6 +104,41 @@ def check_local_inputs(job: RLHFJob) -> ResolvedInputs:
         train=train,
         eval=evaluation,
     )
+
+
+def check_prompt_lengths(model: str, datasets: list[Any], max_prompt_tokens: int, max_new_tokens: int) -> None:
+    """Every prompt, as the policy reads it (chat template applied), must fit in `data.maxPromptTokens`, and with
+    `rollout.maxNewTokens` in the model's context; the first one that does not is named by its row."""
+    from transformers import AutoConfig
+
+    from kuberlhf.data.prompts import encode_prompts
+    from kuberlhf.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    context = getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", None)
+    for data in datasets:
+        if data is None:
+            continue
+        _, ids = encode_prompts(tokenizer, data.prompts)
+        for index, length in enumerate(len(row) for row in ids):
+            if length > max_prompt_tokens:
+                raise UserError(f"{data.where(index)}: prompt is {length} tokens, longer than "
+                                f"spec.data.maxPromptTokens = {max_prompt_tokens}")
+            if context is not None and length + max_new_tokens > context:
+                raise UserError(f"{data.where(index)}: prompt is {length} tokens; with spec.rollout.maxNewTokens = "
+                                f"{max_new_tokens} that exceeds the model's context of {context} tokens")
+
+
+def check_outputs_reachable(job: RLHFJob) -> None:
+    """`spec.output.uri` (and `checkpoint.dir`) can be opened and read: the protocol's package is installed, the
+    bucket answers, the credentials hold. Nothing is written."""
+    if not (job.spec.output.uri or "://" in (job.spec.checkpoint.dir or "")):
+        return
+    from kuberlhf.storage import job_storage
+
+    storage = job_storage(job)
+    storage.outputs.exists("summary.json")
+    storage.checkpoints.names()
 
 
 def resolve_rollout_engine(engine: str) -> str:

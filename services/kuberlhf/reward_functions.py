@@ -9,18 +9,22 @@ both are strings. A function without `**kwargs` gets only the arguments it names
 completion; `None` means "no reward here" and counts 0, as TRL's sum over reward functions does with one.
 `async def` functions are awaited.
 
-A function that cannot be imported, raises, returns the wrong number of values, or returns NaN is reported
-as a UserError naming the function (and the row, where there is one).
+A function that cannot be imported (or exits while importing), names a required argument it will never get,
+raises, does not return within `reward.timeoutSeconds`, returns something other than a sequence of numbers,
+the wrong number of values, or NaN is reported as a UserError naming the function (and the row, where there
+is one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib
 import inspect
 import json
 import math
 import os
+import queue
 import sys
 import urllib.error
 import urllib.request
@@ -45,6 +49,8 @@ def import_reward_function(path: str) -> RewardFunction:
             f"spec.reward.function: cannot import module {module_name!r}: {err} "
             "(is it in the working directory or on PYTHONPATH?)"
         ) from None
+    except SystemExit as err:
+        raise UserError(f"spec.reward.function: importing {module_name!r} called sys.exit({err.code!r})") from None
     except Exception as err:  # the module itself raised while importing
         raise UserError(f"spec.reward.function: importing {module_name!r} failed: {type(err).__name__}: {err}") from None
     function = getattr(module, attribute, None)
@@ -53,6 +59,29 @@ def import_reward_function(path: str) -> RewardFunction:
     if not callable(function):
         raise UserError(f"spec.reward.function: {path} is a {type(function).__name__}, not a callable")
     return function
+
+
+CALL_ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state", "log_metric", "log_extra")
+
+
+def check_reward_signature(function: RewardFunction, path: str, columns: list[str]) -> None:
+    """The function can be called as `call_reward_function` calls it: with keywords only, and every parameter
+    without a default is one it will be given (the standard arguments or a data column)."""
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+        return
+    given = set(CALL_ARGUMENTS) | set(columns)
+    for parameter in parameters:
+        if parameter.kind is inspect.Parameter.POSITIONAL_ONLY and parameter.default is inspect.Parameter.empty:
+            raise UserError(f"spec.reward.function: {path} takes {parameter.name!r} positionally only; reward "
+                            "functions are called with keyword arguments (prompts=..., completions=...)")
+        required = parameter.default is inspect.Parameter.empty and parameter.kind in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        if required and parameter.name not in given:
+            raise UserError(f"spec.reward.function: {path} requires {parameter.name!r}, which it is never given: "
+                            f"it gets {', '.join(CALL_ARGUMENTS)} and the data's columns "
+                            f"({', '.join(columns) or 'none besides prompt'})")
 
 
 @dataclass(frozen=True)
@@ -105,18 +134,33 @@ class RewardLog:
 
 def call_reward_function(function: RewardFunction, name: str, prompts: list[Any], completions: list[Any],
                          columns: dict[str, list[Any]], completion_ids: list[list[int]] | None = None,
-                         state: TrainerState | None = None, log: RewardLog | None = None) -> list[float]:
+                         state: TrainerState | None = None, log: RewardLog | None = None,
+                         timeout_s: float | None = None) -> list[float]:
     """Call a reward function as TRL does (see the module docstring) and check what it returns: one finite
-    number per completion."""
+    number per completion, within `timeout_s` seconds (the call runs on the process's reward thread; one that
+    hangs is left there and the job fails)."""
     log = log if log is not None else RewardLog()
     arguments = {"prompts": prompts, "completions": completions, "completion_ids": completion_ids, **columns,
                  "trainer_state": state, "log_metric": log.log_metric, "log_extra": log.log_extra}
-    try:
+
+    def call() -> Any:
         values = function(**accepted_arguments(function, arguments))
         if inspect.isawaitable(values):  # on one loop for the whole run, as TRL does (clients and locks bind to it)
             values = asyncio.run_coroutine_threadsafe(_awaited(values), _event_loop()).result()
+        return values
+
+    try:
+        values = _on_reward_thread(call, timeout_s)
+    except concurrent.futures.TimeoutError:
+        raise UserError(f"reward function {name} did not return within {timeout_s:g} s "
+                        "(spec.reward.timeoutSeconds)") from None
+    except SystemExit as err:
+        raise UserError(f"reward function {name} called sys.exit({err.code!r})") from None
     except Exception as err:
         raise UserError(f"reward function {name} raised {type(err).__name__}: {err}") from err
+    if isinstance(values, (dict, str, bytes, set)) or not hasattr(values, "__len__"):
+        raise UserError(f"reward function {name} must return a list with one number per completion, got a "
+                        f"{type(values).__name__}")
     try:
         values = [0.0 if v is None else float(v) for v in values]
     except (TypeError, ValueError) as err:
@@ -155,6 +199,30 @@ async def _awaited(awaitable: Any) -> Any:
 
 
 _loop: asyncio.AbstractEventLoop | None = None
+_calls: queue.SimpleQueue | None = None
+
+
+def _on_reward_thread(call: Callable[[], Any], timeout_s: float | None) -> Any:
+    """Run `call` on the process's one reward thread (a daemon: one that hangs never holds the process at exit),
+    so it can be given up on after `timeout_s`; thread-local state a function keeps stays on one thread."""
+    global _calls
+    if _calls is None:
+        import threading
+
+        _calls = queue.SimpleQueue()
+        threading.Thread(target=_serve_calls, args=(_calls,), name="kuberlhf-reward", daemon=True).start()
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    _calls.put((call, future))
+    return future.result(timeout=timeout_s)
+
+
+def _serve_calls(calls: queue.SimpleQueue) -> None:
+    while True:
+        call, future = calls.get()
+        try:
+            future.set_result(call())
+        except BaseException as err:  # SystemExit too: it belongs to the caller, not to this thread
+            future.set_exception(err)
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:

@@ -96,6 +96,9 @@ class RewardSpec(SpecModel):
     workers call it on the completions they sample."""
     batch_size: int = Field(default=64, ge=1)
     """Sequences per forward pass of the reward model."""
+    timeout_seconds: float = Field(default=600.0, gt=0)
+    """A reward function (or service) call that takes longer fails the job, naming the function, rather than
+    hang it."""
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> RewardSpec:

@@ -4,9 +4,10 @@ only (the operator imports the spec)."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from kuberlhf.spec_base import SpecModel
 
@@ -19,6 +20,20 @@ class MetricsSpec(SpecModel):
     port: int = Field(default=9400, ge=0, le=65535)
     """TCP port of the endpoint; 0 picks a free one (`kuberlhf run` prints where it listens). On Kubernetes
     the head pod declares it as the port `kuberlhf`, which the chart's PodMonitor scrapes."""
+    bind_address: str | None = None
+    """The address the endpoint listens on. Default: `127.0.0.1` on an embedded local Ray (only this machine
+    can scrape it); `0.0.0.0` (every interface) on a Ray cluster, as on Kubernetes, where the job's
+    NetworkPolicy admits only the monitoring namespaces. `0.0.0.0` locally lets other machines scrape it."""
+
+    @field_validator("bind_address")
+    @classmethod
+    def _an_ip_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(f"must be an IP address such as 127.0.0.1 or 0.0.0.0, got {value[:60]!r}") from None
+        return value
 
 
 class MonitorSpec(SpecModel):

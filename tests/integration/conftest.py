@@ -44,3 +44,64 @@ def heldout_sampled_accuracy(model_dir: str, eval_file: str, samples_per_prompt:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return sampled_accuracy(model, tokenizer, read_jsonl(eval_file), samples_per_prompt=samples_per_prompt,
                             temperature=1.0, seed=1234)
+
+
+class ListeningSockets:
+    """While running (a context manager), samples the TCP sockets that this process and its descendants (an
+    embedded Ray: GCS, raylet, workers, agents) listen on: {(process name, address, port)}. Once the GCS is
+    seen, calls it as a stranger on this machine would, with no token, a wrong one, then the run's own:
+    `answers` holds the gRPC status of each call."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        import threading
+
+        self.every, self.seen, self.answers = every, set(), []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> "ListeningSockets":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(30)
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self.stopping.is_set():
+            family = {me.pid: me.name()}
+            for child in me.children(recursive=True):
+                try:
+                    family[child.pid] = child.name()
+                except psutil.NoSuchProcess:
+                    pass
+            for connection in psutil.net_connections(kind="tcp"):
+                if connection.status == psutil.CONN_LISTEN and connection.pid in family:
+                    self.seen.add((family[connection.pid], connection.laddr.ip, connection.laddr.port))
+            if not self.answers and self.port_of("gcs_server"):
+                self.answers = self._call_gcs(self.port_of("gcs_server"))
+            self.stopping.wait(self.every)
+
+    @staticmethod
+    def _call_gcs(port: int) -> list[str]:
+        import os
+
+        import grpc
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        answers = []
+        for token in (None, "0" * 64, os.environ.get("RAY_AUTH_TOKEN")):
+            metadata = [("authorization", f"Bearer {token}")] if token else None
+            try:
+                stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=10, metadata=metadata)
+                answers.append("OK")
+            except grpc.RpcError as err:
+                answers.append(err.code().name)
+        return answers
+
+    def port_of(self, process: str) -> int | None:
+        return next((port for name, _, port in sorted(self.seen) if name == process), None)

@@ -8,13 +8,14 @@ The numbers these tests see are recorded in docs/learning.md.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from .conftest import heldout_sampled_accuracy, run_example
+from .conftest import ListeningSockets, heldout_sampled_accuracy, run_example
 
 pytestmark = pytest.mark.slow
 
@@ -82,9 +83,16 @@ def test_ppo_on_chat_prompts_with_hf_rollouts_and_a_trl_reward_function_writes_i
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     (tmp_path / "trl_rewards.py").write_text(TRL_STYLE_REWARD)
     monkeypatch.chdir(tmp_path)  # the reward module imports from the working directory, in every worker
-    summary = run_example("ppo-tiny", assets, tmp_path, "spec.training.steps=3", "spec.rollout.engine=hf",
-                          "spec.reward.function=trl_rewards:accuracy", "spec.logging.samplesEverySteps=1",
-                          "spec.logging.samplesPerStep=4", chat=True)
+    with ListeningSockets() as sockets:
+        summary = run_example("ppo-tiny", assets, tmp_path, "spec.training.steps=3", "spec.rollout.engine=hf",
+                              "spec.reward.function=trl_rewards:accuracy", "spec.logging.samplesEverySteps=1",
+                              "spec.logging.samplesPerStep=4", chat=True)
+    # Secure by default: every server of the embedded Ray, its dashboard and the job's metrics on loopback only
+    # (the job's metrics server included); a stranger on this machine cannot join without the run's token
+    names = {name for name, _, _ in sockets.seen}
+    assert {"gcs_server", "raylet"} <= names and any(n.startswith("ray::Metrics") for n in names), sockets.seen
+    assert all(ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback for _, ip, _ in sockets.seen), sockets.seen
+    assert sockets.answers == ["UNAUTHENTICATED", "UNAUTHENTICATED", "OK"]  # no token, a wrong one, the run's
     records = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     for key in ("reward/mean", "kl/sequence", "policy/entropy", "response_length/mean", "policy/loss",

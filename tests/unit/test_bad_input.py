@@ -72,6 +72,7 @@ def test_deep_nesting_is_an_error_not_a_recursion_crash(tmp_path):
     ("spec.output.dir=", "spec.output.dir: must be a string, got None"),
     ('spec.output.dir=""', "spec.output.dir: must not be empty"),
     ("spec.training.seed=4294967296", "spec.training.seed: must be <= 4294967295"),
+    ("spec.metrics.bindAddress=localhost", "spec.metrics.bindAddress: must be an IP address such as 127.0.0.1"),
 ])
 def test_strict_scalars(tmp_path, setting, message):
     assert message in refused(tmp_path, job_text(), [setting])

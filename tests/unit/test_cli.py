@@ -22,11 +22,19 @@ spec:
 """
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from kuberlhf.models.tiny import build_char_tokenizer, build_tiny_llama, save_model_dir
+
+    tokenizer = build_char_tokenizer("0123456789+= hi")
+    return save_model_dir(build_tiny_llama(tokenizer, max_position_embeddings=256), tokenizer,
+                          tmp_path_factory.mktemp("model"))
+
+
 @pytest.fixture
-def workspace(tmp_path, monkeypatch):
+def workspace(tmp_path, monkeypatch, tiny_model):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "model").symlink_to(tiny_model)
     (tmp_path / "train.jsonl").write_text('{"prompt": "hi"}\n')
     (tmp_path / "rewards.py").write_text("def f(prompts, completions, **c):\n    return [0.0] * len(completions)\n")
     return tmp_path
@@ -143,3 +151,31 @@ def test_a_dead_worker_is_restarted_within_the_budget_and_a_user_error_never():
     refused = WorkerGroupError("failed", {0: UserError("spec.policy.model: no such model")})
     with pytest.raises(UserError, match=r"^spec.policy.model: no such model$"):
         restart_or_fail(refused, 0, 2, "runs/x/checkpoints", "a worker")
+
+
+@pytest.mark.parametrize("module, source, message", [
+    ("exits_on_import", "import sys\nsys.exit(3)\n", "importing 'exits_on_import' called sys.exit(3)"),
+    ("needs_gold", "def f(prompts, completions, gold):\n    return []\n",
+     "spec.reward.function: needs_gold:f requires 'gold', which it is never given"),
+    ("positional", "def f(prompts, completions, /):\n    return []\n", "takes 'prompts' positionally only"),
+])
+def test_validate_refuses_reward_functions_that_run_would_refuse(workspace, capsys, module, source, message):
+    (workspace / f"{module}.py").write_text(source)  # a module name of its own: imports are cached
+    assert main(["validate", write_job(workspace / "job.yaml", function=f"{module}:f")]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_validate_no_import_runs_none_of_the_jobs_code(workspace, capsys):
+    (workspace / "side_effects.py").write_text("open('imported', 'w').close()\ndef f(**kw):\n    return []\n")
+    job = write_job(workspace / "job.yaml", function="side_effects:f")
+    assert main(["validate", "--no-import", job]) == 0
+    assert not (workspace / "imported").exists()
+    assert main(["validate", job]) == 0 and (workspace / "imported").exists()
+
+
+def test_validate_refuses_long_prompts_and_unreachable_output_storage(workspace, capsys):
+    job = write_job(workspace / "job.yaml")
+    assert main(["validate", job, "--set", "spec.data.maxPromptTokens=1"]) == 1
+    assert "train.jsonl:1: prompt is 2 tokens, longer than spec.data.maxPromptTokens = 1" in capsys.readouterr().err
+    assert main(["validate", job, "--set", "spec.output.uri=nosuchprotocol://bucket/run"]) == 1
+    assert "spec.output.uri: cannot open nosuchprotocol://bucket/run" in capsys.readouterr().err

@@ -8,6 +8,7 @@ the online driver and rank 0 of an offline stage's Ray Train workers feed one en
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any, Callable
 
@@ -55,14 +56,14 @@ class JobMetrics:
         for signal, holds in active.items():
             self.suspected.labels(**self.labels, signal=signal).set(1.0 if holds else 0.0)
 
-    def serve(self, port: int, or_any: bool = False) -> int:
-        """Serve /metrics on `port` (0: a free one) on every interface; returns the port. With `or_any`, a port
-        that is taken (another job on this machine has the default) gives way to a free one."""
+    def serve(self, port: int, or_any: bool = False, bind: str = "127.0.0.1") -> int:
+        """Serve /metrics on `bind`:`port` (0: a free one); returns the port. With `or_any`, a port that is taken
+        (another job on this machine has the default) gives way to a free one."""
         try:
-            server, _ = start_http_server(port, registry=self.registry)
+            server, _ = start_http_server(port, addr=bind, registry=self.registry)
         except OSError as err:
             if or_any and port != 0:
-                return self.serve(0)
+                return self.serve(0, bind=bind)
             raise UserError(f"spec.metrics.port: cannot serve metrics on port {port} ({err.strerror}); choose "
                             f"another port, 0 for any free one, or set spec.metrics.enabled: false") from None
         return server.server_port
@@ -71,14 +72,17 @@ class JobMetrics:
 class MetricsServer:
     """The Ray actor around `JobMetrics` (see the module docstring); calls are fire-and-forget."""
 
-    def __init__(self, labels: dict[str, str], total_steps: int, port: int, or_any: bool = False) -> None:
+    def __init__(self, labels: dict[str, str], total_steps: int, port: int, or_any: bool = False,
+                 bind: str = "127.0.0.1") -> None:
         self.metrics = JobMetrics(labels, total_steps)
-        self.port = self.metrics.serve(port, or_any)
+        self.bind = bind
+        self.port = self.metrics.serve(port, or_any, bind)
 
     def address(self) -> str:
         import ray
 
-        return f"{ray.util.get_node_ip_address()}:{self.port}"
+        host = ray.util.get_node_ip_address() if self.bind in ("0.0.0.0", "::") else self.bind
+        return f"{host}:{self.port}"
 
     def observe_step(self, step: int, metrics: dict[str, Any]) -> None:
         self.metrics.observe_step(step, metrics)
@@ -95,7 +99,7 @@ def job_labels(name: str, namespace: str | None, labels: dict[str, str], algorit
 
 
 def start_metrics_server(labels: dict[str, str], total_steps: int, port: int,
-                         or_any: bool = False) -> tuple[Any, str]:
+                         or_any: bool = False, bind: str = "127.0.0.1") -> tuple[Any, str]:
     """Start the exporter actor on this (the driver's) node; returns its handle and `host:port`."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -103,12 +107,18 @@ def start_metrics_server(labels: dict[str, str], total_steps: int, port: int,
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     actor = ray.remote(MetricsServer).options(num_cpus=0, name=f"{labels['job']}-metrics",
                                               scheduling_strategy=here).remote(labels, total_steps, port,
-                                                                                              or_any)
+                                                                                              or_any, bind)
     try:
         return actor, ray.get(actor.address.remote())
     except ray.exceptions.RayError as err:  # the constructor's UserError (port taken) surfaces here
         ray.kill(actor)
         raise user_error_in(err) or err
+
+
+def bind_address(metrics: Any) -> str:
+    """`spec.metrics.bindAddress`, or by default loopback on an embedded local Ray (only this machine may scrape)
+    and every interface on a Ray cluster (a KubeRay head pod, which the job's NetworkPolicy guards)."""
+    return metrics.bind_address or ("0.0.0.0" if os.environ.get("RAY_ADDRESS") else "127.0.0.1")
 
 
 def port_may_move(metrics: Any) -> bool:
@@ -123,7 +133,8 @@ def serve_job_metrics(job: Any, total_steps: int, note: Callable[[str], None]) -
     if not metrics.enabled:
         return None
     labels = job_labels(job.metadata.name, job.metadata.namespace, job.metadata.labels, job.spec.algorithm)
-    handle, address = start_metrics_server(labels, total_steps, metrics.port, port_may_move(metrics))
+    handle, address = start_metrics_server(labels, total_steps, metrics.port, port_may_move(metrics),
+                                           bind_address(metrics))
     moved = metrics.port != 0 and not address.endswith(f":{metrics.port}")
     taken = f" (port {metrics.port} is taken)" if moved else ""
     note(f"Prometheus metrics at http://{address}/metrics{taken}")

@@ -58,7 +58,8 @@ def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
         for rank, where in enumerate(plan[role]):
             remote = ray.remote(cls).options(name=f"{job.metadata.name}-{role}-{rank}", namespace=NAMESPACE,
                                              **where.options(group))
-            extra = {"rank": rank, "reward_url": spec.reward.url} if cls is RolloutWorker else {}
+            extra = {"rank": rank, "reward_url": spec.reward.url,
+                     "reward_timeout_s": spec.reward.timeout_seconds} if cls is RolloutWorker else {}
             if cls in FROZEN_ROLES:  # trained roles get their precision from DeepSpeed (TrainingSetup.bf16)
                 extra["bf16"] = spec.training.bf16
             if cls is PolicyWorker:

@@ -27,12 +27,13 @@ from kuberlhf.workers.metrics import exports_metrics
 class RolloutWorker:
     def __init__(self, model_path: str, reward_function: str | None, engine: str, max_model_len: int,
                  tensor_parallel_size: int, sleep_between_steps: bool, cpus: float, seed: int, rank: int = 0,
-                 bf16: bool = False, reward_url: str | None = None) -> None:
+                 bf16: bool = False, reward_url: str | None = None, reward_timeout_s: float | None = None) -> None:
         configure_process(cpus, seed)  # threads set before vLLM starts: its CPU worker ignores later changes
         self.rank = rank
         self.reward_function_name = reward_function or reward_url
+        self.reward_timeout_s = reward_timeout_s
         self.reward_function = import_reward_function(reward_function) if reward_function else \
-            RemoteReward(reward_url) if reward_url else None
+            RemoteReward(reward_url, timeout_s=reward_timeout_s or 120.0) if reward_url else None
         tokenizer = load_tokenizer(model_path)
         if engine == "vllm":
             from kuberlhf.engines.vllm_engine import VLLMGenerationEngine
@@ -75,7 +76,7 @@ class RolloutWorker:
         completion_ids = [ids[row_mask].tolist() for ids, row_mask in zip(batch.response_ids, mask)]
         log = RewardLog(rows=len(batch))
         scores = call_reward_function(self.reward_function, self.reward_function_name, prompts, completions,
-                                      columns, completion_ids, state, log)
+                                      columns, completion_ids, state, log, self.reward_timeout_s)
         batch.scores = torch.tensor(scores, dtype=torch.float32)
         batch.reward_log = log
 
