@@ -33,6 +33,7 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 SPEC_HASH = "kuberlhf.io/spec-hash"
 SUSPEND_REQUESTED = "kuberlhf.io/suspend-requested"  # the last spec.suspend the operator forwarded
 RUNTIME_UID = 1000  # the user of images/runtime/Dockerfile
+WRITABLE_DIRS = (("tmp", "/tmp"), ("shm", "/dev/shm"), ("home", "/home/ray"))  # emptyDirs over a read-only root
 JOB_LABEL = "kuberlhf.io/job"
 RAY_VERSION = "2.60.0"
 MAX_GPUS_PER_WORKER = 8
@@ -121,7 +122,10 @@ def pod_template(spec: RLHFJobSpec, settings: OperatorSettings, container: str, 
     driver. Labelled with the job's name, which the PodMonitor finds a job's pods by."""
     cluster = spec.cluster
     head = job_file is not None
-    mounts, volumes = [], []
+    # A read-only root: Ray writes its session to /tmp, its object store to /dev/shm (memory-backed, or Ray
+    # falls back to a slow disk store), and the job its outputs and caches under its home.
+    mounts = [{"name": name, "mountPath": path} for name, path in WRITABLE_DIRS]
+    volumes = [{"name": name, "emptyDir": {"medium": "Memory"} if name == "shm" else {}} for name, _ in WRITABLE_DIRS]
     if head:
         mounts.append({"name": "job", "mountPath": JOB_DIR, "readOnly": True})
         volumes.append({"name": "job", "configMap": {"name": job_file}})
@@ -133,7 +137,8 @@ def pod_template(spec: RLHFJobSpec, settings: OperatorSettings, container: str, 
         "imagePullPolicy": settings.image_pull_policy,
         "resources": {"requests": dict(limits), "limits": dict(limits)},
         "volumeMounts": mounts,
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
     }
     if cluster.secret_env:  # references only: the operator never reads a Secret
         main["env"] = [{"name": e.name, "valueFrom": {"secretKeyRef": {"name": e.secret_name, "key": e.key}}}

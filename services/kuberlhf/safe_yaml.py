@@ -26,6 +26,8 @@ class _Loader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, yaml.Node] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: merged keys may be overridden
+                continue
             key = self.construct_object(key_node, deep=True)
             try:
                 duplicate = key in seen
@@ -46,7 +48,11 @@ def parse_yaml(text: str | bytes, where: str) -> Any:
     """The document in `text` (None when empty); `where` names it in errors (`job.yaml:3:5: ...`)."""
     if isinstance(text, bytes):
         text = decode_utf8(text, where)
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as err:  # a control character, e.g. a NUL byte
+        raise UserError(f"{where}: invalid YAML: character #x{err.character:04x} at offset {err.position} is not "
+                        "allowed in YAML text") from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -57,7 +63,8 @@ def parse_yaml(text: str | bytes, where: str) -> Any:
         mark = getattr(err, "problem_mark", None)
         at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
         problem = getattr(err, "problem", None) or str(err)
-        raise UserError(f"{at}: invalid YAML: {problem}") from None
+        context = getattr(err, "context", None)
+        raise UserError(f"{at}: invalid YAML: {context + ', ' if context else ''}{problem}") from None
     except RecursionError:
         raise UserError(f"{where}: invalid YAML: nested more than {MAX_DEPTH} levels deep") from None
     finally:

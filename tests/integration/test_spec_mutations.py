@@ -1,6 +1,8 @@
-"""Hardened input: hundreds of mutations of every example job (deleted keys, wrong types, negative or huge
-numbers, NaN, unknown keys, broken YAML) through `kuberlhf validate` and `kuberlhf run` give either a valid job
-or one clear error naming the field (or file:line), never a traceback.
+"""Hardened input: 500 mutations of every example job (deleted keys, wrong types, negative or huge numbers, NaN,
+unknown keys, broken YAML; bytes that are not UTF-8, NULs, a BOM; duplicate keys, aliases and alias bombs,
+deep nesting, several documents, a top level that is no mapping, huge values) through `kuberlhf validate` and
+`kuberlhf run` give either a valid job or one short, clear error naming the field (or file:line), never a
+traceback.
 
 `run` goes through everything it does before Ray starts (validation, input checks that read the model, the
 tokenizer and the data, the resume point); the test stops it where Ray would start."""
@@ -66,13 +68,61 @@ def small_assets(assets, tmp_path_factory) -> Path:
     return small
 
 
+def encoding_mutation(draw, text: str) -> bytes:
+    """The job's bytes with something that is not (or not only) UTF-8 text in them."""
+    data = text.encode()
+    at = draw(st.integers(0, len(data)))
+    kind = draw(st.sampled_from(["latin1", "invalid", "nul", "bom", "binary", "utf16"]))
+    if kind == "latin1":
+        return text.replace("a", "\xe4", 1).encode("latin-1", errors="replace")
+    if kind == "invalid":  # a cut multi-byte sequence or a lone continuation byte
+        return data[:at] + draw(st.sampled_from([b"\xc3", b"\x80", b"\xed\xa0\x80", b"\xff\xfe"])) + data[at:]
+    if kind == "nul":
+        return data[:at] + b"\x00" + data[at:]
+    if kind == "bom":
+        return b"\xef\xbb\xbf" + data
+    if kind == "utf16":
+        return text.encode("utf-16")
+    return bytes(draw(st.lists(st.integers(0, 255), min_size=1, max_size=200)))
+
+
+def structure_mutation(draw, text: str) -> str:
+    """The job's YAML with a structural trap: what PyYAML alone would accept silently or expand without end."""
+    kind = draw(st.sampled_from(["duplicate", "alias", "bomb", "deep", "documents", "top", "huge", "merge"]))
+    if kind == "duplicate":  # a section given twice (the first would be silently dropped)
+        section = draw(st.sampled_from(["training", "data", "policy", "output"]))
+        return text.replace("spec:\n", f"spec:\n  {section}: {{}}\n", 1)
+    if kind == "alias":  # an anchor reused: legal, and must validate like the expanded document
+        return "x-defaults: &defaults {steps: 2}\n" + text
+    if kind == "bomb":
+        lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+        lines += [f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 9) + "]" for i in range(1, 9)]
+        return "\n".join(lines) + "\n" + text
+    if kind == "deep":
+        depth = draw(st.integers(60, 3000))
+        return text.replace("spec:\n", "spec:\n  x: " + "[" * depth + "]" * depth + "\n", 1)
+    if kind == "documents":
+        return text + "\n---\n" + text
+    if kind == "top":
+        return draw(st.sampled_from(["- " + text.replace("\n", "\n  "), "42\n", "just a string\n", "~\n", ""]))
+    if kind == "huge":
+        return text.replace("spec:\n", "spec:\n  algorithm: " + "x" * 2_000_000 + "\n", 1)
+    return text.replace("spec:\n", "spec:\n  <<: {algorithm: ppo}\n", 1)
+
+
 @st.composite
-def mutated_documents(draw, assets_dir: Path) -> str:
-    """The YAML text of an example job (paths pointed at the test assets) after one or two mutations."""
+def mutated_documents(draw, assets_dir: Path) -> str | bytes:
+    """The YAML text (or bytes) of an example job (paths pointed at the test assets) after one or two
+    mutations."""
     name = draw(st.sampled_from(NAMES))
     text = (EXAMPLES / f"{name}.yaml").read_text()
     text = text.replace("examples/real-assets", str(assets_dir)).replace("examples/assets", str(assets_dir))
-    if draw(st.integers(0, 9)) == 0:  # broken YAML: a character range replaced by YAML punctuation
+    family = draw(st.integers(0, 19))
+    if family == 0:
+        return encoding_mutation(draw, text)
+    if family == 1:
+        return structure_mutation(draw, text)
+    if family == 2:  # broken YAML: a character range replaced by YAML punctuation
         start = draw(st.integers(0, len(text) - 1))
         end = draw(st.integers(start, min(len(text), start + 20)))
         return text[:start] + draw(st.sampled_from([":", "[", "{", "\t", '"', "- ", ": :", "&a *b", "\n  x"])) + text[end:]
@@ -110,6 +160,7 @@ def check_cli(argv: list[str], capsys) -> None:
         assert "Traceback" not in err, err
         first = err.strip().splitlines()[0]
         assert NAMED.search(first), first
+        assert len(err) < 20_000, err[:2000]  # an error echoes what it was given within bounds
 
 
 @pytest.fixture(scope="module")
@@ -130,13 +181,13 @@ def no_ray():
     launcher.ray_session, huggingface_hub.constants.HF_HUB_OFFLINE = saved
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_mutated_examples_are_valid_or_a_named_error_never_a_traceback(data, small_assets, capsys, no_ray):
     text = data.draw(mutated_documents(small_assets))
     with tempfile.TemporaryDirectory() as directory:
         job_file = Path(directory) / "job.yaml"
-        job_file.write_text(text)
+        job_file.write_bytes(text if isinstance(text, bytes) else text.encode())
         out = f"spec.output.dir={directory}/out"
         check_cli(["validate", str(job_file)], capsys)
         check_cli(["run", str(job_file), "--no-dashboard", "--set", out], capsys)

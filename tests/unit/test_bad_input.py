@@ -88,3 +88,11 @@ def test_errors_echo_values_within_bounds(tmp_path):
     assert len(message) < 1000 and "..." in message
     many = refused(tmp_path, job_text(), [f"spec.bogus{i}=1" for i in range(100)])
     assert "... and 80 more problems" in many and len(many.splitlines()) == 22
+
+
+def test_control_characters_several_documents_and_merge_keys(tmp_path):
+    assert "invalid YAML: character #x0000 at offset 0 is not allowed" in refused(tmp_path, b"\x00" + job_text().encode())
+    assert "expected a single document in the stream" in refused(tmp_path, job_text() + "---\n" + job_text())
+    merged = job_text(**{"spec:\n": "x-train: &train {steps: 2}\nspec:\n"})
+    merged = merged.replace("training:\n", "training:\n    <<: *train\n", 1)
+    assert "x-train: unknown field" in refused(tmp_path, merged)  # the merge itself reads; the extra key is refused

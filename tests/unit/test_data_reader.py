@@ -148,3 +148,14 @@ def test_values_keep_their_types_and_a_csv_from_excel_reads(tmp_path):
     excel = tmp_path / "excel.csv"
     excel.write_bytes("\ufeffprompt,answer\n1+1=,02\n".encode())  # Excel's "CSV UTF-8" starts with a BOM
     assert read_records(excel).rows == [{"prompt": "1+1=", "answer": "02"}]
+
+
+def test_a_data_file_that_is_not_utf8_or_nests_too_deeply_names_its_line(tmp_path):
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(UserError, match=r"latin.jsonl:2: not UTF-8 text \(byte 0xe9 at offset 15\)"):
+        read_records(latin)
+    deep = tmp_path / "deep.json"
+    deep.write_text('[{"prompt": "x", "a": ' + "[" * 5000 + "]" * 5000 + "}]")
+    with pytest.raises(UserError, match="deep.json: invalid JSON: nested too deeply"):
+        read_records(deep)

@@ -48,7 +48,7 @@ def test_the_rayjob_runs_kuberlhf_on_the_mounted_job_file_and_is_owned_by_the_jo
     head = spec["rayClusterSpec"]["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"  # the head runs the driver, not the roles
     pod = head["template"]["spec"]
-    assert pod["volumes"][0] == {"name": "job", "configMap": {"name": "ppo-tiny-job"}}
+    assert {"name": "job", "configMap": {"name": "ppo-tiny-job"}} in pod["volumes"]
     assert pod["containers"][0]["image"] == SETTINGS.runtime_image
     assert pod["serviceAccountName"] == "ppo-tiny-job"  # the job's own account (access.py)
     assert "ppo-tiny-job" == build_configmap(job)["metadata"]["name"]
@@ -107,7 +107,7 @@ def test_kueue_queue_label_suspend_pvc_and_deadline_pass_through():
     assert rayjob["spec"]["suspend"] is True and rayjob["spec"]["activeDeadlineSeconds"] == 3600
     assert rayjob["spec"]["entrypoint"].startswith("cd /data && ")
     worker = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
-    assert worker["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": "rlhf-data"}}]
+    assert worker["volumes"][-1] == {"name": "data", "persistentVolumeClaim": {"claimName": "rlhf-data"}}
     assert worker["nodeSelector"] == {"gpu": "h100"}
     assert worker["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
 
@@ -305,7 +305,12 @@ def test_ray_pods_run_as_non_root_without_privilege_escalation_and_get_secrets_b
         pod = template["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
         (container,) = pod["containers"]
-        assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+        assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                                "capabilities": {"drop": ["ALL"]}}
+        # a read-only root, with Ray's session dir, its memory-backed object store and the job's home writable
+        writable = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert {"/tmp", "/dev/shm", "/home/ray"} <= set(writable)
+        assert {"name": "shm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
         assert container["env"] == [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hub", "key": "token"}}}]
     with pytest.raises(ValueError, match="secretEnv.0.name"):
         spec_of(k8s_job(cluster={"secretEnv": [{"name": "HF TOKEN=x", "secretName": "hub", "key": "token"}]}))

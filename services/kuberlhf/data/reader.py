@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kuberlhf.errors import UserError
+from kuberlhf.safe_yaml import decode_utf8
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -93,14 +94,17 @@ def _read_file(path: Path, field: str) -> tuple[list[dict[str, Any]], list[str]]
 
 def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     rows, places = [], []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            line = decode_utf8(raw, f"{path}:{number}")
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as bad:
                 raise UserError(f"{path}:{number}: invalid JSON: {bad.msg} (column {bad.colno})") from None
+            except RecursionError:
+                raise UserError(f"{path}:{number}: invalid JSON: nested too deeply") from None
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
             rows.append(row)
@@ -110,9 +114,11 @@ def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 def _read_json_array(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(decode_utf8(path.read_bytes(), str(path)))
     except json.JSONDecodeError as bad:
         raise UserError(f"{path}:{bad.lineno}: invalid JSON: {bad.msg} (column {bad.colno})") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid JSON: nested too deeply") from None
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a JSON array of objects (or use .jsonl, one object per line)")
     for index, row in enumerate(data):
