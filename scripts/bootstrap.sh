@@ -25,4 +25,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 scripts/install_helm.sh .venv/bin >/dev/null 2>&1 || { echo "bootstrap: installing helm failed" >&2; exit 1; }
 # prometheus and promtool (Debian's package, unpacked) for the observability tests.
 scripts/install_prometheus.sh .venv/bin >/dev/null 2>&1 || { echo "bootstrap: installing prometheus failed" >&2; exit 1; }
+# buildah and debootstrap build the operator image in tests/k8s/test_images.py: Debian's packages, as root.
+if [ "$(id -u)" = 0 ] && ! { command -v buildah && command -v debootstrap; } >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -qq buildah debootstrap || { apt-get update -qq && apt-get install -y -qq buildah debootstrap; }; } \
+    >/dev/null 2>&1 || { echo "bootstrap: installing buildah and debootstrap failed" >&2; exit 1; }
+fi
 echo "$want" > "$stamp"
