@@ -12,7 +12,7 @@ temperature and the data changed.
 * **ours**: ``run_job`` on an embedded local Ray, vLLM rollouts (the default where vLLM is installed), the
   rollout, policy and reference actors colocated and taking turns on both cores (2 torch threads each).
   Phases from ``metrics.jsonl``: generation (+ the reward function, which runs where the samples are),
-  reference log-probs, policy update, weight sync (``time/weight_load``: the rollout engine reloads the new
+  reference log-probs, policy update, weight sync (``time/weight_sync``: the rollout engine reloads the new
   weights, overlapped with the next step's queueing).
 * **TRL**: ``GRPOTrainer`` in a fresh subprocess with 2 torch threads, HF ``generate`` (TRL samples with vLLM
   only on a GPU). Phases by timing its methods: ``_generate``, ``_calculate_rewards``, the rest of
@@ -90,7 +90,7 @@ def run_ours(args: argparse.Namespace, assets: dict[str, str], work: Path) -> di
         "generation": [r.get("time/generation", 0.0) for r in records],
         "reference": [r.get("time/reference", 0.0) for r in records],
         "training": [r.get("time/training", 0.0) for r in records],
-        "sync": [r["time/weight_load"] for r in records if "time/weight_load" in r],
+        "sync": [r["time/weight_sync"] for r in records if "time/weight_sync" in r],
     }
     return {"name": "kuberlhf", "job": raw, "step_time": step_stats([r["time/step"] for r in records]),
             "phases": {name: step_stats(values) for name, values in phases.items()},

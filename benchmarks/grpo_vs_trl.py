@@ -249,7 +249,7 @@ def run_ours(args: argparse.Namespace, assets: dict[str, str], work: Path, name:
     step_s = [r["time/step"] for r in records]
     gen_score_s = [r.get("time/generation", 0.0) + r.get("time/scoring", 0.0) for r in records]
     train_s = [r.get("time/training", 0.0) for r in records]
-    sync_s = [r["time/weight_load"] for r in records if "time/weight_load" in r]
+    sync_s = [r["time/weight_sync"] for r in records if "time/weight_sync" in r]
     rewards = [r.get("reward/mean") for r in records]
     return {
         "name": name,

@@ -88,7 +88,7 @@ def run_config(name: str, stage: int, ranks: int, model: str, data: str, steps: 
 def markdown(results: dict[str, Any]) -> str:
     runs = results["runs"]
     phases = ["time/step", "time/generation", "time/scoring", "time/reference", "time/critic", "time/old_logprobs",
-              "time/training", "time/policy_update", "time/critic_update", "time/weight_load"]
+              "time/training", "time/policy_update", "time/critic_update", "time/weight_sync"]
     lines = [
         "# PPO step time by phase and policy memory per rank, ZeRO 0-3",
         "",

@@ -16,6 +16,19 @@ class Interrupted(UserError):
     """The job was asked to stop (SIGTERM) and did, after a checkpoint; running it again continues."""
 
 
+class WorkersUnhealthy(RuntimeError):
+    """The workers cannot go on as they are (a call that never answered, weights that did not arrive): the
+    launcher replaces them all from the newest checkpoint, as for a worker that died (`training.maxRestarts`)."""
+
+
+class WorkerTimedOut(WorkersUnhealthy):
+    """A worker call (or the collective inside it) did not answer within `training.callTimeoutSeconds`."""
+
+
+class WeightSyncError(WorkersUnhealthy):
+    """The rollout engines do not hold the policy's weights after a sync (the probe or the version says so)."""
+
+
 def user_error_in(error: BaseException) -> UserError | None:
     """The UserError behind a Ray error (a task or actor constructor that raised one, or a Ray Train worker),
     if any."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kuberlhf.telemetry.job_status import ENV as STATUS_ENV
-from kuberlhf.errors import UserError, first_line, restart_or_fail, user_error_in
+from kuberlhf.errors import UserError, WorkersUnhealthy, first_line, restart_or_fail, user_error_in
 from kuberlhf.capacity import check_capacity, models_by_role
 from kuberlhf.preflight import check_local_inputs, check_offline_inputs
 from kuberlhf.quiet import quiet_libraries
@@ -71,11 +71,12 @@ def run_single(job: RLHFJob, dashboard: bool, resume: bool) -> dict[str, Any]:
                 result = train(job, workers, inputs.train, inputs.eval, display, run, resume_from, exporter,
                                stop_request)
                 break
-            except ray.exceptions.RayActorError as err:  # a worker process died: rebuild them all
+            except (ray.exceptions.RayActorError, WorkersUnhealthy) as err:  # died, hung, or lost a sync: rebuild
                 restarts = restart_or_fail(err, restarts, job.spec.training.max_restarts,
                                            run.storage.checkpoints.storage.url, "a worker")
                 resume_from = find_resume(job, job.spec.training.steps, display.note)
-                display.note(f"a worker died ({first_line(err)}); restart {restarts}/{job.spec.training.max_restarts}:"
+                what = "a worker died" if isinstance(err, ray.exceptions.RayActorError) else "workers replaced"
+                display.note(f"{what} ({first_line(err)}); restart {restarts}/{job.spec.training.max_restarts}:"
                              f" new workers from {resume_from.name if resume_from else 'the start'}")
             except ray.exceptions.RayError as err:
                 cause = user_error_in(err)

@@ -233,6 +233,10 @@ class TrainingSpec(SpecModel):
     """When a worker dies (its process killed, its node lost), the job rebuilds every worker (the online
     actors, or an offline stage's Ray Train workers) from the newest checkpoint and goes on, at most this many
     times; then it fails with the reason. A user error is never retried."""
+    call_timeout_seconds: float = Field(default=1800, gt=0)
+    """The longest any one worker call may take (generation, scoring, an update, a weight sync, and the
+    collectives inside them). A call past it names the role, rank and call, and the job replaces its workers
+    from the newest checkpoint (`maxRestarts`), as for a worker that died."""
     max_non_finite_steps: int = Field(default=3, ge=1)
     """An update whose loss or gradient norm is NaN or infinite is skipped (the weights stay as they were) and
     counted (`kuberlhf_nonfinite_steps_total`); this many such steps in a row write a checkpoint and end the

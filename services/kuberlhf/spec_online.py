@@ -10,6 +10,25 @@ from pydantic import Field, model_validator
 from kuberlhf.spec_base import SpecModel
 
 
+class WeightSyncSpec(SpecModel):
+    """How the policy's new weights reach the rollout engines after each update, and how each sync is checked."""
+
+    transport: Literal["auto", "broadcast", "objectStore"] = "auto"
+    """`broadcast`: the policy's rank 0 sends the weights to every engine over a process group of their own
+    (gloo on CPU, NCCL on GPU), in buckets; vLLM receives them through its weight-transfer API. `objectStore`:
+    rank 0 gathers a full state dict on the CPU and the engines take it through Ray's object store. `auto`:
+    broadcast, except the object store for vLLM engines sharded over several GPUs (tensorParallelSize > 1)."""
+    bucket_mb: int = Field(default=256, ge=1)
+    """broadcast: MiB per bucket (one flat buffer per broadcast; under ZeRO-3 one gather per bucket)."""
+    probe_tolerance: float = Field(default=0.05, gt=0)
+    """After each sync every engine scores a fixed probe (the first `probePrompts` training prompts) and is
+    compared with the trainer: a mean absolute log-prob difference above this (nats per token) fails the sync,
+    and the workers are replaced from the newest checkpoint. float32 engines agree to about 1e-6; bfloat16
+    engines to about 1e-2."""
+    probe_prompts: int = Field(default=2, ge=1)
+    """Training prompts in the probe."""
+
+
 class RolloutSpec(SpecModel):
     """How the policy samples completions."""
 
@@ -35,6 +54,8 @@ class RolloutSpec(SpecModel):
     """Sample step t+1's completions while step t trains (generation and training overlap on different
     workers). Each batch then comes from the policy one update old; the PPO ratio is taken against the
     sampling policy's own log-probs, which corrects for it. Resume is exact only with this off."""
+    weight_sync: WeightSyncSpec = Field(default_factory=WeightSyncSpec)
+    """The weight sync from the policy to the engines after each update."""
 
     @model_validator(mode="after")
     def _min_within_max(self) -> RolloutSpec:

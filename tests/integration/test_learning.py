@@ -105,7 +105,7 @@ def test_ppo_on_chat_prompts_with_hf_rollouts_and_a_trl_reward_function_writes_i
     assert [s["step"] for s in samples] == [1] * 4 + [2] * 4 + [3] * 4
     assert samples[0]["prompt"][0]["role"] == "user" and isinstance(samples[0]["completion"], str)
     assert all(s["reward"] in (0.0, 1.0) and s["completion_tokens"] >= 1 for s in samples)
-    assert all("time/weight_load" in r for r in records[1:])  # the previous update's sync
+    assert all("time/weight_sync" in r for r in records[1:])  # the previous update's sync
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     assert model.num_parameters() > 0
     assert (tmp_path / "final" / "tokenizer.json").is_file()

@@ -21,7 +21,7 @@ def online_records(steps: int = 6) -> list[dict]:
     for step in range(1, steps + 1):
         record = {"step": step, "reward/mean": 0.1 * step, "reward/std": 0.05, "kl/sequence": 0.01 * step,
                   "response_length/mean": 10.0 + step, "policy/loss": -0.1, "policy/entropy": 1.0,
-                  "time/generation": 0.5, "time/scoring": 0.1, "time/training": 0.3, "time/weight_load": 0.05,
+                  "time/generation": 0.5, "time/scoring": 0.1, "time/training": 0.3, "time/weight_sync": 0.05,
                   "time/step": 1.0}
         if step % 3 == 0:
             record["eval/reward_mean"] = 0.2 * step
@@ -239,5 +239,5 @@ def test_only_the_phases_that_partition_a_step_are_stacked():
     from kuberlhf.telemetry.report import phase_keys
 
     record = {"time/step": 3.0, "time/generation": 1.0, "time/scoring": 0.5, "time/reference": 0.5,
-              "time/training": 1.5, "time/policy_update": 1.4, "time/weight_load": 0.1}
+              "time/training": 1.5, "time/policy_update": 1.4, "time/weight_sync": 0.1}
     assert phase_keys([record]) == ["time/generation", "time/scoring", "time/training"]

@@ -28,6 +28,7 @@ class RolloutBatch:
     scores: Tensor | None = None  # [B] rewards, when a reward function scored the batch where it was sampled
     prompt_messages: list[list[dict[str, Any]]] | None = None  # conversational prompts: each row's messages
     reward_log: Any = None  # reward_functions.RewardLog: what the reward function logged (TRL's log_metric/extra)
+    weight_version: int | None = None  # policy updates behind the engine's weights when it sampled (the oldest rank's)
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
@@ -53,6 +54,8 @@ class RolloutBatch:
             if all(p.prompt_messages is not None for p in parts) else None,
             reward_log=type(parts[0].reward_log).concat([p.reward_log for p in parts])
             if all(p.reward_log is not None for p in parts) else None,
+            weight_version=min(p.weight_version for p in parts)
+            if all(p.weight_version is not None for p in parts) else None,
         )
 
     def response_lengths(self) -> Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from kuberlhf.engines.training import set_base_learning_rate
+from kuberlhf.engines.weight_transfer import TensorMeta
 
 TAG = "state"
 
@@ -105,6 +107,30 @@ class DeepSpeedTrainingEngine:
             return {name: t.detach().clone() for name, t in self.model.state_dict().items()}
         with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
             return {name: t.detach().clone() for name, t in self.model.state_dict().items()}
+
+    def weight_metadata(self) -> list[TensorMeta]:
+        """Names, dtypes and full shapes of the model's weights (ZeRO-3: of the whole parameters, not this
+        rank's partitions), in state-dict order; nothing is gathered."""
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        return [TensorMeta(name, str(t.dtype).removeprefix("torch."),
+                           tuple(getattr(params.get(name), "ds_shape", None) or t.shape))
+                for name, t in self.model.state_dict().items()]
+
+    def weight_buckets(self, buckets: list[list[str]]) -> Iterator[list[torch.Tensor]]:
+        """The weights named by each bucket, one bucket at a time. Under ZeRO-3 every rank must iterate: each
+        bucket's partitions are gathered for it alone and released when the next is asked for."""
+        if self.zero_stage < 3:
+            weights = self.model.state_dict()
+            yield from ([weights[name] for name in names] for names in buckets)
+            return
+        import deepspeed
+
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        buffers = dict(self.model.named_buffers())
+        for names in buckets:
+            gathered = list({id(params[n]): params[n] for n in names if n in params}.values())
+            with deepspeed.zero.GatheredParameters(gathered, modifier_rank=None):
+                yield [params[n].data if n in params else buffers[n] for n in names]
 
     def save(self, path: str | Path, **extra: Any) -> None:
         """DeepSpeed checkpoint (every rank writes its partition) into directory `path`."""

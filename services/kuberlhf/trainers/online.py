@@ -21,7 +21,7 @@ from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.data.prompts import PromptDataset
 from kuberlhf.data.sampler import PromptSampler
 from kuberlhf.engines.generation import SamplingParams
-from kuberlhf.errors import Interrupted, JobStopped
+from kuberlhf.errors import Interrupted, JobStopped, WeightSyncError
 from kuberlhf.reward_functions import TrainerState
 from kuberlhf.spec import RLHFJob
 from kuberlhf.telemetry.job_status import status_reporter
@@ -42,6 +42,7 @@ from kuberlhf.workers.critic import CriticUpdateConfig
 from kuberlhf.workers.group import Pending, gather_timed
 from kuberlhf.workers.launch import RoleWorkers
 from kuberlhf.workers.policy import PolicyUpdateConfig
+from kuberlhf.workers.weight_sync import SyncInFlight
 
 
 def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_data: PromptDataset | None,
@@ -69,18 +70,18 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
     sampler = PromptSampler(len(train_data), t.prompts_per_step, t.seed)
     monitor, guard = RewardHackingMonitor(spec.monitor), NonFiniteGuard(t.max_non_finite_steps)
     kl_coef, first_step = t.kl.coef, 1
-    trained = trained_groups(workers)
+    trained, weight_sync = trained_groups(workers), workers.weight_sync
     if resume_from is not None:
         state = resume_from.state
         restore_checkpoint(run, trained, resume_from)
-        workers.rollout.call("load_weights", workers.policy.call("state_dict").refs[0]).get()
         sampler.load_state(state["sampler"])
         kl_coef, first_step = state["kl_coef"], resume_from.step + 1
         monitor.load_state(state["monitor"])
+        weight_sync.sync_now(resume_from.step)
         display.note(f"resuming from {run.storage.checkpoints.storage.describe(resume_from.name)} "
                      f"(step {resume_from.step})")
     elif spec.policy.lora is not None and spec.policy.lora.quantize:  # QLoRA: the engines loaded the model
-        workers.rollout.call("load_weights", workers.policy.call("state_dict").refs[0]).get()  # unquantized
+        weight_sync.sync_now(0)  # unquantized
     sink = StepSink(StepLog(output_dir / "metrics.jsonl", resume_step=first_step - 1), exporter,
                     status_reporter(t.steps, first_step, job.metadata.labels), monitor, display.note)
     samples_every = spec.logging.samples_every_steps
@@ -100,7 +101,7 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
 
     started = time.perf_counter()
     next_generation = start_generation(first_step, first_step - 1)
-    weights_synced: Pending | None = None
+    weights_synced: SyncInFlight | None = None
     metrics_of_last_sync: dict[str, float] = {}
     with display:
         for step in range(first_step, t.steps + 1):
@@ -110,7 +111,8 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
                 pending, sampler_state = next_generation
                 rollout: RolloutBatch = pending.get()
             if weights_synced is not None:  # done by now: the rollout worker loads weights before it samples
-                metrics_of_last_sync = {"time/weight_load": weights_synced.get()}
+                metrics_of_last_sync = weight_sync.finish(weights_synced)
+            check_weight_version(rollout, step, first_step, one_step_off_policy)
             if one_step_off_policy and step < t.steps:  # the next batch samples while this one trains
                 next_generation = start_generation(step + 1, step - 1)
 
@@ -135,6 +137,7 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
             )
             experience, metrics = make_experience(advantage_config, rollout, scores, ref_logprobs, old_logprobs, values)
             metrics.update(finished)
+            metrics["rollout/weight_version"] = float(rollout.weight_version)
             if rollout.reward_log is not None:  # what the reward function logged (TRL's log_metric)
                 metrics.update(rollout.reward_log.metric_means())
             if samples is not None and step % samples_every == 0:
@@ -145,7 +148,7 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
             with timer("training"):  # policy and critic update concurrently; the weight sync is queued behind
                 policy_update = workers.policy.map_batch("update", experience, policy_config)
                 critic_update = workers.critic.map_batch("update", experience, critic_config) if workers.critic else None
-                weights_synced = workers.rollout.call("load_weights", workers.policy.call("state_dict").refs[0])
+                weights_synced = weight_sync.start(step)
                 if not one_step_off_policy and step < t.steps:  # queued behind the sync: samples with new weights
                     next_generation = start_generation(step + 1, step)
                 metrics.update(policy_update.get())
@@ -176,14 +179,14 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
                 stop(broken, run, trained, step, trainer_state)
             if stop_request is not None and stop_request.requested and step < t.steps:
                 if weights_synced is not None:
-                    weights_synced.get()
+                    weight_sync.finish(weights_synced)
                 saved = saved or save_checkpoint(run, trained, step, trainer_state)
                 raise Interrupted(f"SIGTERM: stopped after step {step}; its checkpoint "
                                   f"{run.storage.checkpoints.storage.describe(saved.name)} is saved, and running "
                                   "the job again continues from it")
 
     if weights_synced is not None:
-        weights_synced.get()  # surface a failed last sync
+        weight_sync.finish(weights_synced)  # surface a failed last sync
     if eval_data is not None:
         evals["eval/reward_mean_end"] = evaluate(workers, eval_data, sampling, t.seed,
                                                  TrainerState(t.steps, t.steps))
@@ -191,6 +194,15 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
                                    {"job": job.metadata.name, "algorithm": spec.algorithm, "step": t.steps})
     return {"final_model": str(final_model), "metrics_file": str(sink.metrics_file.path), "eval": evals,
             "train_seconds": time.perf_counter() - started, "first_step": first_step}
+
+
+def check_weight_version(rollout: RolloutBatch, step: int, first_step: int, one_step_off_policy: bool) -> None:
+    """Step `step`'s batch must come from the weights after update step - 1 (step - 2 one step off policy, or
+    the checkpoint's on the first step after a resume): anything else is a sync that did not arrive."""
+    expected = max(step - 2, first_step - 1) if one_step_off_policy else step - 1
+    if rollout.weight_version != expected:
+        raise WeightSyncError(f"step {step} was sampled with the weights of policy update {rollout.weight_version}, "
+                              f"not {expected}: a weight sync did not reach the rollout engines")
 
 
 def per_rank(mini_batch_size: int | None, ranks: int) -> int | None:

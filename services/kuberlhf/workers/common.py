@@ -57,23 +57,42 @@ def minibatches(size: int, mini_batch_size: int | None, generator: torch.Generat
 
 def accumulate_micro_batches(engine: Any, experience: Any, micro_batch_size: int | None,
                              loss_fn: Callable[[Any], tuple[torch.Tensor, dict[str, float]]]) -> dict[str, float]:
-    """One optimizer step over a mini-batch, computed `micro_batch_size` sequences at a time.
+    r"""One optimizer step over a mini-batch, computed `micro_batch_size` sequences at a time.
 
-    Each micro-batch's token-mean loss is weighted by its share of the mini-batch's response tokens, so the
-    accumulated gradient equals the gradient of the whole mini-batch's token-mean loss; the returned metrics
-    are weighted the same way, plus `grad_norm`."""
-    total = float(experience.rollout.response_mask.sum().clamp(min=1))
+    Each micro-batch's token-mean loss is weighted by its share of the response tokens of the mini-batch *over
+    every rank of the group* (times the group's size, since the ranks' gradients are averaged), so the update is
+    the gradient of the whole mini-batch's token mean, the same for 1 rank or N:
+
+    .. math:: \nabla \frac{1}{T} \sum_{r} \sum_{t \in r} \ell_t
+              = \frac{1}{N} \sum_r \nabla \Big( \frac{N}{T} \sum_{t \in r} \ell_t \Big)
+
+    with T the tokens of all N ranks' parts. The returned metrics are this rank's token means, plus `grad_norm`."""
+    local = experience.rollout.response_mask.sum()
+    total, ranks = group_token_count(local)
+    local = float(local.clamp(min=1))
     size = micro_batch_size or len(experience)
     metrics: dict[str, float] = {}
     for start in range(0, len(experience), size):
         part = experience.select(list(range(start, min(start + size, len(experience)))))
-        share = float(part.rollout.response_mask.sum()) / total
+        tokens = float(part.rollout.response_mask.sum())
         loss, part_metrics = loss_fn(part)
-        engine.accumulate(loss * share)
+        engine.accumulate(loss * (tokens * ranks / total))
         for key, value in part_metrics.items():
-            metrics[key] = metrics.get(key, 0.0) + value * share
+            metrics[key] = metrics.get(key, 0.0) + value * tokens / local
     metrics["grad_norm"] = engine.step()
     return metrics
+
+
+def group_token_count(local: torch.Tensor) -> tuple[float, int]:
+    """The tokens of a mini-batch summed over the ranks of this worker's process group (at least 1), and the
+    group's size; (local, 1) outside a group. Every rank must call it, once per mini-batch."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return float(local.clamp(min=1)), 1
+    total = local.detach().float().reshape(1).clone()
+    dist.all_reduce(total)
+    return float(total.clamp(min=1)), dist.get_world_size()
 
 
 def mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:

@@ -19,6 +19,7 @@ from kuberlhf.workers.policy import PolicyWorker
 from kuberlhf.workers.reference import ReferenceWorker
 from kuberlhf.workers.reward import RewardWorker
 from kuberlhf.workers.rollout import RolloutWorker
+from kuberlhf.workers.weight_sync import WeightSync, make_weight_sync, resolve_transport
 
 NAMESPACE = "kuberlhf"
 FROZEN_ROLES = (RolloutWorker, ReferenceWorker, RewardWorker)
@@ -32,6 +33,7 @@ class RoleWorkers:
     reference: WorkerGroup | None
     critic: WorkerGroup | None
     placement_group: object
+    weight_sync: WeightSync | None = None  # connected once the trained groups are up
 
     def groups(self) -> list[WorkerGroup]:
         return [g for g in (self.policy, self.rollout, self.reward, self.reference, self.critic) if g is not None]
@@ -51,6 +53,7 @@ def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
     bundles, plan = plan_placement(spec.resources, roles)
     group = create_placement_group(bundles, separate=spec.resources.placement == "separate")
     seed, t = spec.training.seed, spec.training
+    transport = resolve_transport(spec.rollout.weight_sync.transport, spec.rollout.tensor_parallel_size)
 
     def start(role: str, cls: type, *args: object) -> WorkerGroup:
         cpus = getattr(spec.resources, role).cpus
@@ -58,14 +61,14 @@ def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
         for rank, where in enumerate(plan[role]):
             remote = ray.remote(cls).options(name=f"{job.metadata.name}-{role}-{rank}", namespace=NAMESPACE,
                                              **where.options(group))
-            extra = {"rank": rank, "reward_url": spec.reward.url,
-                     "reward_timeout_s": spec.reward.timeout_seconds} if cls is RolloutWorker else {}
+            extra = {"rank": rank, "reward_url": spec.reward.url, "reward_timeout_s": spec.reward.timeout_seconds,
+                     "broadcast_weights": transport == "broadcast"} if cls is RolloutWorker else {}
             if cls in FROZEN_ROLES:  # trained roles get their precision from DeepSpeed (TrainingSetup.bf16)
                 extra["bf16"] = spec.training.bf16
             if cls is PolicyWorker:
                 extra["lora"] = spec.policy.lora
             actors.append(remote.remote(*args, cpus=cpus, seed=seed + rank, **extra))
-        return WorkerGroup(role, actors)
+        return WorkerGroup(role, actors, t.call_timeout_seconds)
 
     workers = RoleWorkers(
         policy=start("policy", PolicyWorker, inputs.policy_model),
@@ -85,6 +88,14 @@ def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
         setups.append((workers.critic, training_setup(spec, critic_lr, "critic")))
     # every rank of a group joins its process group at once; groups are independent
     get_or_shut_down(workers, [ref for group, setup in setups for ref in start_training_group(group, setup)])
+    probe_prompts, _ = inputs.train.select(list(range(min(spec.rollout.weight_sync.probe_prompts, len(inputs.train)))))
+    probe_rows = get_or_shut_down(workers, [workers.rollout.actors[0].probe_rows.remote(probe_prompts)])[0]
+    try:
+        workers.weight_sync = make_weight_sync(transport, workers.policy, workers.rollout, probe_rows,
+                                               spec.rollout.weight_sync, t.call_timeout_seconds)
+    except BaseException:
+        workers.shutdown()
+        raise
     return workers
 
 

@@ -12,7 +12,8 @@ import torch
 
 from kuberlhf.algorithms import kl_loss, kl_penalty, masked_mean, ppo_policy_loss, truncated_importance_weights
 from kuberlhf.data.batch import Experience, RolloutBatch
-from kuberlhf.models.forward import response_logprobs
+from kuberlhf.engines.weight_transfer import BroadcastGroup, TensorMeta, send_buckets, tensor_metadata
+from kuberlhf.models.forward import prompt_token_logprobs, response_logprobs
 from kuberlhf.models.loading import load_policy, load_tokenizer
 from kuberlhf.models.lora import is_lora, merged_state_dict, save_trained
 from kuberlhf.storage.transfer import StorageTarget, deliver
@@ -117,6 +118,39 @@ class PolicyWorker(TrainedRole):
         if is_lora(self.model):  # the engines hold the plain model: fold the adapters in
             weights = merged_state_dict(self.model, weights)
         return {name: tensor.cpu() for name, tensor in weights.items()}
+
+    def probe_logprobs(self, rows: list[list[int]]) -> list[torch.Tensor]:
+        """The weight-sync probe, scored by the trainer (every rank runs it: ZeRO-3 gathers in the forward)."""
+        self.model.eval()
+        return prompt_token_logprobs(self.model, rows)
+
+    def weight_metadata(self) -> list[TensorMeta]:
+        """What a sync sends (the rollout engines' names: LoRA adapters folded in), the same on every rank."""
+        if is_lora(self.model):
+            return tensor_metadata(merged_state_dict(self.model, self.engine.full_state_dict()))
+        return self.engine.weight_metadata()
+
+    def join_weight_group(self, address: str, port: int, world_size: int, timeout_s: float) -> None:
+        """Rank 0 joins the broadcast transport's group as its sender; the other ranks only help gather."""
+        if self.rank == 0:
+            self.weight_group = BroadcastGroup(address, port, 0, world_size, self.device, timeout_s)
+
+    def send_weights(self, meta: list[TensorMeta], plan: list[list[int]]) -> float:
+        """Broadcast the current weights bucket by bucket (rank 0; under ZeRO-3 every rank gathers each bucket
+        in turn); returns the seconds it took."""
+        started = time.perf_counter()
+        names = [[meta[i].name for i in bucket] for bucket in plan]
+        if is_lora(self.model):
+            merged = merged_state_dict(self.model, self.engine.full_state_dict())
+            buckets = ([merged[name] for name in bucket] for bucket in names)
+        else:
+            buckets = self.engine.weight_buckets(names)
+        if self.rank == 0:
+            send_buckets(self.weight_group, buckets)
+        else:
+            for _ in buckets:  # take part in each bucket's gather
+                pass
+        return time.perf_counter() - started
 
     def save_pretrained(self, target: StorageTarget, key: str, merge_lora: bool = True) -> dict[str, int]:
         """Rank 0 writes a Hugging Face model directory (safetensors + tokenizer) into the job's storage under

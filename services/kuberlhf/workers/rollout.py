@@ -10,8 +10,9 @@ from typing import Any
 import torch
 
 from kuberlhf.data.batch import RolloutBatch
-from kuberlhf.data.prompts import Prompt
+from kuberlhf.data.prompts import Prompt, encode_prompts
 from kuberlhf.engines.generation import HFGenerationEngine, SamplingParams
+from kuberlhf.engines.weight_transfer import TensorMeta
 from kuberlhf.models.loading import load_causal_lm, load_tokenizer
 from kuberlhf.reward_functions import (
     RemoteReward,
@@ -27,14 +28,16 @@ from kuberlhf.workers.metrics import exports_metrics
 class RolloutWorker:
     def __init__(self, model_path: str, reward_function: str | None, engine: str, max_model_len: int,
                  tensor_parallel_size: int, sleep_between_steps: bool, cpus: float, seed: int, rank: int = 0,
-                 bf16: bool = False, reward_url: str | None = None, reward_timeout_s: float | None = None) -> None:
+                 bf16: bool = False, reward_url: str | None = None, reward_timeout_s: float | None = None,
+                 broadcast_weights: bool = False) -> None:
         configure_process(cpus, seed)  # threads set before vLLM starts: its CPU worker ignores later changes
         self.rank = rank
+        self.weight_version = 0  # policy updates behind the engine's weights
+        self.tokenizer = tokenizer = load_tokenizer(model_path)
         self.reward_function_name = reward_function or reward_url
         self.reward_timeout_s = reward_timeout_s
         self.reward_function = import_reward_function(reward_function) if reward_function else \
             RemoteReward(reward_url, timeout_s=reward_timeout_s or 120.0) if reward_url else None
-        tokenizer = load_tokenizer(model_path)
         if engine == "vllm":
             from kuberlhf.engines.vllm_engine import VLLMGenerationEngine
 
@@ -42,7 +45,7 @@ class RolloutWorker:
             # On CUDA every engine sleeps while the trainer runs; on CPU (no sleep mode) rank 0 says so, once.
             sleeps = sleep_between_steps and (rank == 0 or torch.cuda.is_available())
             self.engine = VLLMGenerationEngine(model_path, tokenizer, seed, max_model_len, tensor_parallel_size,
-                                               sleep_between_steps=sleeps)
+                                               sleep_between_steps=sleeps, broadcast_weights=broadcast_weights)
         else:
             device = worker_device()
             model = load_causal_lm(model_path, "spec.policy.model", frozen_dtype(device, bf16)).to(device)
@@ -56,6 +59,7 @@ class RolloutWorker:
         score them; `columns` are the data's other fields, one value per prompt; `state` is the training
         progress the reward function may read."""
         batch = self.engine.generate(prompts, params, seed * 1009 + self.rank)
+        batch.weight_version = self.weight_version
         n = params.samples_per_prompt  # samples of a prompt are consecutive rows
         conversational = bool(prompts) and isinstance(prompts[0], list)
         if conversational:
@@ -80,8 +84,30 @@ class RolloutWorker:
         batch.scores = torch.tensor(scores, dtype=torch.float32)
         batch.reward_log = log
 
-    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> float:
-        """Replace the engine's weights; returns the seconds it took."""
+    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> float:
+        """Replace the engine's weights with `version` (the object-store transport); returns the seconds."""
         started = time.perf_counter()
         self.engine.load_weights(state_dict)
+        self.weight_version = version
         return time.perf_counter() - started
+
+    def join_weight_group(self, address: str, port: int, rank: int, world_size: int, timeout_s: float,
+                          meta: list[TensorMeta], plan: list[list[int]]) -> None:
+        """Join the broadcast transport's group (rank 0 is the policy's sender) and keep what it will send."""
+        self.weight_meta, self.weight_plan = meta, plan
+        self.engine.join_weight_group(address, port, rank, world_size, timeout_s)
+
+    def receive_weights(self, version: int) -> float:
+        """Take the policy's broadcast of `version` (the broadcast transport); returns the seconds."""
+        started = time.perf_counter()
+        self.engine.receive_weights(self.weight_meta, self.weight_plan)
+        self.weight_version = version
+        return time.perf_counter() - started
+
+    def probe_rows(self, prompts: list[Prompt]) -> list[list[int]]:
+        """The weight-sync probe's token rows: `prompts` as the engines read them."""
+        return encode_prompts(self.tokenizer, prompts)[1]
+
+    def probe_logprobs(self, rows: list[list[int]]) -> list[torch.Tensor]:
+        """The weight-sync probe, scored by this engine with the weights it now holds."""
+        return self.engine.prompt_logprobs(rows)
