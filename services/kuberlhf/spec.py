@@ -505,6 +505,15 @@ class RLHFJobSpec(SpecModel):
         return self.training.prompts_per_step * self.rollout.samples_per_prompt
 
     @property
+    def recomputes_old_logprobs(self) -> bool:
+        """Whether a step scores its batch with the policy before updating (the PPO ratio's old log-probs). Not
+        for one epoch of one mini-batch (the update's first forward pass is the old policy), nor one step off
+        policy (the sampling engine's own log-probs are the old policy's)."""
+        t = self.training
+        return not self.rollout.one_step_off_policy and (
+            t.epochs_per_step > 1 or (t.mini_batch_size or self.batch_size) < self.batch_size)
+
+    @property
     def kl_penalty(self) -> Literal["reward", "loss"]:
         """Where the KL term enters (resolves the algorithm's default)."""
         if self.training.kl.penalty is not None:

@@ -57,6 +57,8 @@ def test_grpo_steps_on_chat_prompts_with_vllm_rollouts(smollm2, tmp_path):
     assert all(0.0 <= r["reward/mean"] <= 1.0 and r["response_length/mean"] > 0 for r in records)
     # vLLM samples from exactly the trainer's weights after the sync: its log-probs match the trainer's
     assert max(r["rollout/mismatch_kl"] for r in records) < 1e-3
+    # ... through the broadcast transport (the default), verified on the probe: step 2 samples update 1's weights
+    assert records[1]["rollout/weight_version"] == 1 and records[1]["sync/probe_logprob_diff"] < 1e-3
     assert 0.0 <= summary["eval"]["eval/reward_mean_end"] <= 1.0
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert samples[0]["prompt"][-1]["content"].endswith("Reply with just the number.")

@@ -89,7 +89,7 @@ def both_transports_agree(workers, experience: Experience) -> list[torch.Tensor]
 class CorruptingSync(ObjectStoreSync):
     """Delivers the policy's weights with one matrix scaled: what a loader that garbles a tensor does."""
 
-    def _transfer(self, version):
+    def transfer(self, version):
         weights = self.policy.call("state_dict").get()
         name = next(n for n in weights if n.endswith("mlp.down_proj.weight"))
         weights[name] = weights[name] * 3

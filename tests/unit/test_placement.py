@@ -28,3 +28,29 @@ def test_separate_placement_gives_every_actor_its_own_bundle():
     assert bundles == [{"CPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}, {"CPU": 1.0}]
     assert [p.bundle_index for p in plan["rollout"]] == [1, 2]
     assert plan["reward"] == [ActorPlacement(3, 1.0, 0.0)]
+
+
+def test_colocated_synchronous_phases_use_the_whole_bundle_in_turn():
+    from kuberlhf.spec import ResourcesSpec
+    from kuberlhf.workers.placement import phase_threads
+
+    resources = ResourcesSpec.model_validate({"policy": {"cpus": 4}, "rollout": {"cpus": 2}})
+    ppo = phase_threads(resources, ["policy", "rollout", "reward", "reference", "critic"], overlapping=False,
+                        policy_scores=True)
+    assert ppo["rollout"] == {"generate": 4}  # samples alone: every core of the bundle
+    assert ppo["reference"] == ppo["reward"] == {"score": 1}  # four roles score at once
+    assert ppo["critic"] == {"score": 1, "update": 2} and ppo["policy"] == {"score": 1, "update": 2}
+    grpo = phase_threads(resources, ["policy", "rollout"], overlapping=False, policy_scores=False)
+    assert grpo == {"policy": {"update": 4}, "rollout": {"generate": 4}}
+
+
+def test_overlapping_phases_and_separate_bundles_keep_each_roles_own_cpus():
+    from kuberlhf.spec import ResourcesSpec
+    from kuberlhf.workers.placement import phase_threads
+
+    own = {"generate": 1, "score": 1, "update": 1}
+    colocated = ResourcesSpec.model_validate({"policy": {"cpus": 3}})
+    assert phase_threads(colocated, ["policy", "rollout"], overlapping=True, policy_scores=False) == {
+        "policy": {"generate": 3, "score": 3, "update": 3}, "rollout": own}
+    separate = ResourcesSpec.model_validate({"placement": "separate", "policy": {"cpus": 3}})
+    assert phase_threads(separate, ["policy", "rollout"], overlapping=False, policy_scores=False)["rollout"] == own

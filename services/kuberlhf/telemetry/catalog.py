@@ -40,7 +40,7 @@ PHASES = {  # what each `phase` label of kuberlhf_phase_seconds times
     "training": "policy and critic updates",
     "policy_update": "the policy update on its workers",
     "critic_update": "the critic update on its workers",
-    "weight_sync": "the previous update's weight sync, on the rollout engines' side (receive and load)",
+    "weight_sync": "the previous update's weight sync, until the last engine held the weights (timed in the workers)",
     "evaluation": "sampling and scoring the held-out prompts (steps that evaluate)",
     "checkpoint": "writing a checkpoint",
 }

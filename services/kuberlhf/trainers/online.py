@@ -62,10 +62,7 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
     critic_config = CriticUpdateConfig(t.epochs_per_step, per_rank(t.mini_batch_size, spec.resources.critic.workers),
                                        t.value_clip, t.micro_batch_size)
     one_step_off_policy = spec.rollout.one_step_off_policy
-    # With one epoch of one mini-batch, the update's own first forward pass *is* the old policy: skip a pass.
-    # Off-policy by one step, the sampling engine's own log-probs are the old policy's: no pass either.
-    recompute_old_logprobs = not one_step_off_policy and (
-        t.epochs_per_step > 1 or (t.mini_batch_size or spec.batch_size) < spec.batch_size)
+    recompute_old_logprobs = spec.recomputes_old_logprobs
 
     sampler = PromptSampler(len(train_data), t.prompts_per_step, t.seed)
     monitor, guard = RewardHackingMonitor(spec.monitor), NonFiniteGuard(t.max_non_finite_steps)

@@ -114,12 +114,20 @@ def free_address() -> tuple[str, int]:
 
 
 class TrainedRole:
-    """What the policy and critic workers share: joining the group's process group and building the engine."""
+    """What the policy and critic workers share: joining the group's process group and building the engine, and
+    the torch threads of each phase (`workers.placement.phase_threads`)."""
 
     model: torch.nn.Module
     engine: object
     rank: int = 0
     world_size: int = 1
+    threads: dict[str, int] | None = None
+
+    def use_threads(self, phase: str) -> None:
+        """Run what follows with the threads `phase` (`score`, `update`) gives this role."""
+        count = (self.threads or {}).get(phase)
+        if count is not None and count != torch.get_num_threads():
+            torch.set_num_threads(count)
 
     def master_address(self) -> tuple[str, int]:
         return free_address()

@@ -31,8 +31,9 @@ class CriticUpdateConfig:
 
 
 class CriticWorker(TrainedRole):
-    def __init__(self, model_path: str, cpus: float, seed: int) -> None:
+    def __init__(self, model_path: str, cpus: float, seed: int, threads: dict[str, int] | None = None) -> None:
         configure_process(cpus, seed)
+        self.threads = threads
         self.seed = seed
         self.device = worker_device()
         self.model = ValueModel.from_pretrained(model_path).to(self.device)
@@ -49,12 +50,14 @@ class CriticWorker(TrainedRole):
     @torch.no_grad()
     @exports_metrics
     def compute_values(self, batch: RolloutBatch) -> torch.Tensor:
+        self.use_threads("score")
         self.model.eval()
         batch = batch.to(self.device)
         return (response_values(self.model, batch) * batch.response_mask).cpu()
 
     @exports_metrics
     def update(self, experience: Experience, config: CriticUpdateConfig) -> dict[str, float]:
+        self.use_threads("update")
         self.model.train()
         started = time.perf_counter()
         experience = experience.to(self.device)

@@ -14,7 +14,7 @@ from kuberlhf.engines.training import TrainingSetup
 from kuberlhf.spec import RLHFJob, RLHFJobSpec
 from kuberlhf.workers.critic import CriticWorker
 from kuberlhf.workers.group import WorkerGroup
-from kuberlhf.workers.placement import create_placement_group, plan_placement
+from kuberlhf.workers.placement import create_placement_group, phase_threads, plan_placement
 from kuberlhf.workers.policy import PolicyWorker
 from kuberlhf.workers.reference import ReferenceWorker
 from kuberlhf.workers.reward import RewardWorker
@@ -51,12 +51,16 @@ def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
     roles += ["reference"] if inputs.reference_model else []
     roles += ["critic"] if inputs.critic_model else []
     bundles, plan = plan_placement(spec.resources, roles)
+    threads = phase_threads(spec.resources, roles, spec.rollout.one_step_off_policy, spec.recomputes_old_logprobs)
     group = create_placement_group(bundles, separate=spec.resources.placement == "separate")
     seed, t = spec.training.seed, spec.training
     transport = resolve_transport(spec.rollout.weight_sync.transport, spec.rollout.tensor_parallel_size)
 
     def start(role: str, cls: type, *args: object) -> WorkerGroup:
-        cpus = getattr(spec.resources, role).cpus
+        # torch threads (Ray reserves the placement's CPUs): a frozen role's phase's; a trained role starts with its
+        # update's and switches with each phase
+        trained = cls in (PolicyWorker, CriticWorker)
+        cpus = threads[role]["update"] if trained else threads[role].get("generate") or threads[role]["score"]
         actors = []
         for rank, where in enumerate(plan[role]):
             remote = ray.remote(cls).options(name=f"{job.metadata.name}-{role}-{rank}", namespace=NAMESPACE,
@@ -67,6 +71,8 @@ def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
                 extra["bf16"] = spec.training.bf16
             if cls is PolicyWorker:
                 extra["lora"] = spec.policy.lora
+            if trained:
+                extra["threads"] = threads[role]
             actors.append(remote.remote(*args, cpus=cpus, seed=seed + rank, **extra))
         return WorkerGroup(role, actors, t.call_timeout_seconds)
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
@@ -57,6 +58,30 @@ def plan_placement(resources: ResourcesSpec, roles: list[str]) -> tuple[list[dic
         for role in sharing:
             plan[role].append(ActorPlacement(rank, cpus / len(sharing), gpus / len(sharing)))
     return bundles, plan
+
+
+def phase_threads(resources: ResourcesSpec, roles: list[str], overlapping: bool, policy_scores: bool
+                  ) -> dict[str, dict[str, int]]:
+    """Torch threads of each role's work, by phase: `generate` (rollout), `score` (reference, reward, critic
+    values, and the policy's old log-probs when `policy_scores`), `update` (policy, critic).
+
+    Colocated roles of a synchronous step take turns on one bundle of CPUs, so whichever phase runs may use all
+    of it: the rollout every core while it samples, the roles that score at once an equal share each, the policy
+    (and critic) the cores while they train. With separate bundles, or phases that overlap (`overlapping`: one
+    step off policy), each role keeps the threads of its own `cpus`."""
+    own = {role: max(1, math.floor(getattr(resources, role).cpus)) for role in roles}
+    if resources.placement == "separate" or overlapping:
+        return {role: {"generate": own[role], "score": own[role], "update": own[role]} for role in roles}
+    cores = max(own.values())
+    scorers = [r for r in ("reference", "reward", "critic") if r in roles] + (["policy"] if policy_scores else [])
+    trainers = [r for r in ("policy", "critic") if r in roles]
+    threads: dict[str, dict[str, int]] = {role: {} for role in roles}
+    threads["rollout"]["generate"] = cores
+    for role in scorers:
+        threads[role]["score"] = max(1, cores // len(scorers))
+    for role in trainers:
+        threads[role]["update"] = max(1, cores // len(trainers))
+    return threads
 
 
 def create_placement_group(bundles: list[dict[str, float]], separate: bool, timeout_s: float = 60.0) -> PlacementGroup:

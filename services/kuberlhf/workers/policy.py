@@ -43,8 +43,10 @@ class PolicyUpdateConfig:
 
 
 class PolicyWorker(TrainedRole):
-    def __init__(self, model_path: str, cpus: float, seed: int, lora: object | None = None) -> None:
+    def __init__(self, model_path: str, cpus: float, seed: int, lora: object | None = None,
+                 threads: dict[str, int] | None = None) -> None:
         configure_process(cpus, seed)
+        self.threads = threads
         self.seed = seed
         self.tokenizer = load_tokenizer(model_path)
         self.device = worker_device()
@@ -54,6 +56,7 @@ class PolicyWorker(TrainedRole):
     @torch.no_grad()
     @exports_metrics
     def compute_logprobs(self, batch: RolloutBatch, temperature: float) -> torch.Tensor:
+        self.use_threads("score")
         self.model.eval()
         batch = batch.to(self.device)
         logprobs, _ = response_logprobs(self.model, batch, temperature)
@@ -62,6 +65,7 @@ class PolicyWorker(TrainedRole):
     @exports_metrics
     def update(self, experience: Experience, config: PolicyUpdateConfig) -> dict[str, float]:
         """`config.epochs` passes of clipped policy-gradient updates over the experience."""
+        self.use_threads("update")
         self.model.train()
         started = time.perf_counter()
         experience = experience.to(self.device)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from kuberlhf.engines.weight_transfer import plan_buckets
-from kuberlhf.errors import WeightSyncError
+from kuberlhf.errors import WeightSyncError, describe_error
 from kuberlhf.workers.group import Pending, WorkerGroup
 
 
@@ -49,7 +49,7 @@ class SyncInFlight:
 
 
 class WeightSync:
-    """The seam: `start(version)` then `finish(sync)`; transports implement `_transfer` (and `connect`)."""
+    """The seam: `start(version)` then `finish(sync)`; transports implement `transfer` (and `connect`)."""
 
     transport = ""
 
@@ -62,13 +62,20 @@ class WeightSync:
         """Set up the transport once, before the first sync (every engine at once)."""
 
     def start(self, version: int) -> SyncInFlight:
-        transfer = self._transfer(version)
+        transfer = self.transfer(version)
         return SyncInFlight(version, transfer, self.policy.call("probe_logprobs", self.probe_rows),
                             self.rollout.call_each("probe_logprobs", self.probe_rows))
 
     def finish(self, sync: SyncInFlight) -> dict[str, float]:
-        """Wait for the sync and verify it; returns its metrics or raises `WeightSyncError`."""
-        seconds = sync.transfer.get()
+        """Wait for the sync and verify it; returns its metrics or raises `WeightSyncError` (a transfer that
+        failed, or a collective that timed out inside a worker, too)."""
+        import ray
+
+        try:
+            seconds = sync.transfer.get()
+        except ray.exceptions.RayTaskError as err:
+            raise WeightSyncError(f"weight sync to version {sync.version} ({self.transport}) failed: "
+                                  f"{describe_error(err)}") from err
         trainer, engines = sync.trainer_probe.get(), sync.engine_probes.get()
         differences = [probe_difference(trainer, engine) for engine in engines]
         worst = max(differences)
@@ -78,22 +85,25 @@ class WeightSync:
                 f"weight sync to version {sync.version} ({self.transport}): rollout rank {rank} scores the probe "
                 f"{worst:.4g} nats per token away from the trainer (spec.rollout.weightSync.probeTolerance "
                 f"{self.tolerance:g}): its engine does not hold the policy's weights")
-        return {"time/weight_sync": max(seconds), "sync/probe_logprob_diff": worst}
+        return {"time/weight_sync": seconds, "sync/probe_logprob_diff": worst}
 
     def sync_now(self, version: int) -> dict[str, float]:
         """A sync waited for at once (at start-up and after a resume)."""
         return self.finish(self.start(version))
 
-    def _transfer(self, version: int) -> Pending:
+    def transfer(self, version: int) -> Pending:
+        """Queue the transfer of the policy's current weights as `version`, without the probe; `get()` gives its
+        seconds (until the last engine holds the weights)."""
         raise NotImplementedError
 
 
 class ObjectStoreSync(WeightSync):
     transport = "objectStore"
 
-    def _transfer(self, version: int) -> Pending:
+    def transfer(self, version: int) -> Pending:
         weights = self.policy.call("state_dict").refs[0]  # every rank gathers; rank 0 returns them
-        return self.rollout.call_each("load_weights", weights, version)
+        loaded = self.rollout.call_each("load_weights", weights, version)  # runs once the weights are in
+        return Pending(loaded.refs, max, loaded.calls, loaded.timeout_s)
 
 
 class BroadcastSync(WeightSync):
@@ -118,12 +128,16 @@ class BroadcastSync(WeightSync):
         for pending in joined:
             pending.get()
 
-    def _transfer(self, version: int) -> Pending:
-        """The sender's calls and the receivers' in one wait (a failed sender is raised at once); `get()` gives
-        the receivers' seconds."""
+    def transfer(self, version: int) -> Pending:
+        """The sender's calls and the receivers' in one wait (a failed sender is raised at once). Each side
+        times itself from its start, which includes waiting for the other (the engines queue their receive right
+        after sampling, while the policy still trains; one step off policy the sender may wait for sampling), so
+        the transfer took the shorter of the two."""
         sent = self.policy.call("send_weights", self.meta, self.plan)
         received = self.rollout.call_each("receive_weights", version)
-        return Pending(sent.refs + received.refs, lambda results: results[len(sent.refs):],
+        senders = len(sent.refs)
+        return Pending(sent.refs + received.refs,
+                       lambda results: min(max(results[:senders]), max(results[senders:])),
                        (sent.calls or []) + (received.calls or []), self.timeout_s)
 
 

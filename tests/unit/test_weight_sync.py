@@ -1,0 +1,96 @@
+"""The weight sync's pure parts: bucket plans, the broadcast group (two ranks in two threads), the probe's
+difference, the batches' weight-version check, the transport `auto` picks."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+import torch
+
+from kuberlhf.data.batch import RolloutBatch
+from kuberlhf.engines.weight_transfer import (
+    BroadcastGroup,
+    TensorMeta,
+    plan_buckets,
+    receive_buckets,
+    send_buckets,
+    tensor_metadata,
+)
+from kuberlhf.errors import WeightSyncError
+from kuberlhf.trainers.online import check_weight_version
+from kuberlhf.workers.weight_sync import probe_difference, resolve_transport
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_buckets_hold_one_dtype_and_at_most_the_size_unless_one_tensor_is_larger():
+    meta = [TensorMeta("a", "float32", (4,)), TensorMeta("b", "float32", (4,)), TensorMeta("c", "float32", (10,)),
+            TensorMeta("d", "bfloat16", (2,)), TensorMeta("e", "float32", (1,))]
+    assert [m.nbytes for m in meta] == [16, 16, 40, 4, 4]
+    assert plan_buckets(meta, bucket_bytes=32) == [[0, 1], [2], [3], [4]]
+    assert plan_buckets(meta, bucket_bytes=1 << 20) == [[0, 1, 2], [3], [4]]
+
+
+def test_a_broadcast_delivers_every_tensor_exactly_in_buckets():
+    weights = {"w": torch.randn(3, 5), "b": torch.randn(5), "h": torch.randn(2, 2).to(torch.bfloat16),
+               "v": torch.randn(7)}
+    meta = tensor_metadata(weights)
+    plan = plan_buckets(meta, bucket_bytes=64)
+    assert len(plan) == 4  # w alone (60 bytes + b would pass 64), b, h (another dtype), v
+    port, received = free_port(), {}
+
+    def receiver() -> None:
+        group = BroadcastGroup("127.0.0.1", port, 1, 2, torch.device("cpu"), timeout_s=30)
+        for pairs in receive_buckets(group, meta, plan):
+            received.update((name, tensor.clone()) for name, tensor in pairs)
+
+    thread = threading.Thread(target=receiver)
+    thread.start()
+    sender = BroadcastGroup("127.0.0.1", port, 0, 2, torch.device("cpu"), timeout_s=30)
+    sent = send_buckets(sender, ([weights[meta[i].name] for i in bucket] for bucket in plan))
+    thread.join(30)
+    assert sent == sum(m.nbytes for m in meta)
+    assert received.keys() == weights.keys()
+    assert all(torch.equal(received[name], weights[name]) for name in weights)
+
+
+def test_a_group_whose_peer_never_comes_fails_within_its_timeout():
+    started = time.perf_counter()
+    with pytest.raises(Exception, match="(?i)time"):
+        BroadcastGroup("127.0.0.1", free_port(), 0, 2, torch.device("cpu"), timeout_s=1)
+    assert time.perf_counter() - started < 15
+
+
+def test_the_probe_difference_is_the_mean_absolute_difference_over_all_tokens():
+    trainer = [torch.tensor([-1.0, -2.0]), torch.tensor([-0.5])]
+    engine = [torch.tensor([-1.5, -2.0]), torch.tensor([-0.25])]
+    assert probe_difference(trainer, engine) == pytest.approx((0.5 + 0.0 + 0.25) / 3)
+
+
+def batch_of_version(version: int | None) -> RolloutBatch:
+    return RolloutBatch(torch.ones(1, 1), torch.ones(1, 1), torch.ones(1, 1), torch.ones(1, 1), torch.zeros(1, 1),
+                        ["p"], ["c"], weight_version=version)
+
+
+def test_each_step_must_be_sampled_with_the_weights_it_expects():
+    check_weight_version(batch_of_version(4), step=5, first_step=1, one_step_off_policy=False)
+    check_weight_version(batch_of_version(3), step=5, first_step=1, one_step_off_policy=True)
+    check_weight_version(batch_of_version(9), step=10, first_step=10, one_step_off_policy=True)  # after a resume
+    check_weight_version(batch_of_version(0), step=1, first_step=1, one_step_off_policy=True)
+    with pytest.raises(WeightSyncError, match="step 5 was sampled with the weights of policy update 3, not 4"):
+        check_weight_version(batch_of_version(3), step=5, first_step=1, one_step_off_policy=False)
+    parts = RolloutBatch.concat([batch_of_version(4), batch_of_version(3)])
+    assert parts.weight_version == 3  # the stalest rank speaks for the batch
+
+
+def test_auto_broadcasts_unless_vllm_shards_over_several_gpus():
+    assert resolve_transport("auto", 1) == "broadcast"
+    assert resolve_transport("auto", 2) == "objectStore"
+    assert resolve_transport("broadcast", 1) == "broadcast"
