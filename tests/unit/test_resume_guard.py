@@ -31,6 +31,9 @@ def job(*overrides: str):
 def test_a_changed_setting_is_refused_with_the_difference_and_accepted_when_named():
     recorded = fingerprint(job().spec)
     assert fingerprint(job("spec.training.steps=999", "spec.logging.samplesPerStep=2").spec) == recorded
+    # how weights travel and how long a call may take do not change what is trained
+    assert fingerprint(job("spec.rollout.weightSync.transport=objectStore", "spec.training.callTimeoutSeconds=60").spec) \
+        == recorded
     changed = fingerprint(job("spec.training.learningRate=0.5", "spec.algorithm=rloo").spec)
     with pytest.raises(UserError, match=r"^spec.checkpoint: ckpt/step-3 was written by a job with other settings "
                                         r"\(algorithm: grpo -> rloo; training.learningRate: .* -> 0.5\); resuming "

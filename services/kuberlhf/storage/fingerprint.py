@@ -22,7 +22,7 @@ from kuberlhf.errors import UserError
 TRAINING_SECTIONS = ("algorithm", "policy", "reference", "reward", "critic", "data", "rollout", "sft", "dpo", "kto",
                      "training")
 NOT_TRAINING = ("training.steps", "training.evalEverySteps", "training.maxRestarts", "training.maxNonFiniteSteps",
-                "data.eval", "data.evalSplit", "reward.batchSize")
+                "training.callTimeoutSeconds", "rollout.weightSync", "data.eval", "data.evalSplit", "reward.batchSize")
 SHARDED_ROLES = ("policy", "critic")
 INPUT_FIELDS = ("policy.model", "reference.model", "reward.model", "critic.model", "data.train")
 WHOLE_HASH_BYTES = 256 * 2**20  # files up to this size are hashed whole; larger ones by size, head and tail
