@@ -3,10 +3,10 @@ difference, the batches' weight-version check, the transport `auto` picks."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
+import psutil
 import pytest
 import torch
 
@@ -14,6 +14,7 @@ from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.engines.weight_transfer import (
     BroadcastGroup,
     TensorMeta,
+    open_listener,
     plan_buckets,
     receive_buckets,
     send_buckets,
@@ -24,10 +25,6 @@ from kuberlhf.trainers.online import check_weight_version
 from kuberlhf.workers.weight_sync import probe_difference, resolve_transport
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_buckets_hold_one_dtype_and_at_most_the_size_unless_one_tensor_is_larger():
@@ -44,16 +41,19 @@ def test_a_broadcast_delivers_every_tensor_exactly_in_buckets():
     meta = tensor_metadata(weights)
     plan = plan_buckets(meta, bucket_bytes=64)
     assert len(plan) == 4  # w alone (60 bytes + b would pass 64), b, h (another dtype), v
-    port, received = free_port(), {}
+    listener, port = open_listener("127.0.0.1")
+    received = {}
 
     def receiver() -> None:
-        group = BroadcastGroup("127.0.0.1", port, 1, 2, torch.device("cpu"), timeout_s=30)
+        group = BroadcastGroup("127.0.0.1", port, 1, 2, torch.device("cpu"), 30, "127.0.0.1")
         for pairs in receive_buckets(group, meta, plan):
             received.update((name, tensor.clone()) for name, tensor in pairs)
 
     thread = threading.Thread(target=receiver)
     thread.start()
-    sender = BroadcastGroup("127.0.0.1", port, 0, 2, torch.device("cpu"), timeout_s=30)
+    sender = BroadcastGroup("127.0.0.1", port, 0, 2, torch.device("cpu"), 30, "127.0.0.1", listen_fd=listener)
+    listening = [c.laddr.ip for c in psutil.Process().net_connections(kind="inet") if c.status == "LISTEN"]
+    assert listening and set(listening) == {"127.0.0.1"}  # the store and gloo: loopback only
     sent = send_buckets(sender, ([weights[meta[i].name] for i in bucket] for bucket in plan))
     thread.join(30)
     assert sent == sum(m.nbytes for m in meta)
@@ -64,7 +64,8 @@ def test_a_broadcast_delivers_every_tensor_exactly_in_buckets():
 def test_a_group_whose_peer_never_comes_fails_within_its_timeout():
     started = time.perf_counter()
     with pytest.raises(Exception, match="(?i)time"):
-        BroadcastGroup("127.0.0.1", free_port(), 0, 2, torch.device("cpu"), timeout_s=1)
+        listener, port = open_listener("127.0.0.1")
+        BroadcastGroup("127.0.0.1", port, 0, 2, torch.device("cpu"), 1, "127.0.0.1", listen_fd=listener)
     assert time.perf_counter() - started < 15
 
 

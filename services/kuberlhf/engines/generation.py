@@ -94,8 +94,9 @@ class HFGenerationEngine:
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict, strict=True)
 
-    def join_weight_group(self, address: str, port: int, rank: int, world_size: int, timeout_s: float) -> None:
-        self.group = BroadcastGroup(address, port, rank, world_size, self.model.device, timeout_s)
+    def join_weight_group(self, address: str, port: int, rank: int, world_size: int, timeout_s: float,
+                          bind_address: str) -> None:
+        self.group = BroadcastGroup(address, port, rank, world_size, self.model.device, timeout_s, bind_address)
 
     @torch.no_grad()
     def receive_weights(self, meta: list[TensorMeta], plan: list[list[int]]) -> None:

@@ -156,10 +156,12 @@ class VLLMGenerationEngine:
         self.llm = None
         cleanup_dist_env_and_memory()
 
-    def join_weight_group(self, address: str, port: int, rank: int, world_size: int, timeout_s: float) -> None:
+    def join_weight_group(self, address: str, port: int, rank: int, world_size: int, timeout_s: float,
+                          bind_address: str) -> None:
         """Join the broadcast transport's process group (every rank of it at once)."""
         self.llm.collective_rpc("init_weight_transfer_engine", args=(
-            {"address": address, "port": port, "rank": rank, "world_size": world_size, "timeout_s": timeout_s},))
+            {"address": address, "port": port, "rank": rank, "world_size": world_size, "timeout_s": timeout_s,
+             "bind_address": bind_address},))
 
     def receive_weights(self, meta: list[TensorMeta], plan: list[list[int]]) -> None:
         """Take the policy's broadcast, bucket by bucket, through vLLM's layerwise reload."""

@@ -30,6 +30,7 @@ class BroadcastInit(WeightTransferInitInfo):
     rank: int
     world_size: int
     timeout_s: float
+    bind_address: str
 
 
 @dataclass
@@ -46,7 +47,7 @@ class BroadcastReceiver(WeightTransferEngine[BroadcastInit, BroadcastUpdate]):
 
     def init_transfer_engine(self, init_info: BroadcastInit) -> None:
         self.group = BroadcastGroup(init_info.address, init_info.port, init_info.rank, init_info.world_size,
-                                    self.device, init_info.timeout_s)
+                                    self.device, init_info.timeout_s, init_info.bind_address)
 
     def start_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload

@@ -12,6 +12,7 @@ A bucket is one flat buffer of one dtype, so a sync is a handful of broadcasts, 
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -60,13 +61,27 @@ def plan_buckets(meta: list[TensorMeta], bucket_bytes: int = DEFAULT_BUCKET_BYTE
     return buckets
 
 
+def open_listener(address: str) -> tuple[int, int]:
+    """A socket listening on `address` only (a free port) for rank 0's store: torch's TCPStore would listen on
+    every interface. Returns its file descriptor (handed to the store, which owns it then) and its port."""
+    listener = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((address, 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    return listener.detach(), port
+
+
 class BroadcastGroup:
-    """A process group of the sender (rank 0) and the rollout engines, outside torch's default group."""
+    """A process group of the sender (rank 0) and the rollout engines, outside torch's default group.
+
+    `address:port` is rank 0's store; rank 0 passes the socket `open_listener` made for it (`listen_fd`). Each
+    rank's gloo connections listen on its own `bind_address` (its node's address), never on every interface."""
 
     def __init__(self, address: str, port: int, rank: int, world_size: int, device: torch.device,
-                 timeout_s: float) -> None:
+                 timeout_s: float, bind_address: str, listen_fd: int | None = None) -> None:
         timeout = timedelta(seconds=timeout_s)
-        store = dist.TCPStore(address, port, world_size, is_master=rank == 0, timeout=timeout)
+        store = dist.TCPStore(address, port, world_size, is_master=rank == 0, timeout=timeout,
+                              master_listen_fd=listen_fd, use_libuv=True)
         self.store = dist.PrefixStore("kuberlhf-weights", store)
         self.rank, self.world_size, self.device = rank, world_size, device
         if device.type == "cuda":
@@ -74,7 +89,10 @@ class BroadcastGroup:
             options._timeout = timeout
             self.group = dist.ProcessGroupNCCL(self.store, rank, world_size, options)
         else:
-            self.group = dist.ProcessGroupGloo(self.store, rank, world_size, timeout)
+            options = dist.ProcessGroupGloo._Options()
+            options._devices = [dist.ProcessGroupGloo.create_device(hostname=bind_address)]
+            options._timeout = timeout
+            self.group = dist.ProcessGroupGloo(self.store, rank, world_size, options)
 
     def broadcast(self, tensor: torch.Tensor) -> None:
         """Rank 0's `tensor` into everyone's (in place); raises when a peer does not take part in time."""

@@ -101,6 +101,13 @@ def mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
     return {key: sum(h[key] for h in history) / len(history) for key in keys}
 
 
+def node_address() -> str:
+    """This node's address as Ray knows it (127.0.0.1 for a local run, whose Ray is on loopback)."""
+    import ray
+
+    return ray.util.get_node_ip_address()
+
+
 def free_address() -> tuple[str, int]:
     """This node's IP and a free TCP port: where rank 0 of a worker group hosts its process group."""
     import socket

@@ -12,7 +12,13 @@ import torch
 
 from kuberlhf.algorithms import kl_loss, kl_penalty, masked_mean, ppo_policy_loss, truncated_importance_weights
 from kuberlhf.data.batch import Experience, RolloutBatch
-from kuberlhf.engines.weight_transfer import BroadcastGroup, TensorMeta, send_buckets, tensor_metadata
+from kuberlhf.engines.weight_transfer import (
+    BroadcastGroup,
+    TensorMeta,
+    open_listener,
+    send_buckets,
+    tensor_metadata,
+)
 from kuberlhf.models.forward import prompt_token_logprobs, response_logprobs
 from kuberlhf.models.loading import load_policy, load_tokenizer
 from kuberlhf.models.lora import is_lora, merged_state_dict, save_trained
@@ -23,6 +29,7 @@ from kuberlhf.workers.common import (
     configure_process,
     mean_metrics,
     minibatches,
+    node_address,
     worker_device,
 )
 from kuberlhf.workers.metrics import exports_metrics
@@ -134,10 +141,18 @@ class PolicyWorker(TrainedRole):
             return tensor_metadata(merged_state_dict(self.model, self.engine.full_state_dict()))
         return self.engine.weight_metadata()
 
+    def open_weight_store(self) -> tuple[str, int]:
+        """Rank 0: listen for the broadcast transport's group on this node's address only; returns it and the
+        port."""
+        address = node_address()
+        self.weight_listener, port = open_listener(address)
+        return address, port
+
     def join_weight_group(self, address: str, port: int, world_size: int, timeout_s: float) -> None:
         """Rank 0 joins the broadcast transport's group as its sender; the other ranks only help gather."""
         if self.rank == 0:
-            self.weight_group = BroadcastGroup(address, port, 0, world_size, self.device, timeout_s)
+            self.weight_group = BroadcastGroup(address, port, 0, world_size, self.device, timeout_s, address,
+                                               listen_fd=self.weight_listener)
 
     def send_weights(self, meta: list[TensorMeta], plan: list[list[int]]) -> float:
         """Broadcast the current weights bucket by bucket (rank 0; under ZeRO-3 every rank gathers each bucket

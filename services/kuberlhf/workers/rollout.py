@@ -21,7 +21,7 @@ from kuberlhf.reward_functions import (
     call_reward_function,
     import_reward_function,
 )
-from kuberlhf.workers.common import configure_process, frozen_dtype, worker_device
+from kuberlhf.workers.common import configure_process, frozen_dtype, node_address, worker_device
 from kuberlhf.workers.metrics import exports_metrics
 
 
@@ -95,7 +95,7 @@ class RolloutWorker:
                           meta: list[TensorMeta], plan: list[list[int]]) -> None:
         """Join the broadcast transport's group (rank 0 is the policy's sender) and keep what it will send."""
         self.weight_meta, self.weight_plan = meta, plan
-        self.engine.join_weight_group(address, port, rank, world_size, timeout_s)
+        self.engine.join_weight_group(address, port, rank, world_size, timeout_s, node_address())
 
     def receive_weights(self, version: int) -> float:
         """Take the policy's broadcast of `version` (the broadcast transport); returns the seconds."""

@@ -119,7 +119,7 @@ class BroadcastSync(WeightSync):
 
         self.meta = self.policy.call("weight_metadata").get()
         self.plan = plan_buckets(self.meta, self.bucket_bytes)
-        address, port = ray.get(self.policy.actors[0].master_address.remote())
+        address, port = ray.get(self.policy.actors[0].open_weight_store.remote())
         world = 1 + len(self.rollout)
         joined = [self.policy.call("join_weight_group", address, port, world, self.timeout_s)]
         joined += [Pending([actor.join_weight_group.remote(address, port, 1 + rank, world, self.timeout_s, self.meta,
