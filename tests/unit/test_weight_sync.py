@@ -25,8 +25,6 @@ from kuberlhf.trainers.online import check_weight_version
 from kuberlhf.workers.weight_sync import probe_difference, resolve_transport
 
 
-
-
 def test_buckets_hold_one_dtype_and_at_most_the_size_unless_one_tensor_is_larger():
     meta = [TensorMeta("a", "float32", (4,)), TensorMeta("b", "float32", (4,)), TensorMeta("c", "float32", (10,)),
             TensorMeta("d", "bfloat16", (2,)), TensorMeta("e", "float32", (1,))]
@@ -35,12 +33,18 @@ def test_buckets_hold_one_dtype_and_at_most_the_size_unless_one_tensor_is_larger
     assert plan_buckets(meta, bucket_bytes=1 << 20) == [[0, 1, 2], [3], [4]]
 
 
+def listening_sockets() -> set[tuple[str, int]]:
+    return {(c.laddr.ip, c.laddr.port) for c in psutil.Process().net_connections(kind="inet")
+            if c.status == "LISTEN"}
+
+
 def test_a_broadcast_delivers_every_tensor_exactly_in_buckets():
     weights = {"w": torch.randn(3, 5), "b": torch.randn(5), "h": torch.randn(2, 2).to(torch.bfloat16),
                "v": torch.randn(7)}
     meta = tensor_metadata(weights)
     plan = plan_buckets(meta, bucket_bytes=64)
     assert len(plan) == 4  # w alone (60 bytes + b would pass 64), b, h (another dtype), v
+    before = listening_sockets()  # other tests in this process may have left servers open
     listener, port = open_listener("127.0.0.1")
     received = {}
 
@@ -52,8 +56,8 @@ def test_a_broadcast_delivers_every_tensor_exactly_in_buckets():
     thread = threading.Thread(target=receiver)
     thread.start()
     sender = BroadcastGroup("127.0.0.1", port, 0, 2, torch.device("cpu"), 30, "127.0.0.1", listen_fd=listener)
-    listening = [c.laddr.ip for c in psutil.Process().net_connections(kind="inet") if c.status == "LISTEN"]
-    assert listening and set(listening) == {"127.0.0.1"}  # the store and gloo: loopback only
+    opened = listening_sockets() - before
+    assert opened and {ip for ip, _ in opened} == {"127.0.0.1"}  # the store and gloo: loopback only
     sent = send_buckets(sender, ([weights[meta[i].name] for i in bucket] for bucket in plan))
     thread.join(30)
     assert sent == sum(m.nbytes for m in meta)
