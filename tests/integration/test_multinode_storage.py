@@ -81,9 +81,10 @@ def cluster(tmp_path_factory):
         for node in reversed(nodes):
             with contextlib.suppress(ProcessLookupError):  # a node that failed to start may be gone
                 os.killpg(node.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10  # `ray start --block` may sit out a graceful stop: not ours to wait for
         for node in nodes:
             try:
-                node.wait(timeout=30)
+                node.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(node.pid, signal.SIGKILL)
