@@ -19,6 +19,7 @@ from kuberlhf.engines.weight_transfer import (
     receive_buckets,
     send_buckets,
     tensor_metadata,
+    tied_aliases,
 )
 from kuberlhf.errors import WeightSyncError
 from kuberlhf.trainers.online import check_weight_version
@@ -63,6 +64,42 @@ def test_a_broadcast_delivers_every_tensor_exactly_in_buckets():
     assert sent == sum(m.nbytes for m in meta)
     assert received.keys() == weights.keys()
     assert all(torch.equal(received[name], weights[name]) for name in weights)
+
+
+def tied_llama(seed: int) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True))
+
+
+def build_untied_copy(model: torch.nn.Module) -> torch.nn.Module:
+    from transformers import LlamaForCausalLM
+
+    config = model.config.to_dict() | {"tie_word_embeddings": False}
+    return LlamaForCausalLM(type(model.config).from_dict(config))
+
+
+def test_a_tied_weight_is_sent_once_and_lands_under_both_names():
+    from kuberlhf.engines.generation import HFGenerationEngine
+
+    sender, receiver = tied_llama(0), HFGenerationEngine(tied_llama(1), tokenizer=None)
+    assert tied_aliases(sender) == {"lm_head.weight"}
+    assert tied_aliases(build_untied_copy(sender)) == set()
+    weights = sender.state_dict()
+    meta = [m for m in tensor_metadata(weights) if m.name not in tied_aliases(sender)]
+    plan = plan_buckets(meta)
+    listener, port = open_listener("127.0.0.1")
+    thread = threading.Thread(target=lambda: (
+        receiver.join_weight_group("127.0.0.1", port, 1, 2, 30, "127.0.0.1"), receiver.receive_weights(meta, plan)))
+    thread.start()
+    group = BroadcastGroup("127.0.0.1", port, 0, 2, torch.device("cpu"), 30, "127.0.0.1", listen_fd=listener)
+    sent = send_buckets(group, ([weights[meta[i].name] for i in bucket] for bucket in plan))
+    thread.join(30)
+    assert sent == sum(m.nbytes for m in tensor_metadata(weights)) - weights["lm_head.weight"].nbytes
+    for name, tensor in receiver.model.state_dict().items():
+        assert torch.equal(tensor, weights[name]), name  # lm_head.weight too: it is the embedding
 
 
 def test_a_group_whose_peer_never_comes_fails_within_its_timeout():

@@ -47,6 +47,14 @@ def tensor_metadata(weights: Mapping[str, torch.Tensor]) -> list[TensorMeta]:
     return [TensorMeta(name, str(t.dtype).removeprefix("torch."), tuple(t.shape)) for name, t in weights.items()]
 
 
+def tied_aliases(model: torch.nn.Module) -> set[str]:
+    """State-dict names that are another name's parameter (tied weights: `lm_head.weight` is
+    `model.embed_tokens.weight` in SmolLM2 and most small models). A sync sends each parameter once; the
+    receivers tie them too (vLLM skips a tied `lm_head` when loading; a tied HF model shares the tensor)."""
+    every = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    return every - {name for name, _ in model.named_parameters()}
+
+
 def plan_buckets(meta: list[TensorMeta], bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> list[list[int]]:
     """Consecutive tensors grouped into buckets of one dtype and at most `bucket_bytes` each (a tensor larger
     than that is a bucket of its own). Returns indices into `meta`, in order."""

@@ -18,6 +18,7 @@ from kuberlhf.engines.weight_transfer import (
     open_listener,
     send_buckets,
     tensor_metadata,
+    tied_aliases,
 )
 from kuberlhf.models.forward import prompt_token_logprobs, response_logprobs
 from kuberlhf.models.loading import load_policy, load_tokenizer
@@ -136,10 +137,14 @@ class PolicyWorker(TrainedRole):
         return prompt_token_logprobs(self.model, rows)
 
     def weight_metadata(self) -> list[TensorMeta]:
-        """What a sync sends (the rollout engines' names: LoRA adapters folded in), the same on every rank."""
+        """What a sync sends (the rollout engines' names: LoRA adapters folded in; a tied weight once), the same
+        on every rank."""
         if is_lora(self.model):
-            return tensor_metadata(merged_state_dict(self.model, self.engine.full_state_dict()))
-        return self.engine.weight_metadata()
+            meta = tensor_metadata(merged_state_dict(self.model, self.engine.full_state_dict()))
+            aliases = tied_aliases(self.model.get_base_model())
+        else:
+            meta, aliases = self.engine.weight_metadata(), tied_aliases(self.model)
+        return [item for item in meta if item.name not in aliases]
 
     def open_weight_store(self) -> tuple[str, int]:
         """Rank 0: listen for the broadcast transport's group on this node's address only; returns it and the
