@@ -85,10 +85,11 @@ def test_ppo_on_chat_prompts_with_hf_rollouts_and_a_trl_reward_function_writes_i
     monkeypatch.chdir(tmp_path)  # the reward module imports from the working directory, in every worker
     with ListeningSockets() as sockets:
         summary = run_example("ppo-tiny", assets, tmp_path, "spec.training.steps=3", "spec.rollout.engine=hf",
+                              "spec.resources.policy.workers=2",  # a DeepSpeed group: its rendezvous too
                               "spec.reward.function=trl_rewards:accuracy", "spec.logging.samplesEverySteps=1",
                               "spec.logging.samplesPerStep=4", chat=True)
     # Secure by default: every server of the embedded Ray, its dashboard and the job's metrics on loopback only
-    # (the job's metrics server included); a stranger on this machine cannot join without the run's token
+    # (the job's metrics server, the policy group's store and gloo connections included); a stranger on this machine cannot join without the run's token
     names = {name for name, _, _ in sockets.seen}
     assert {"gcs_server", "raylet"} <= names and any(n.startswith("ray::Metrics") for n in names), sockets.seen
     assert all(ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback for _, ip, _ in sockets.seen), sockets.seen

@@ -28,11 +28,34 @@ from kuberlhf.engines.weight_transfer import TensorMeta
 TAG = "state"
 
 
-def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int) -> None:
-    """Join the group's torch.distributed group through DeepSpeed (gloo on CPU, NCCL on GPU)."""
+def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int, bind_address: str,
+                     listen_fd: int | None = None) -> None:
+    """Join the group's torch.distributed group (gloo on CPU, NCCL on GPU) and hand it to DeepSpeed.
+
+    Rank 0 hosts the rendezvous store on `listen_fd`, a socket bound to its node's address (`open_listener`:
+    torch's own store would listen on every interface); gloo binds to the interface that carries this rank's
+    `bind_address` (its node's), never to all of them."""
+    import torch.distributed as dist
+
     os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK="0")
-    _start_deepspeed_comm(rank=rank, world_size=world_size)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "gloo" and "GLOO_SOCKET_IFNAME" not in os.environ:
+        os.environ["GLOO_SOCKET_IFNAME"] = interface_of(bind_address)
+    store = dist.TCPStore(master_addr, master_port, world_size, is_master=rank == 0, master_listen_fd=listen_fd,
+                          use_libuv=True)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
+    _start_deepspeed_comm()
+
+
+def interface_of(address: str) -> str:
+    """The network interface that carries `address` (lo for 127.0.0.1)."""
+    import psutil
+
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == address for a in addresses):
+            return name
+    raise RuntimeError(f"no network interface of this node has the address {address}")
 
 
 def join_existing_group() -> None:

@@ -108,18 +108,6 @@ def node_address() -> str:
     return ray.util.get_node_ip_address()
 
 
-def free_address() -> tuple[str, int]:
-    """This node's IP and a free TCP port: where rank 0 of a worker group hosts its process group."""
-    import socket
-
-    import ray
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("", 0))
-        port = probe.getsockname()[1]
-    return ray.util.get_node_ip_address(), port
-
-
 class TrainedRole:
     """What the policy and critic workers share: joining the group's process group and building the engine, and
     the torch threads of each phase (`workers.placement.phase_threads`)."""
@@ -137,7 +125,12 @@ class TrainedRole:
             torch.set_num_threads(count)
 
     def master_address(self) -> tuple[str, int]:
-        return free_address()
+        """Rank 0: listen for the group's rendezvous on this node's address only; returns it and the port."""
+        from kuberlhf.engines.weight_transfer import open_listener
+
+        address = node_address()
+        self.rendezvous_listener, port = open_listener(address)
+        return address, port
 
     def setup_training(self, setup: object, rank: int, world_size: int, master_addr: str, master_port: int) -> None:
         """Join the group (DeepSpeed) or stay single-process (plain torch), then build the training engine."""
@@ -147,7 +140,8 @@ class TrainedRole:
         if setup.uses_deepspeed(world_size):
             from kuberlhf.engines.deepspeed_engine import init_distributed
 
-            init_distributed(rank, world_size, master_addr, master_port)
+            init_distributed(rank, world_size, master_addr, master_port, node_address(),
+                             getattr(self, "rendezvous_listener", None) if rank == 0 else None)
         self.engine = make_training_engine(self.model, setup, world_size)
 
     def memory_report(self) -> dict[str, float]:
