@@ -110,11 +110,11 @@ def test_a_chained_job_runs_sft_then_rm_then_ppo_and_skips_finished_stages_when_
     saved_rm_accuracy = saved_reward_model_accuracy(tmp_path / "rm" / "final", read_jsonl(str(eval_pairs)))
     print(f"chain: rm held-out pair accuracy {rm_accuracy:.3f} (its saved model, as spec.reward.model loads it: "
           f"{saved_rm_accuracy:.3f}); ppo held-out reward-model score {ppo_eval['eval/reward_mean_start']:.3f} -> "
-          f"{ppo_eval['eval/reward_mean_end']:.3f}; held-out sampled accuracy start {start_accuracy:.3f}, "
-          f"(16 samples a prompt) sft {sft_accuracy:.3f}, ppo {ppo_accuracy:.3f}")
+          f"{ppo_eval['eval/reward_mean_end']:.3f}; held-out sampled accuracy: start {start_accuracy:.3f} (4 samples "
+          f"a prompt), sft {sft_accuracy:.3f}, ppo {ppo_accuracy:.3f} (16 samples a prompt)")
     assert sft_accuracy >= start_accuracy + 0.05  # SFT on the demonstrations
     assert rm_accuracy >= 0.85  # the reward model, started from reward-base, ranks held-out pairs
-    assert saved_rm_accuracy >= 0.85  # ... and so does its saved model, loaded as spec.reward.model loads it
+    assert saved_rm_accuracy == pytest.approx(rm_accuracy, abs=0.01)  # its saved model is the model it evaluated
     assert is_sequence_classifier(str(tmp_path / "rm" / "final"))  # what spec.critic.model starts a value head from
     assert rm_rates[0] < max(rm_rates) == pytest.approx(3e-4) and rm_rates[-1] < 1e-6  # warm-up, linear decay
     assert ppo_eval["eval/reward_mean_end"] > ppo_eval["eval/reward_mean_start"]  # PPO raises that reward
