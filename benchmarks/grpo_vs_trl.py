@@ -142,6 +142,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="skip the held-out accuracy (meaningless for a random-init model)")
     parser.add_argument("--trl-threads", type=int, nargs="+", default=[1, 2],
                         help="torch thread counts of the TRL runs, one subprocess each (default 1 2)")
+    parser.add_argument("--trl-jemalloc", action="store_true",
+                        help="also run each TRL thread count with the allocator KubeRLHF's CPU workers use (jemalloc "
+                             "through LD_PRELOAD, freed memory kept): TRL's best configuration on the same machine")
     parser.add_argument("--assets", default=".cache/bench-assets",
                         help="demo assets directory, built with build_demo_assets if missing")
     parser.add_argument("--out", default="benchmarks/results/grpo_vs_trl.json",
@@ -326,20 +329,29 @@ def trl_config_kwargs(cfg: dict[str, Any], output_dir: str) -> dict[str, Any]:
     )
 
 
-def run_trl(cfg: dict[str, Any], threads: int, work: Path) -> dict[str, Any]:
-    """Run one TRL configuration in a fresh Python process with its own thread settings."""
-    run_dir = work / f"trl-{threads}t"
+def trl_run_name(threads: int, jemalloc: bool) -> str:
+    return f"trl-{threads}t" + ("-jemalloc" if jemalloc else "")
+
+
+def run_trl(cfg: dict[str, Any], threads: int, work: Path, jemalloc: bool = False) -> dict[str, Any]:
+    """Run one TRL configuration in a fresh Python process with its own thread settings (and, with `jemalloc`,
+    the allocator KubeRLHF gives its CPU workers: workers/allocator.py)."""
+    from kuberlhf.workers.allocator import cpu_worker_env
+
+    run_dir = work / trl_run_name(threads, jemalloc)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "worker-config.json"
     config_path.write_text(json.dumps({**cfg, "threads": threads, "run_dir": str(run_dir)}))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               TOKENIZERS_PARALLELISM="false")
+               TOKENIZERS_PARALLELISM="false", **(cpu_worker_env(0) if jemalloc else {}))
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--trl-worker", str(config_path)],
                           cwd=REPO, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"TRL run with {threads} thread(s) failed (exit {proc.returncode})")
     result = json.loads((run_dir / "worker-result.json").read_text())
+    result["name"] = run_dir.name
+    result["allocator"] = "jemalloc (retaining)" if jemalloc else "system (glibc)"
     result["process_wall_s"] = round(time.perf_counter() - started, 2)
     return result
 
@@ -399,7 +411,6 @@ def trl_worker(config_path: str) -> None:
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     gen_score = trainer.gen_score_s
     result = {
-        "name": f"trl-{threads}t",
         "threads": threads,
         "torch_threads_seen": torch.get_num_threads(),
         "grpo_config": {k: v for k, v in trl_config_kwargs(cfg, "").items() if k != "output_dir"},
@@ -489,7 +500,9 @@ def markdown_table(results: dict[str, Any]) -> str:
               "for the rollout and policy actors, which take turns) are synchronous and on-policy like TRL: compare "
               "them with `trl-1t` and `trl-2t`. `kuberlhf-1off` samples the next batch while the current one trains "
               "(`rollout.oneStepOffPolicy`; 1 thread each, the two overlap on the 2 cores); `kuberlhf-1off-p2` "
-              "gives the policy 2 threads (it has both cores once sampling is done). Not CI-gated; see "
+              "gives the policy 2 threads (it has both cores once sampling is done). KubeRLHF's CPU workers run "
+              "on jemalloc with freed memory kept (workers/allocator.py); `trl-*-jemalloc` runs TRL with the same "
+              "allocator (`--trl-jemalloc`), the plain `trl-*` runs with the system allocator. Not CI-gated; see "
               "`benchmarks/README.md`.", ""]
     return "\n".join(lines)
 
@@ -555,8 +568,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"== KubeRLHF GRPO: {name} ({args.steps} steps) ==", flush=True)
             runs[name] = run_ours(args, assets, work, name, off_policy, threads)
         for threads in args.trl_threads:
-            print(f"== TRL GRPOTrainer, {threads} thread(s) ({args.steps} steps) ==", flush=True)
-            runs[f"trl-{threads}t"] = run_trl(worker_cfg, threads, work)
+            for jemalloc in (False, True) if args.trl_jemalloc else (False,):
+                name = trl_run_name(threads, jemalloc)
+                print(f"== TRL GRPOTrainer: {name} ({args.steps} steps) ==", flush=True)
+                runs[name] = run_trl(worker_cfg, threads, work, jemalloc)
 
         if args.no_eval:
             scores = {"start": None, **{name: None for name in runs}}

@@ -1,6 +1,6 @@
 """Placement. A job asking for more CPUs than the embedded Ray has is refused before any actor starts. On a
 simulated two-node Ray cluster (`ray.cluster_utils.Cluster`): `separate` spreads the roles' bundles over both
-nodes and each actor runs on its bundle's node; `colocate` keeps every role on one node."""
+nodes and each actor runs on its bundle's node; `colocate` keeps every role on one node, and every CPU worker runs on jemalloc (workers/allocator.py)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_a_job_bigger_than_the_embedded_ray_is_refused_before_any_actor_starts(a
 def two_nodes():
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     cluster.add_node(num_cpus=2)
-    ray.init(address=cluster.address)
+    ray.init(address=cluster.address, runtime_env={"env_vars": {"KUBERLHF_JOB_ENV_PROBE": "job"}})
     try:
         yield cluster
     finally:
@@ -56,6 +56,15 @@ def actor_nodes(workers) -> dict[str, str]:
             node = ray.get(actor.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
             where[f"{group.role}-{rank}"] = node
     return where
+
+
+def process_of(actor) -> tuple[bool, str | None, str | None]:
+    """Whether the actor's process has jemalloc mapped, its MALLOC_CONF, and an env var the job's runtime_env set."""
+    def look(self):
+        with open("/proc/self/maps") as maps:
+            mapped = any("libjemalloc" in line for line in maps)
+        return mapped, os.environ.get("MALLOC_CONF"), os.environ.get("KUBERLHF_JOB_ENV_PROBE")
+    return ray.get(actor.__ray_call__.remote(look))
 
 
 def start(assets, placement: str):
@@ -85,5 +94,8 @@ def test_colocated_roles_share_one_node(two_nodes, assets):
         bundles = ray.util.placement_group_table(workers.placement_group)["bundles_to_node_id"]
         assert len(bundles) == 1
         assert set(actor_nodes(workers).values()) == {bundles[0]}
+        # CPU workers run on the retaining jemalloc (workers/allocator.py), with the job's env vars kept
+        for group in workers.groups():
+            assert process_of(group.actors[0]) == (True, "dirty_decay_ms:-1,muzzy_decay_ms:-1", "job"), group.role
     finally:
         workers.shutdown()

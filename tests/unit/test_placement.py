@@ -54,3 +54,21 @@ def test_overlapping_phases_and_separate_bundles_keep_each_roles_own_cpus():
         "policy": {"generate": 3, "score": 3, "update": 3}, "rollout": own}
     separate = ResourcesSpec.model_validate({"placement": "separate", "policy": {"cpus": 3}})
     assert phase_threads(separate, ["policy", "rollout"], overlapping=False, policy_scores=False)["rollout"] == own
+
+
+def test_cpu_workers_get_the_retaining_jemalloc_and_gpu_workers_or_a_users_preload_do_not(monkeypatch):
+    from pathlib import Path
+
+    from kuberlhf.workers.allocator import RETAINING_CONF, allocator_options, allocator_runtime_env
+
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv("MALLOC_CONF", raising=False)
+    env = allocator_runtime_env(0)["env_vars"]
+    assert Path(env["LD_PRELOAD"]).name == "libjemalloc.so" and Path(env["LD_PRELOAD"]).is_file()
+    assert env["MALLOC_CONF"] == RETAINING_CONF == "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+    assert allocator_options(0) == {"runtime_env": {"env_vars": env}}
+    assert allocator_runtime_env(0.5) == {} and allocator_options(1) == {}  # CUDA's caching allocator
+    monkeypatch.setenv("MALLOC_CONF", "dirty_decay_ms:0")  # the user's jemalloc settings win
+    assert allocator_runtime_env(0)["env_vars"]["MALLOC_CONF"] == "dirty_decay_ms:0"
+    monkeypatch.setenv("LD_PRELOAD", "/opt/tcmalloc.so")  # the user's allocator: left alone
+    assert allocator_runtime_env(0) == {} and allocator_options(0) == {}

@@ -110,6 +110,8 @@ def ray_train_run(job: RLHFJob, config: OfflineConfig) -> Any:
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from kuberlhf.workers.allocator import allocator_runtime_env
+
     role = job.spec.resources.policy
     return TorchTrainer(
         train_loop, train_loop_config={"config": config},
@@ -118,6 +120,7 @@ def ray_train_run(job: RLHFJob, config: OfflineConfig) -> Any:
         run_config=ray.train.RunConfig(
             name=job.metadata.name, storage_path=str(Path(job.checkpoint_dir).resolve()),
             failure_config=ray.train.FailureConfig(max_failures=0),
+            worker_runtime_env=allocator_runtime_env(role.gpus),
         ),
     )
 
@@ -171,12 +174,14 @@ def score_with_reference(job: RLHFJob, model: str, datasets: list[Examples], pad
     once by one reference actor: chosen and rejected answers (dpo), completions and mismatched completions (kto)."""
     import ray
 
+    from kuberlhf.workers.allocator import allocator_options
     from kuberlhf.workers.reference import ReferenceWorker
 
     spec = job.spec
     role = spec.resources.reference
     actor = ray.remote(ReferenceWorker).options(
         name=f"{job.metadata.name}-reference-0", namespace="kuberlhf", num_cpus=role.cpus, num_gpus=role.gpus,
+        **allocator_options(role.gpus),
     ).remote(model, cpus=role.cpus, seed=spec.training.seed, bf16=spec.training.bf16)
     try:
         return [_reference_sums(actor, examples, spec.algorithm, pad_token_id) for examples in datasets]

@@ -30,10 +30,13 @@ class ActorPlacement:
     def options(self, group: PlacementGroup) -> dict:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        from kuberlhf.workers.allocator import allocator_options
+
         return {
             "num_cpus": self.num_cpus,
             "num_gpus": self.num_gpus,
             "scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=self.bundle_index),
+            **allocator_options(self.num_gpus),
         }
 
 
