@@ -70,6 +70,8 @@ Known differences that remain (none changes the algorithm):
   rows are shifted by a constant, which RoPE attention does not see (equal up to float rounding).
 * KubeRLHF generates with a separate rollout copy of the model (weights synced after each update) in another
   process; TRL generates with the trained model in-process. Both are on-policy.
+* Allocator: KubeRLHF's CPU workers run on Ray's jemalloc with freed memory kept (``workers/allocator.py``); TRL
+  runs with the system allocator, and with ``--trl-jemalloc`` once more on the same jemalloc settings.
 * Threads: ours pins each actor to 1 thread; phases (generate, score, update) mostly run one after the other,
   so TRL with 1 thread is the like-for-like comparison and TRL with 2 threads shows what TRL gets from both cores.
   Two threads on tiny tensors are very sensitive to other load on the machine (a busy second core can make that
