@@ -27,11 +27,17 @@ pytestmark = pytest.mark.slow
 
 # The same reward as the example's, slowed down by an environment variable only the run we kill sets, so it is
 # surely killed between two checkpoints; the job file and the command are identical for every run.
+# With KUBERLHF_TEST_HANG_ONCE naming a file, the first call that finds the file removes it and hangs (a rollout
+# worker stuck in user code), so the call after the job replaced its workers goes through.
 SLOW_REWARD = """import os, time
 from kuberlhf.tasks.addition import exact_match_reward
 
 def reward(prompts, completions, **columns):
     time.sleep(float(os.environ.get("KUBERLHF_TEST_SLOW_REWARD", "0")))
+    hang = os.environ.get("KUBERLHF_TEST_HANG_ONCE")
+    if hang and os.path.exists(hang):
+        os.remove(hang)
+        time.sleep(3600)
     return exact_match_reward(prompts, completions, **columns)
 """
 
@@ -106,10 +112,12 @@ def assert_same_run(output: Path, straight: Path) -> None:
     assert_same_final_weights(output, straight)
 
 
-def slow_run_past_step_4(assets, uninterrupted, name: str) -> tuple[subprocess.Popen, Path, Path]:
+def slow_run_past_step_4(assets, uninterrupted, name: str, env: dict[str, str] | None = None,
+                         extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, Path, Path]:
     """(the running driver, its output, the uninterrupted run's output) once step 4 is logged."""
     workdir, straight = uninterrupted
-    driver = kuberlhf_run(assets, workdir, workdir / name, {"KUBERLHF_TEST_SLOW_REWARD": "0.5"})
+    driver = kuberlhf_run(assets, workdir, workdir / name, {"KUBERLHF_TEST_SLOW_REWARD": "0.5", **(env or {})},
+                          extra)
     wait_for_steps(driver, workdir / name, 4)
     return driver, workdir / name, straight
 
@@ -159,14 +167,25 @@ def test_a_driver_killed_then_terminated_resumes_each_time_with_the_same_batches
     assert_same_run(output, straight)
 
 
-def test_a_worker_killed_mid_run_is_replaced_from_the_newest_checkpoint(assets, uninterrupted):
-    driver, output, straight = slow_run_past_step_4(assets, uninterrupted, "worker-killed")
+def test_a_worker_killed_then_one_hung_are_each_replaced_from_the_newest_checkpoint(assets, uninterrupted, tmp_path):
+    """The policy's process SIGKILLed after step 4: the job restarts from step 3's checkpoint. Then, after step 6,
+    the rollout worker hangs in the reward function: its generate call times out (callTimeoutSeconds), and the
+    job restarts again from step 6's checkpoint. The run still equals the uninterrupted one."""
+    hang = tmp_path / "hang-once"
+    driver, output, straight = slow_run_past_step_4(assets, uninterrupted, "worker-killed",
+                                                    {"KUBERLHF_TEST_HANG_ONCE": str(hang)},
+                                                    ("spec.training.callTimeoutSeconds=30",))
     (policy,) = [p for p in psutil.Process(driver.pid).children(recursive=True)
                  if "PolicyWorker" in " ".join(p.cmdline())]
     policy.kill()  # SIGKILL the policy's process mid-run
+    wait_for_steps(driver, output, 6)
+    hang.touch()  # the next reward call hangs
     stderr = finish(driver)
+    assert not hang.exists()  # a reward call did hang
     assert "a worker died" in stderr and "restart 1/2: new workers from" in stderr and "step-00000003" in stderr
-    assert json.loads((output / "summary.json").read_text())["restarts"] == 1
+    assert "workers replaced (rollout rank 0 generate: no answer within 30 s" in stderr, stderr[-3000:]
+    assert "restart 2/2: new workers from" in stderr and "step-00000006" in stderr
+    assert json.loads((output / "summary.json").read_text())["restarts"] == 2
     assert_same_run(output, straight)
 
 
