@@ -2,8 +2,9 @@
 ServiceAccount and status Role (access.py), its NetworkPolicy, and a KubeRay `RayJob` (ray.io/v1) whose
 entrypoint runs `kuberlhf run` on the job file, with Ray's token auth on (KubeRay `authOptions`, 1.6+).
 
-Cluster size: the roles' placement-group bundles (`kuberlhf.workers.placement.plan_placement`, the function
-the job itself reserves them with), for the largest stage of a chained job. The head pod runs the driver and
+Cluster size: the placement-group bundles of exactly the roles the job starts (`RLHFJobSpec.roles`, from the
+algorithm registry) as `kuberlhf.workers.placement.plan_placement` lays them out, the function the job itself
+reserves them with, for the largest stage of a chained job. The head pod runs the driver and
 the dashboard only (`num-cpus: 0`); worker pods of `cluster.gpusPerWorker` GPUs hold every bundle, so Ray can
 place the job's placement group. Both children are owned by the RLHFJob (deleting it deletes them) and are
 named after it, so a second create of the same child fails with a conflict instead of making a duplicate.
@@ -24,7 +25,7 @@ import yaml
 
 from kuberlhf.storage.lease import OWNER_ENV
 from kuberlhf_operator import access
-from kuberlhf.spec import API_VERSION, KIND, ONLINE_ALGORITHMS, RLHFJob, RLHFJobSpec
+from kuberlhf.spec import API_VERSION, KIND, RLHFJob, RLHFJobSpec
 from kuberlhf.stages import stage_jobs
 from kuberlhf.workers.placement import plan_placement
 
@@ -80,21 +81,11 @@ def cluster_size(spec: RLHFJobSpec, name: str) -> ClusterSize:
     sizes = []
     for job in jobs:
         stage_spec = job.spec if job is not None else spec
-        bundles, _ = plan_placement(stage_spec.resources, roles_of(stage_spec))
+        bundles, _ = plan_placement(stage_spec.resources, list(stage_spec.roles))
         sizes.append(ClusterSize(cpus=sum(b["CPU"] for b in bundles), gpus=sum(b.get("GPU", 0) for b in bundles),
                                  largest_bundle_gpus=max(b.get("GPU", 0) for b in bundles),
                                  largest_bundle_cpus=max(b["CPU"] for b in bundles)))
     return max(sizes, key=lambda s: (s.gpus, s.cpus))
-
-
-def roles_of(spec: RLHFJobSpec) -> list[str]:
-    """The roles a job may start: an upper bound (the reference only where KL or the algorithm needs it)."""
-    if spec.algorithm not in ONLINE_ALGORITHMS:
-        return ["policy", "reference"]  # Ray Train workers, and the actor that scores reference log-probs
-    roles = ["policy", "rollout", "reference"]
-    roles += ["reward"] if spec.reward is not None and spec.reward.model else []
-    roles += ["critic"] if spec.algorithm == "ppo" else []
-    return roles
 
 
 def worker_group(spec: RLHFJobSpec, size: ClusterSize, settings: OperatorSettings, name: str) -> dict[str, Any]:

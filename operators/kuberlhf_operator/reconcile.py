@@ -29,6 +29,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from kuberlhf.spec import MAX_NAME_LENGTH, RLHFJobSpec
+from kuberlhf.spec_errors import format_error
+from kuberlhf.stages import check_stages
 from kuberlhf_operator.rayjob import (SPEC_HASH, SUSPEND_REQUESTED, OperatorSettings, build_children, queue_of,
                                       spec_hash)
 
@@ -65,7 +67,8 @@ def reconcile(job: dict[str, Any], children: dict[str, dict[str, Any] | None], s
 
     try:
         spec = RLHFJobSpec.model_validate(job.get("spec") or {})
-    except ValidationError as err:
+        check_stages(spec)
+    except (ValidationError, ValueError) as err:
         if rayjob is None:  # never submitted: fail it
             return refuse("InvalidSpec", invalid_message(err))
         spec = None  # an edit broke a running job's spec: it runs on as submitted
@@ -330,8 +333,8 @@ def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, A
     return {**removed, **{key: value for key, value in new.items() if old.get(key) != value}}
 
 
-def invalid_message(err: ValidationError) -> str:
-    """pydantic's errors as `spec.<field>: <message>` lines (the CLI's format)."""
-    from kuberlhf.jobfile import format_error
-
+def invalid_message(err: ValidationError | ValueError) -> str:
+    """pydantic's errors (or a stage's, already one line) as `spec.<field>: <message>` lines (the CLI's format)."""
+    if not isinstance(err, ValidationError):
+        return f"spec.{err}"
     return "; ".join(f"spec.{format_error(error)}" for error in err.errors())

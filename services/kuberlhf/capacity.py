@@ -144,13 +144,11 @@ def memory_shortfalls(spec: RLHFJobSpec, models: dict[str, str], capacity: Capac
 
 
 def models_by_role(inputs: ResolvedInputs | OfflineInputs) -> dict[str, str]:
-    """The model each role's workers load, from the checked inputs (online: `ResolvedInputs`; offline:
-    `OfflineInputs`, whose reference model only scores the data before training and is gone by then)."""
+    """The model each role's workers load: every role the job starts (`spec.roles`, as the checked inputs hold
+    them), except an offline stage's reference, which only scores the data before training and is gone by then."""
     if isinstance(inputs, OfflineInputs):
         return {"policy": inputs.policy_model}
-    roles = {"policy": inputs.policy_model, "rollout": inputs.policy_model, "reward": inputs.reward_model,
-             "reference": inputs.reference_model, "critic": inputs.critic_model}
-    return {role: model for role, model in roles.items() if model}
+    return dict(inputs.models)
 
 
 def resource_shortfall(bundles: list[dict[str, float]], cluster: dict[str, float]) -> str | None:

@@ -20,15 +20,21 @@ from kuberlhf.spec import RLHFJob
 
 @dataclass
 class ResolvedInputs:
-    """What a checked job will use: models as absolute paths (or hub ids) and loaded datasets."""
+    """What a checked job will use: the model of each role it starts (exactly `spec.roles`), as absolute paths
+    (or hub ids), and loaded datasets."""
 
-    policy_model: str
-    reference_model: str | None
-    reward_model: str | None
-    critic_model: str | None
+    models: dict[str, str]
     train: PromptDataset
     eval: PromptDataset | None
     rollout_engine: str  # "vllm" or "hf"
+
+    @property
+    def policy_model(self) -> str:
+        return self.models["policy"]
+
+    @property
+    def reward_model(self) -> str | None:
+        return self.models.get("reward")
 
 
 def check_inputs(job: RLHFJob, import_user_code: bool = True) -> ResolvedInputs | OfflineInputs:
@@ -43,21 +49,29 @@ def check_inputs(job: RLHFJob, import_user_code: bool = True) -> ResolvedInputs 
 
 @dataclass
 class OfflineInputs:
-    """What a checked offline stage will use."""
+    """What a checked offline stage will use: the model of each role it starts (`spec.roles`: the policy, and
+    the reference for dpo and kto)."""
 
-    policy_model: str
-    reference_model: str | None  # dpo and kto only
+    models: dict[str, str]
     train: Dataset
     eval: Dataset | None
+
+    @property
+    def policy_model(self) -> str:
+        return self.models["policy"]
+
+    @property
+    def reference_model(self) -> str | None:
+        return self.models.get("reference")
 
 
 def check_offline_inputs(job: RLHFJob) -> OfflineInputs:
     """Models exist; the data file reads, is in the format the algorithm trains on, and names any bad row."""
     spec = job.spec
-    policy = resolve_model(spec.policy.model, "spec.policy.model")
-    reference = None
-    if spec.algorithm in ("dpo", "kto"):
-        reference = resolve_model(spec.reference.model, "spec.reference.model") if spec.reference.model else policy
+    models = {"policy": resolve_model(spec.policy.model, "spec.policy.model")}
+    if "reference" in spec.roles:
+        models["reference"] = resolve_model(spec.reference.model, "spec.reference.model") \
+            if spec.reference.model else models["policy"]
     data = spec.data
     train = load_dataset(data.train, spec.algorithm, data.convert, data.split, data.subset, data.columns,
                          "spec.data.train")
@@ -65,7 +79,7 @@ def check_offline_inputs(job: RLHFJob) -> OfflineInputs:
     if data.eval is not None:
         evaluation = load_dataset(data.eval, spec.algorithm, data.convert, data.eval_split, data.subset,
                                   data.columns, "spec.data.eval")
-    return OfflineInputs(policy, reference, train, evaluation)
+    return OfflineInputs(models, train, evaluation)
 
 
 def check_local_inputs(job: RLHFJob, import_user_code: bool = True) -> ResolvedInputs:
@@ -74,7 +88,6 @@ def check_local_inputs(job: RLHFJob, import_user_code: bool = True) -> ResolvedI
     first problem."""
     spec = job.spec
     policy = resolve_model(spec.policy.model, "spec.policy.model")
-    reference = resolve_model(spec.reference.model, "spec.reference.model") if spec.reference.model else policy
     reward_model = resolve_model(spec.reward.model, "spec.reward.model") if spec.reward.model else None
     data = spec.data
     train = load_prompts(data.train, data.split, data.subset, data.columns, "spec.data.train")
@@ -82,9 +95,16 @@ def check_local_inputs(job: RLHFJob, import_user_code: bool = True) -> ResolvedI
         check_reward_signature(import_reward_function(spec.reward.function), spec.reward.function, list(train.columns))
     if spec.reward.url:
         RemoteReward(spec.reward.url, timeout_s=30)([], [])  # reachable and speaking the protocol
-    critic = None
-    if spec.critic is not None:
-        critic = resolve_model(spec.critic.model, "spec.critic.model") if spec.critic.model else (reward_model or policy)
+    models = {"policy": policy, "rollout": policy}
+    for role in spec.roles:  # the roles the algorithm starts (kuberlhf.algorithms.registry)
+        if role == "reward":
+            models[role] = reward_model
+        if role == "reference":
+            models[role] = resolve_model(spec.reference.model, "spec.reference.model") if spec.reference.model \
+                else policy
+        if role == "critic":
+            models[role] = resolve_model(spec.critic.model, "spec.critic.model") if spec.critic.model \
+                else (reward_model or policy)
     evaluation = None
     if data.eval is not None:
         evaluation = load_prompts(data.eval, data.eval_split, data.subset, data.columns, "spec.data.eval")
@@ -95,15 +115,7 @@ def check_local_inputs(job: RLHFJob, import_user_code: bool = True) -> ResolvedI
         )
     check_prompt_lengths(policy, [train, evaluation], data.max_prompt_tokens, spec.rollout.max_new_tokens)
     check_outputs_reachable(job)
-    return ResolvedInputs(
-        rollout_engine=resolve_rollout_engine(spec.rollout.engine),
-        policy_model=policy,
-        reference_model=reference if spec.uses_reference else None,
-        reward_model=reward_model,
-        critic_model=critic,
-        train=train,
-        eval=evaluation,
-    )
+    return ResolvedInputs(models, train, evaluation, resolve_rollout_engine(spec.rollout.engine))
 
 
 def check_prompt_lengths(model: str, datasets: list[Any], max_prompt_tokens: int, max_new_tokens: int) -> None:

@@ -17,15 +17,16 @@ from pydantic import Field, model_validator
 from kuberlhf.spec_base import SpecModel
 from kuberlhf.spec_cluster import ClusterSpec
 from kuberlhf.spec_monitor import LoggingSpec, MetricsSpec, MonitorSpec
-from kuberlhf.spec_offline import OFFLINE_ALGORITHMS, DPOSpec, KTOSpec, LoRASpec, SFTSpec
-from kuberlhf.spec_online import ISCorrectionSpec, KLSpec, RolloutSpec
+from kuberlhf.algorithms.registry import NAMES, ONLINE, SETTINGS_BLOCKS, Algorithm as AlgorithmDescriptor, algorithm
+from kuberlhf.spec_offline import DPOSpec, KTOSpec, LoRASpec, SFTSpec
+from kuberlhf.spec_online import DAPOSpec, RolloutSpec
+from kuberlhf.spec_training import ResourcesSpec, TrainingSpec
 
 API_VERSION = "kuberlhf.io/v1alpha1"
 KIND = "RLHFJob"
 
-Algorithm = Literal["ppo", "grpo", "rloo", "reinforce_pp", "sft", "rm", "dpo", "kto"]
-ONLINE_ALGORITHMS: tuple[str, ...] = ("ppo", "grpo", "rloo", "reinforce_pp")
-GROUP_ALGORITHMS: tuple[str, ...] = ("grpo", "rloo")
+Algorithm = Literal[NAMES]  # type: ignore[valid-type]  # the registry's names: kuberlhf.algorithms.registry
+ONLINE_ALGORITHMS = ONLINE
 
 MAX_NAME_LENGTH = 47  # KubeRay's longest RayJob name: its RayCluster adds 6 characters and pod labels carry it
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -162,116 +163,6 @@ class DataSpec(SpecModel):
         return self
 
 
-class TrainingSpec(SpecModel):
-    """Optimisation settings."""
-
-    steps: int = Field(default=100, ge=1)
-    """Online: policy updates (each: sample, score, update). Offline: when set, stop after this many
-    optimizer steps even if `epochs` are not done."""
-    epochs: int = Field(default=1, ge=1)
-    """Offline algorithms: passes over `data.train`."""
-    batch_size: int = Field(default=8, ge=1)
-    """Offline algorithms: examples per optimizer step (pairs for rm and dpo), split over the policy's
-    workers."""
-    prompts_per_step: int = Field(default=16, ge=1)
-    """Prompts sampled from the train set per step; the batch is promptsPerStep x samplesPerPrompt."""
-    learning_rate: float = Field(default=1e-6, gt=0)
-    """Policy AdamW learning rate."""
-    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    """The learning rate over the run's optimizer steps: `constant`, or decaying to zero at the end, in a
-    straight line (`linear`, the default of TRL and transformers' Trainer) or along a half cosine
-    (`cosine`). Applies to the policy and the critic."""
-    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
-    """Share of the run's optimizer steps over which the learning rate first rises linearly from 0."""
-    weight_decay: float = Field(default=0.0, ge=0)
-    """AdamW weight decay."""
-    max_grad_norm: float = Field(default=1.0, gt=0)
-    """Gradient norm clipping."""
-    epochs_per_step: int = Field(default=1, ge=1)
-    """Passes over each step's batch (PPO epochs)."""
-    mini_batch_size: int | None = Field(default=None, ge=1)
-    """Sequences per optimiser step; must divide the batch. Default: the whole batch (one update per epoch)."""
-    micro_batch_size: int | None = Field(default=None, ge=1)
-    """Sequences per forward/backward pass on one worker (gradient accumulation): each mini-batch's share on
-    a worker is processed this many sequences at a time, with the gradient of the whole mini-batch. Must
-    divide that share. Default: the whole share in one pass."""
-    seed: int = Field(default=0, ge=0, le=2**32 - 1)
-    """Seed for prompt order, sampling and initialisation."""
-    kl: KLSpec = Field(default_factory=KLSpec)
-    """KL regulariser settings."""
-    clip_ratio_low: float = Field(default=0.2, gt=0, lt=1)
-    """PPO clip: the ratio is clipped below at 1 - clipRatioLow."""
-    clip_ratio_high: float = Field(default=0.2, gt=0)
-    """PPO clip: the ratio is clipped above at 1 + clipRatioHigh (raise it for DAPO's clip-higher)."""
-    dual_clip: float | None = Field(default=None, gt=1)
-    """Dual-clip PPO (Ye et al. 2020): bound the loss of negative-advantage tokens at dualClip x |A|."""
-    value_clip: float | None = Field(default=0.2, gt=0)
-    """Clip the critic's new values to old +- valueClip (PPO only); null turns it off."""
-    gamma: float = Field(default=1.0, ge=0, le=1)
-    """Discount factor (GAE, REINFORCE++)."""
-    gae_lambda: float = Field(default=0.95, ge=0, le=1)
-    """GAE lambda (PPO)."""
-    scale_rewards: bool = True
-    """GRPO: divide group-centred rewards by the group's standard deviation (false = Dr. GRPO)."""
-    zero_stage: Literal[0, 1, 2, 3] = 0
-    """DeepSpeed ZeRO stage for the trained roles (policy, critic): 1 shards optimizer state, 2 also
-    gradients, 3 also parameters across the role's workers. 0 with one worker is plain PyTorch; roles with
-    several workers always train with DeepSpeed (stage 0 = plain data parallel)."""
-    offload_optimizer: bool = False
-    """ZeRO-Offload: keep optimizer state in CPU memory (DeepSpeed's CPU Adam; compiled on first use)."""
-    offload_params: bool = False
-    """ZeRO-Infinity parameter offload to CPU memory (needs zeroStage 3)."""
-    bf16: bool = False
-    """Train in bfloat16 under DeepSpeed (GPUs, or CPUs with AVX512-BF16; float32 otherwise)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about a third more compute."""
-    is_correction: ISCorrectionSpec | None = None
-    """Correct the train-inference mismatch with truncated importance sampling; null = off."""
-    eval_every_steps: int = Field(default=0, ge=0)
-    """Score `data.eval` every N steps (0 = only at the end)."""
-    max_restarts: int = Field(default=2, ge=0)
-    """When a worker dies (its process killed, its node lost), the job rebuilds every worker (the online
-    actors, or an offline stage's Ray Train workers) from the newest checkpoint and goes on, at most this many
-    times; then it fails with the reason. A user error is never retried."""
-    call_timeout_seconds: float = Field(default=1800, gt=0)
-    """The longest any one worker call may take (generation, scoring, an update, a weight sync, and the
-    collectives inside them). A call past it names the role, rank and call, and the job replaces its workers
-    from the newest checkpoint (`maxRestarts`), as for a worker that died."""
-    max_non_finite_steps: int = Field(default=3, ge=1)
-    """An update whose loss or gradient norm is NaN or infinite is skipped (the weights stay as they were) and
-    counted (`kuberlhf_nonfinite_steps_total`); this many such steps in a row write a checkpoint and end the
-    job as failed with that reason."""
-
-
-class RoleResources(SpecModel):
-    """Resources of one role's workers."""
-
-    workers: int = Field(default=1, ge=1)
-    """Ray actors of this role."""
-    cpus: float = Field(default=1.0, gt=0)
-    """CPUs per worker (also its torch thread count, at least 1)."""
-    gpus: float = Field(default=0.0, ge=0)
-    """GPUs per worker (fractions share a GPU)."""
-
-
-class ResourcesSpec(SpecModel):
-    """Where the roles run."""
-
-    placement: Literal["colocate", "separate"] = "colocate"
-    """`colocate`: all roles share one set of placement-group bundles (they share CPUs/GPUs);
-    `separate`: each role gets bundles of its own."""
-    policy: RoleResources = Field(default_factory=RoleResources)
-    """Policy trainer workers."""
-    reference: RoleResources = Field(default_factory=RoleResources)
-    """Reference model workers."""
-    reward: RoleResources = Field(default_factory=RoleResources)
-    """Reward model / reward function workers."""
-    critic: RoleResources = Field(default_factory=RoleResources)
-    """Critic workers (PPO)."""
-    rollout: RoleResources = Field(default_factory=RoleResources)
-    """Rollout (generation) workers; prompts are split across them."""
-
-
 class CheckpointSpec(SpecModel):
     """Periodic checkpoints: trained roles' weights and optimizer state, prompt position, KL coefficient.
     `kuberlhf run` resumes from the newest complete checkpoint and then sees the same batches as an
@@ -351,6 +242,8 @@ class StageSpec(SpecModel):
     """dpo settings."""
     kto: KTOSpec | None = None
     """kto settings."""
+    dapo: DAPOSpec | None = None
+    """dapo settings."""
 
     @model_validator(mode="after")
     def _name_is_dns_label(self) -> StageSpec:
@@ -364,10 +257,11 @@ class RLHFJobSpec(SpecModel):
 
     algorithm: Algorithm | None = None
     """Online (samples its own completions): `ppo` (clipped policy loss, GAE with a critic, KL reward
-    penalty), `grpo` (group-normalised rewards, KL loss term), `rloo` (leave-one-out baseline),
-    `reinforce_pp` (batch-normalised returns). Offline (learns from a dataset): `sft` (demonstrations),
-    `rm` (a reward model from preference pairs), `dpo` (preference pairs, no reward model), `kto` (single
-    completions labelled good or bad)."""
+    penalty), `grpo` (group-normalised rewards), `rloo` (leave-one-out baseline), `reinforce_pp`
+    (batch-normalised returns), `gspo` (one clipped ratio per sequence), `dapo` (clip-higher, overlong shaping,
+    dynamic sampling), `cispo` (clipped importance-weight REINFORCE). Offline (learns from a dataset): `sft`
+    (demonstrations), `rm` (a reward model from preference pairs), `dpo` (preference pairs, no reward model),
+    `kto` (single completions labelled good or bad). docs/algorithms.md compares them."""
     policy: PolicySpec
     """The model being trained."""
     reference: ReferenceSpec = Field(default_factory=ReferenceSpec)
@@ -386,6 +280,8 @@ class RLHFJobSpec(SpecModel):
     """DPO settings (dpo; defaults when omitted)."""
     kto: KTOSpec | None = None
     """KTO settings (kto; defaults when omitted)."""
+    dapo: DAPOSpec | None = None
+    """DAPO settings (dapo; defaults when omitted)."""
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     """Optimisation settings."""
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
@@ -411,23 +307,22 @@ class RLHFJobSpec(SpecModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> RLHFJobSpec:
-        if self.stages is not None:
-            from kuberlhf.stages import check_stages
-
-            check_stages(self)
+        if self.stages is not None:  # each stage is checked as a job of its own (kuberlhf.stages.check_stages)
+            if self.algorithm is not None:
+                raise ValueError("algorithm: with stages, each stage names its own algorithm; remove spec.algorithm")
             return self
         if self.algorithm is None:
             raise ValueError("algorithm: required field is missing (or give stages)")
         if self.data is None:
             raise ValueError("data: required field is missing")
-        for name in ("sft", "dpo", "kto"):  # each algorithm's own settings block, defaults when omitted
+        for name in SETTINGS_BLOCKS:  # each algorithm's own settings block, defaults when omitted
             if self.algorithm == name and getattr(self, name) is None:
-                setattr(self, name, {"sft": SFTSpec, "dpo": DPOSpec, "kto": KTOSpec}[name]())
+                setattr(self, name, SETTINGS_BLOCKS[name]())
             if self.algorithm != name and getattr(self, name) is not None:
                 raise ValueError(f"{name}: settings of algorithm {name}; remove them for {self.algorithm}")
-        if self.algorithm == "ppo" and self.critic is None:
+        if self.descriptor.critic and self.critic is None:
             self.critic = CriticSpec()
-        if self.algorithm != "ppo" and self.critic is not None:
+        if not self.descriptor.critic and self.critic is not None:
             raise ValueError(f"critic: only ppo uses a critic; remove it for {self.algorithm}")
         if self.is_offline:
             self._check_offline()
@@ -444,7 +339,7 @@ class RLHFJobSpec(SpecModel):
         if self.reward is None:
             raise ValueError(f"reward: {self.algorithm} needs a reward: set reward.model or reward.function")
         n = self.rollout.samples_per_prompt
-        if self.algorithm in GROUP_ALGORITHMS and n < 2:
+        if self.descriptor.groups and n < 2:
             raise ValueError(
                 f"rollout.samplesPerPrompt: {self.algorithm} compares samples of the same prompt, "
                 f"needs at least 2, got {n}"
@@ -455,6 +350,15 @@ class RLHFJobSpec(SpecModel):
                 f"training.miniBatchSize: must divide promptsPerStep x samplesPerPrompt = {self.batch_size}, "
                 f"got {mini}"
             )
+        if self.training.dual_clip is not None and not self.descriptor.dual_clip:
+            raise ValueError(f"training.dualClip: applies to PPO's token clip; {self.algorithm} clips otherwise, "
+                             f"remove it")
+        if self.training.kl.target is not None and self.kl_coef == 0:
+            raise ValueError(f"training.kl.target: the adaptive controller scales training.kl.coef, which is 0 "
+                             f"(the default for {self.algorithm}); set kl.coef > 0 to start from")
+        if self.dapo is not None and self.dapo.overlong_buffer > self.rollout.max_new_tokens:
+            raise ValueError(f"dapo.overlongBuffer: must be at most rollout.maxNewTokens "
+                             f"({self.rollout.max_new_tokens}), got {self.dapo.overlong_buffer}")
 
     def _check_offline(self) -> None:
         kind = f"{self.algorithm} learns from data.train"
@@ -489,8 +393,14 @@ class RLHFJobSpec(SpecModel):
             )
 
     @property
+    def descriptor(self) -> AlgorithmDescriptor:
+        """The algorithm's registry entry (kuberlhf.algorithms.registry): its roles, defaults and functions."""
+        assert self.algorithm is not None, "a chained job has no algorithm of its own; ask its stages"
+        return algorithm(self.algorithm)
+
+    @property
     def is_offline(self) -> bool:
-        return self.algorithm in OFFLINE_ALGORITHMS
+        return self.algorithm is not None and not self.descriptor.online
 
     @property
     def update_size(self) -> int:
@@ -514,11 +424,15 @@ class RLHFJobSpec(SpecModel):
             t.epochs_per_step > 1 or (t.mini_batch_size or self.batch_size) < self.batch_size)
 
     @property
+    def kl_coef(self) -> float:
+        """The KL coefficient (resolves the algorithm's default)."""
+        coef = self.training.kl.coef
+        return self.descriptor.kl_coef if coef is None else coef
+
+    @property
     def kl_penalty(self) -> Literal["reward", "loss"]:
         """Where the KL term enters (resolves the algorithm's default)."""
-        if self.training.kl.penalty is not None:
-            return self.training.kl.penalty
-        return "loss" if self.algorithm == "grpo" else "reward"
+        return self.training.kl.penalty or self.descriptor.kl_penalty
 
     @property
     def kl_estimator(self) -> Literal["k1", "k2", "k3"]:
@@ -528,9 +442,22 @@ class RLHFJobSpec(SpecModel):
         return "k3" if self.kl_penalty == "loss" else "k1"
 
     @property
-    def uses_reference(self) -> bool:
-        """Whether a reference model is needed (any KL at all)."""
-        return self.training.kl.coef > 0 or self.training.kl.target is not None
+    def uses_kl(self) -> bool:
+        """Whether the job has a KL term at all (and so a reference model, online)."""
+        return self.kl_coef > 0 or self.training.kl.target is not None
+
+    @property
+    def clip_range(self) -> tuple[float | None, float]:
+        """(clipRatioLow, clipRatioHigh), each the algorithm's default where unset (low None: unbounded, cispo)."""
+        low, high = self.descriptor.clip
+        t = self.training
+        return (low if t.clip_ratio_low is None else t.clip_ratio_low,
+                high if t.clip_ratio_high is None else t.clip_ratio_high)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The roles this (single-stage) job starts, from its algorithm's descriptor."""
+        return self.descriptor.roles(self)
 
 
 class RLHFJob(SpecModel):

@@ -1,4 +1,4 @@
-"""Spec sections of the online stages (ppo, grpo, rloo, reinforce_pp): sampling and the KL regulariser;
+"""Spec sections of the online stages (ppo and the critic-free family): sampling, the KL regulariser, DAPO's settings;
 `kuberlhf.spec` assembles them into the job. Light like `spec.py` (the operator imports it)."""
 
 from __future__ import annotations
@@ -77,8 +77,10 @@ class ISCorrectionSpec(SpecModel):
 class KLSpec(SpecModel):
     """The KL regulariser that keeps the policy near the reference model."""
 
-    coef: float = Field(default=0.05, ge=0)
-    """KL coefficient (beta). 0 turns the KL term off and no reference model is loaded."""
+    coef: float | None = Field(default=None, ge=0)
+    """KL coefficient (beta). 0 turns the KL term off and no reference model is started. Default: the
+    algorithm's: 0.05 for ppo, rloo and reinforce_pp; 0 (no reference model) for grpo, gspo, dapo and cispo, as
+    in TRL's GRPOTrainer and the GSPO, DAPO and CISPO papers."""
     estimator: Literal["k1", "k2", "k3"] | None = None
     """Per-token KL estimator (Schulman 2020): k1 = log(pi/ref), k2 = (log ratio)^2/2, k3 = ratio - 1 -
     log ratio. Default: k1 as a reward penalty, k3 as a loss term."""
@@ -89,3 +91,19 @@ class KLSpec(SpecModel):
     """Target KL per sequence for the adaptive controller (Ziegler et al. 2019); unset = fixed coef."""
     horizon: int = Field(default=10000, ge=1)
     """Adaptive controller horizon in samples."""
+
+
+class DAPOSpec(SpecModel):
+    """DAPO's batch shaping (Yu et al. 2025; algorithm dapo). Its loss is PPO's clip with clip-higher
+    (`training.clipRatioHigh` 0.28) as a token mean over the batch."""
+
+    overlong_buffer: int = Field(default=0, ge=0)
+    """Soft overlong punishment (DAPO eq. 13): completions longer than `rollout.maxNewTokens - overlongBuffer`
+    tokens lose reward linearly, `overlongPenalty` at the limit. 0 = off (the paper uses 4096 of 20480: a fifth
+    of the limit)."""
+    overlong_penalty: float = Field(default=1.0, ge=0)
+    """The reward a completion at the length limit loses."""
+    dynamic_sampling: bool = True
+    """Leave groups whose samples all got the same reward out of the loss (they carry no advantage and would
+    only dilute the token mean; `dapo/groups_kept` counts the rest). Unlike the paper the batch is not refilled
+    with new prompts, so a step trains on fewer groups when many are uniform."""

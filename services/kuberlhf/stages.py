@@ -15,11 +15,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kuberlhf.spec import ONLINE_ALGORITHMS, RLHFJob, RLHFJobSpec
-from kuberlhf.spec_offline import OFFLINE_ALGORITHMS
+from kuberlhf.algorithms.registry import SETTINGS_BLOCKS, algorithm
+from kuberlhf.spec import RLHFJob, RLHFJobSpec
+from kuberlhf.spec_errors import format_error
 from kuberlhf.telemetry.job_status import STAGE_LABEL
-
-SETTINGS_BLOCKS = ("sft", "dpo", "kto")
 
 
 def stage_documents(spec: RLHFJobSpec, output_dir: str) -> list[tuple[str, dict[str, Any]]]:
@@ -34,7 +33,7 @@ def stage_documents(spec: RLHFJobSpec, output_dir: str) -> list[tuple[str, dict[
         raw.update(stage.model_dump(by_alias=True, exclude_unset=True, exclude={"name"}))
         if stage.policy is None:
             raw["policy"] = {"model": policy}
-        if stage.algorithm in ONLINE_ALGORITHMS and stage.reward is None and reward_model is not None:
+        if algorithm(stage.algorithm).online and stage.reward is None and reward_model is not None:
             raw["reward"] = {"model": reward_model}
         raw["output"] = {**raw.get("output", {}), "dir": f"{output_dir}/{stage.name}"}
         if spec.output.uri:
@@ -51,11 +50,11 @@ def stage_documents(spec: RLHFJobSpec, output_dir: str) -> list[tuple[str, dict[
 
 
 def check_stages(spec: RLHFJobSpec) -> None:
-    """Every stage must be a valid job on its own; raises ValueError naming `stages.<i>.<field>`."""
-    from kuberlhf.jobfile import format_error
-
-    if spec.algorithm is not None:
-        raise ValueError("algorithm: with stages, each stage names its own algorithm; remove spec.algorithm")
+    """Every stage of a chained job must be a valid job on its own; raises ValueError naming
+    `stages.<i>.<field>`. Nothing to check for a single-stage job. Kept out of the spec model's validators so
+    that the spec needs neither this module nor the error formatting (no import cycle)."""
+    if spec.stages is None:
+        return
     names = [stage.name for stage in spec.stages or []]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -76,12 +75,13 @@ def stage_jobs(job: RLHFJob) -> list[RLHFJob]:
             for name, raw in stage_documents(job.spec, output)]
 
 
-def _applies(section: str, algorithm: str) -> bool:
+def _applies(section: str, name: str) -> bool:
     """Whether a job-level section carries over to a stage of this algorithm."""
+    descriptor = algorithm(name)
     if section in SETTINGS_BLOCKS:
-        return section == algorithm
+        return section == name
     if section in ("reward", "rollout"):
-        return algorithm not in OFFLINE_ALGORITHMS
+        return descriptor.online
     if section == "critic":
-        return algorithm == "ppo"
+        return descriptor.critic
     return True  # output too: its dir and uri get the stage's name appended

@@ -18,9 +18,9 @@ def rollout(rows: int = 4, width: int = 2) -> RolloutBatch:
     )
 
 
-def config(algorithm: str, kl_coef: float = 0.0, penalty: str = "reward", estimator: str = "k1") -> AdvantageConfig:
-    return AdvantageConfig(algorithm, group_size=2, kl_coef=kl_coef, kl_penalty=penalty, kl_estimator=estimator,
-                           gamma=1.0, gae_lambda=1.0, scale_rewards=False)
+def config(advantage: str, kl_coef: float = 0.0, penalty: str = "reward", estimator: str = "k1", **extra) -> AdvantageConfig:
+    return AdvantageConfig(advantage, group_size=2, kl_coef=kl_coef, kl_penalty=penalty, kl_estimator=estimator,
+                           gamma=1.0, gae_lambda=1.0, scale_rewards=False, **extra)
 
 
 def test_grpo_broadcasts_group_centred_rewards_to_every_token():
@@ -49,7 +49,7 @@ def test_grpo_keeps_reference_logprobs_for_the_kl_loss_term():
 def test_ppo_returns_are_score_minus_kl_to_go_and_advantages_are_whitened():
     ref = torch.full((4, 2), -1.5)
     values = torch.zeros(4, 2)
-    experience, _ = make_experience(config("ppo", kl_coef=1.0), rollout(), torch.tensor([1.0, 0.0, 1.0, 0.0]),
+    experience, _ = make_experience(config("gae", kl_coef=1.0), rollout(), torch.tensor([1.0, 0.0, 1.0, 0.0]),
                                     ref, None, values)
     # token rewards: [-0.5, -0.5 + score]; gamma = lambda = 1, V = 0: returns = [score - 1, score - 0.5]
     assert experience.returns[0].tolist() == [0.0, 0.5]

@@ -91,7 +91,8 @@ def test_every_catalog_key_is_a_metric_some_trainer_writes():
     written = set(re.findall(r'"([a-z_]+/[a-z_]+|[a-z_]+)"', source))
     written |= {f"time/{name}" for name in re.findall(r'timer\("([a-z_]+)"\)', source)}
     written |= {f"time/{name}" for name in re.findall(r'"([a-z_]+)": workers\.', source)}  # gather_timed
-    written |= {f"policy/{k}" for k in re.findall(r'"([a-z_]+)"', (SERVICES / "workers" / "policy.py").read_text())}
+    policy_stats = [SERVICES / "workers" / "policy.py", *(SERVICES / "algorithms").glob("*losses.py")]  # stats keys
+    written |= {f"policy/{k}" for p in policy_stats for k in re.findall(r'"([a-z_]+)"', p.read_text())}
     written |= {f"critic/{k}" for k in re.findall(r'"([a-z_]+)"', (SERVICES / "workers" / "critic.py").read_text())}
     if 'f"eval/{key}"' in source:  # offline evaluation: the training keys, prefixed
         written |= {f"eval/{k}" for k in written if "/" not in k}

@@ -39,7 +39,8 @@ def error_lines(raw: dict) -> list[str]:
 def test_minimal_job_gets_documented_defaults():
     job = validate_job(copy.deepcopy(VALID))
     assert job.spec.rollout.samples_per_prompt == 4
-    assert job.spec.training.kl.coef == 0.05
+    assert job.spec.training.kl.coef is None and job.spec.kl_coef == 0  # grpo: TRL's default, no reference model
+    assert job.spec.clip_range == (0.2, 0.2)
     assert job.spec.resources.placement == "colocate"
     assert job.output_dir == "runs/demo"
     assert job.checkpoint_dir == "runs/demo/checkpoints"
@@ -70,7 +71,8 @@ def test_wrong_type_names_expected_type():
 
 def test_unknown_algorithm_lists_the_choices():
     (line,) = error_lines(job_with(spec__algorithm="a2c"))
-    assert line == "spec.algorithm: must be one of 'ppo', 'grpo', 'rloo', 'reinforce_pp', 'sft', 'rm', 'dpo' or 'kto', got 'a2c'"
+    assert line == ("spec.algorithm: must be one of 'ppo', 'grpo', 'rloo', 'reinforce_pp', 'gspo', 'dapo', 'cispo', 'sft', "
+                    "'rm', 'dpo' or 'kto', got 'a2c'")
 
 
 def test_missing_required_field():
@@ -136,7 +138,10 @@ def test_kl_defaults_follow_the_algorithm():
 
 
 def test_zero_kl_needs_no_reference_model():
-    assert not validate_job(job_with(spec__training__kl__coef=0)).spec.uses_reference
+    assert "reference" not in validate_job(job_with(spec__training__kl__coef=0)).spec.roles
+    assert "reference" in validate_job(job_with(spec__training__kl__coef=0.01)).spec.roles
+    ppo = validate_job(job_with(spec__algorithm="ppo")).spec
+    assert ppo.kl_coef == 0.05 and ppo.roles == ("policy", "rollout", "reference", "critic")
 
 
 def test_every_field_has_a_description():

@@ -1,45 +1,32 @@
-"""Pure-torch RLHF math: masked statistics, KL penalties, advantages and losses.
+"""Pure-torch RLHF math: masked statistics, KL penalties, advantages and losses; and the registry of algorithm
+descriptors (`kuberlhf.algorithms.registry`, which needs no torch).
 
-Nothing in this package may import Ray or transformers; it is imported by trainer
-workers and unit tests alike.
+Nothing in this package may import Ray or transformers; it is imported by trainer workers and unit tests alike.
+The torch functions are loaded on first use, so the operator (no torch) can import the registry.
 """
 
-from .advantages import (
-    broadcast_to_tokens,
-    discounted_returns,
-    gae_advantages,
-    grpo_advantages,
-    reinforce_pp_advantages,
-    rloo_advantages,
-)
-from .kl import adaptive_kl_coef, kl_penalized_token_rewards, kl_penalty
-from .losses import (
-    entropy_from_logits,
-    kl_loss,
-    ppo_policy_loss,
-    token_logprobs,
-    truncated_importance_weights,
-    value_loss,
-)
-from .masked import masked_mean, masked_var, masked_whiten
+from __future__ import annotations
 
-__all__ = [
-    "masked_mean",
-    "masked_var",
-    "masked_whiten",
-    "kl_penalty",
-    "kl_penalized_token_rewards",
-    "adaptive_kl_coef",
-    "gae_advantages",
-    "discounted_returns",
-    "grpo_advantages",
-    "rloo_advantages",
-    "reinforce_pp_advantages",
-    "broadcast_to_tokens",
-    "token_logprobs",
-    "truncated_importance_weights",
-    "entropy_from_logits",
-    "ppo_policy_loss",
-    "value_loss",
-    "kl_loss",
-]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "advantages": ("broadcast_to_tokens", "discounted_returns", "gae_advantages", "grpo_advantages",
+                   "reinforce_pp_advantages", "rloo_advantages"),
+    "kl": ("adaptive_kl_coef", "kl_penalized_token_rewards", "kl_penalty"),
+    "losses": ("entropy_from_logits", "kl_loss", "ppo_policy_loss", "token_logprobs", "truncated_importance_weights",
+               "value_loss"),
+    "policy_losses": ("POLICY_LOSSES", "PolicyLoss", "cispo_policy_loss", "gspo_policy_loss"),
+    "shaping": ("groups_with_signal", "overlong_penalty"),
+    "masked": ("masked_mean", "masked_var", "masked_whiten"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value

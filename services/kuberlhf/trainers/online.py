@@ -1,4 +1,5 @@
-"""The online RL driver (PPO, GRPO, RLOO, REINFORCE++): one controller calling worker groups.
+"""The online RL driver (PPO and the critic-free family: GRPO, RLOO, REINFORCE++, GSPO, DAPO, CISPO): one controller
+calling worker groups; what differs between algorithms comes from their descriptor (algorithms/registry.py).
 
 Each step reads like a single-process program:
   sample prompts -> generate (+ reward function) -> {reference log-probs, reward model, values, old log-probs}
@@ -36,7 +37,7 @@ from kuberlhf.trainers.lifecycle import (
     save_checkpoint,
     save_final_model,
 )
-from kuberlhf.trainers.experience import AdvantageConfig, make_experience
+from kuberlhf.trainers.experience import AdvantageConfig, Overlong, make_experience
 from kuberlhf.trainers.guards import NonFiniteGuard
 from kuberlhf.workers.critic import CriticUpdateConfig
 from kuberlhf.workers.group import Pending, gather_timed
@@ -52,13 +53,18 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
     output_dir = Path(job.output_dir)
     sampling = SamplingParams(spec.rollout.samples_per_prompt, spec.rollout.max_new_tokens,
                               spec.rollout.temperature, spec.rollout.top_p, spec.rollout.min_new_tokens)
+    descriptor = spec.descriptor
+    clip_low, clip_high = spec.clip_range
     policy_config = PolicyUpdateConfig(
         epochs=t.epochs_per_step, mini_batch_size=per_rank(t.mini_batch_size, spec.resources.policy.workers),
-        clip_low=t.clip_ratio_low, clip_high=t.clip_ratio_high, dual_clip=t.dual_clip,
-        temperature=spec.rollout.temperature,
-        kl_loss_coef=t.kl.coef if spec.kl_penalty == "loss" else 0.0, kl_estimator=spec.kl_estimator,
+        clip_low=clip_low, clip_high=clip_high, dual_clip=t.dual_clip, temperature=spec.rollout.temperature,
+        kl_loss_coef=spec.kl_coef if spec.kl_penalty == "loss" else 0.0, kl_estimator=spec.kl_estimator,
         is_cap=t.is_correction.cap if t.is_correction else None, micro_batch_size=t.micro_batch_size,
+        loss=descriptor.policy_loss,
     )
+    dapo = spec.dapo
+    overlong = Overlong(spec.rollout.max_new_tokens, dapo.overlong_buffer, dapo.overlong_penalty) \
+        if dapo is not None and dapo.overlong_buffer > 0 else None
     critic_config = CriticUpdateConfig(t.epochs_per_step, per_rank(t.mini_batch_size, spec.resources.critic.workers),
                                        t.value_clip, t.micro_batch_size)
     one_step_off_policy = spec.rollout.one_step_off_policy
@@ -66,7 +72,7 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
 
     sampler = PromptSampler(len(train_data), t.prompts_per_step, t.seed)
     monitor, guard = RewardHackingMonitor(spec.monitor), NonFiniteGuard(t.max_non_finite_steps)
-    kl_coef, first_step = t.kl.coef, 1
+    kl_coef, first_step = spec.kl_coef, 1
     trained, weight_sync = trained_groups(workers), workers.weight_sync
     if resume_from is not None:
         state = resume_from.state
@@ -128,9 +134,10 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
                 old_logprobs = rollout.rollout_logprobs
 
             advantage_config = AdvantageConfig(
-                algorithm=spec.algorithm, group_size=sampling.samples_per_prompt, kl_coef=kl_coef,
+                estimator=descriptor.advantage, group_size=sampling.samples_per_prompt, kl_coef=kl_coef,
                 kl_penalty=spec.kl_penalty, kl_estimator=spec.kl_estimator, gamma=t.gamma,
-                gae_lambda=t.gae_lambda, scale_rewards=t.scale_rewards,
+                gae_lambda=t.gae_lambda, scale_rewards=t.scale_rewards, overlong=overlong,
+                only_groups_with_signal=dapo is not None and dapo.dynamic_sampling,
             )
             experience, metrics = make_experience(advantage_config, rollout, scores, ref_logprobs, old_logprobs, values)
             metrics.update(finished)

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -56,29 +56,35 @@ def minibatches(size: int, mini_batch_size: int | None, generator: torch.Generat
 
 
 def accumulate_micro_batches(engine: Any, experience: Any, micro_batch_size: int | None,
-                             loss_fn: Callable[[Any], tuple[torch.Tensor, dict[str, float]]]) -> dict[str, float]:
+                             loss_fn: Callable[[Any], tuple[torch.Tensor, dict[str, float]]],
+                             unit: Literal["token", "sequence"] = "token") -> dict[str, float]:
     r"""One optimizer step over a mini-batch, computed `micro_batch_size` sequences at a time.
 
-    Each micro-batch's token-mean loss is weighted by its share of the response tokens of the mini-batch *over
-    every rank of the group* (times the group's size, since the ranks' gradients are averaged), so the update is
-    the gradient of the whole mini-batch's token mean, the same for 1 rank or N:
+    Each micro-batch's loss, a mean over its units (response tokens, or sequences with a response for a
+    sequence-mean loss such as GSPO's), is weighted by its share of the units of the mini-batch *over every rank
+    of the group* (times the group's size, since the ranks' gradients are averaged), so the update is the
+    gradient of the whole mini-batch's mean, the same for 1 rank or N:
 
     .. math:: \nabla \frac{1}{T} \sum_{r} \sum_{t \in r} \ell_t
               = \frac{1}{N} \sum_r \nabla \Big( \frac{N}{T} \sum_{t \in r} \ell_t \Big)
 
-    with T the tokens of all N ranks' parts. The returned metrics are this rank's token means, plus `grad_norm`."""
-    local = experience.rollout.response_mask.sum()
+    with T the units of all N ranks' parts. The returned metrics are this rank's means, plus `grad_norm`."""
+    def units(part: Any) -> torch.Tensor:
+        mask = part.rollout.response_mask
+        return mask.sum() if unit == "token" else (mask.sum(-1) > 0).sum().to(mask.dtype)
+
+    local = units(experience)
     total, ranks = group_token_count(local)
     local = float(local.clamp(min=1))
     size = micro_batch_size or len(experience)
     metrics: dict[str, float] = {}
     for start in range(0, len(experience), size):
         part = experience.select(list(range(start, min(start + size, len(experience)))))
-        tokens = float(part.rollout.response_mask.sum())
+        weight = float(units(part))
         loss, part_metrics = loss_fn(part)
-        engine.accumulate(loss * (tokens * ranks / total))
+        engine.accumulate(loss * (weight * ranks / total))
         for key, value in part_metrics.items():
-            metrics[key] = metrics.get(key, 0.0) + value * tokens / local
+            metrics[key] = metrics.get(key, 0.0) + value * weight / local
     metrics["grad_norm"] = engine.step()
     return metrics
 

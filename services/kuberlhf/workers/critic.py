@@ -45,7 +45,8 @@ class CriticWorker(TrainedRole):
         loss, stats = value_loss(values, experience.old_values, experience.returns, experience.rollout.response_mask,
                                  clip_range=config.value_clip)
         return loss, {"critic/value_loss": float(loss.detach()),
-                      "critic/value_clip_fraction": float(stats["value_clip_fraction"])}
+                      "critic/value_clip_fraction": float(stats["value_clip_fraction"]),
+                      "critic/explained_variance": float(stats["explained_variance"])}
 
     @torch.no_grad()
     @exports_metrics

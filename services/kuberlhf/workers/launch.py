@@ -46,10 +46,8 @@ class RoleWorkers:
 
 def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
     spec = job.spec
-    roles = ["policy", "rollout"]
-    roles += ["reward"] if inputs.reward_model else []
-    roles += ["reference"] if inputs.reference_model else []
-    roles += ["critic"] if inputs.critic_model else []
+    roles = list(spec.roles)  # the algorithm's (kuberlhf.algorithms.registry), as preflight resolved them
+    models = inputs.models
     bundles, plan = plan_placement(spec.resources, roles)
     threads = phase_threads(spec.resources, roles, spec.rollout.one_step_off_policy, spec.recomputes_old_logprobs)
     group = create_placement_group(bundles, separate=spec.resources.placement == "separate")
@@ -77,14 +75,14 @@ def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
         return WorkerGroup(role, actors, t.call_timeout_seconds)
 
     workers = RoleWorkers(
-        policy=start("policy", PolicyWorker, inputs.policy_model),
-        rollout=start("rollout", RolloutWorker, inputs.policy_model, spec.reward.function, inputs.rollout_engine,
+        policy=start("policy", PolicyWorker, models["policy"]),
+        rollout=start("rollout", RolloutWorker, models["rollout"], spec.reward.function, inputs.rollout_engine,
                       spec.data.max_prompt_tokens + spec.rollout.max_new_tokens, spec.rollout.tensor_parallel_size,
                       # colocated with the trainer and taking turns with it: free the GPU memory while it trains
                       spec.resources.placement == "colocate" and not spec.rollout.one_step_off_policy),
-        reward=start("reward", RewardWorker, inputs.reward_model, spec.reward.batch_size) if inputs.reward_model else None,
-        reference=start("reference", ReferenceWorker, inputs.reference_model) if inputs.reference_model else None,
-        critic=start("critic", CriticWorker, inputs.critic_model) if inputs.critic_model else None,
+        reward=start("reward", RewardWorker, models["reward"], spec.reward.batch_size) if "reward" in roles else None,
+        reference=start("reference", ReferenceWorker, models["reference"]) if "reference" in roles else None,
+        critic=start("critic", CriticWorker, models["critic"]) if "critic" in roles else None,
         placement_group=group,
     )
     wait_until_ready(workers)

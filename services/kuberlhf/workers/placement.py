@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kuberlhf.errors import UserError
-from kuberlhf.spec import ResourcesSpec, RoleResources
+from kuberlhf.spec_training import ResourcesSpec, RoleResources
 
 if TYPE_CHECKING:  # Ray is imported where it is used: the operator sizes clusters with plan_placement, without Ray
     from ray.util.placement_group import PlacementGroup

@@ -1,5 +1,6 @@
-"""The policy role: holds the trained causal LM and its optimizer; computes log-probs and applies PPO-style
-updates. The loss is `algorithms.ppo_policy_loss` (+ `algorithms.kl_loss` when the KL is a loss term)."""
+"""The policy role: holds the trained causal LM and its optimizer; computes log-probs and applies policy-gradient
+updates. The loss is the algorithm's (`algorithms.POLICY_LOSSES`: PPO's clip, GSPO, CISPO), plus
+`algorithms.kl_loss` when the KL is a loss term."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from kuberlhf.algorithms import kl_loss, kl_penalty, masked_mean, ppo_policy_loss, truncated_importance_weights
+from kuberlhf.algorithms import POLICY_LOSSES, kl_loss, kl_penalty, masked_mean, truncated_importance_weights
 from kuberlhf.data.batch import Experience, RolloutBatch
 from kuberlhf.engines.weight_transfer import (
     BroadcastGroup,
@@ -40,7 +41,7 @@ from kuberlhf.workers.metrics import exports_metrics
 class PolicyUpdateConfig:
     epochs: int
     mini_batch_size: int | None
-    clip_low: float
+    clip_low: float | None
     clip_high: float
     dual_clip: float | None
     temperature: float
@@ -48,6 +49,7 @@ class PolicyUpdateConfig:
     kl_estimator: str
     is_cap: float | None = None  # truncated importance sampling against the rollout engine's log-probs
     micro_batch_size: int | None = None  # sequences per forward/backward; None: the whole mini-batch
+    loss: str = "ppo"  # the algorithm's policy loss: a key of algorithms.POLICY_LOSSES
 
 
 class PolicyWorker(TrainedRole):
@@ -91,7 +93,7 @@ class PolicyWorker(TrainedRole):
 
     def _minibatch_step(self, experience: Experience, config: PolicyUpdateConfig) -> dict[str, float]:
         metrics = accumulate_micro_batches(self.engine, experience, config.micro_batch_size,
-                                           lambda part: self._loss(part, config))
+                                           lambda part: self._loss(part, config), POLICY_LOSSES[config.loss].unit)
         metrics["policy/grad_norm"] = metrics.pop("grad_norm")
         return metrics
 
@@ -103,7 +105,7 @@ class PolicyWorker(TrainedRole):
         weights = None
         if config.is_cap is not None:
             weights = truncated_importance_weights(old_logprobs, batch.rollout_logprobs, mask, config.is_cap)
-        loss, stats = ppo_policy_loss(
+        loss, stats = POLICY_LOSSES[config.loss].function(
             logprobs, old_logprobs, experience.advantages, mask,
             clip_low=config.clip_low, clip_high=config.clip_high, dual_clip=config.dual_clip, token_weights=weights,
         )
@@ -111,7 +113,7 @@ class PolicyWorker(TrainedRole):
         mismatch = masked_mean(kl_penalty(batch.rollout_logprobs, old_logprobs, "k3"), mask)
         metrics = {"policy/pg_loss": float(loss.detach()), "rollout/mismatch_kl": float(mismatch),
                    "policy/entropy": float(masked_mean(entropy, mask)),
-                   "policy/clip_fraction": float(stats["clip_fraction"]), "policy/approx_kl": float(stats["approx_kl"])}
+                   **{f"policy/{name}": float(value) for name, value in stats.items()}}
         if weights is not None:
             metrics["rollout/is_weight_mean"] = float(masked_mean(weights, mask))
         if config.kl_loss_coef > 0 and experience.ref_logprobs is not None:
