@@ -126,6 +126,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "example's, collapses both trainers' accuracy to ~0 within a few steps)")
     parser.add_argument("--beta", type=float, default=0.0,
                         help="KL coefficient (default 0, TRL's default: no reference model in either)")
+    parser.add_argument("--algorithm", choices=tuple(ALGORITHM_KNOBS), default="grpo",
+                        help="grpo (default), gspo, dapo or cispo: ours runs that algorithm with its registry "
+                             "defaults, TRL's GRPOTrainer the equivalent loss (ALGORITHM_KNOBS)")
+    parser.add_argument("--own-defaults", action="store_true",
+                        help="each trainer on its own defaults for KL, clip range and reward scaling (ours: the "
+                             "algorithm registry's; TRL: GRPOConfig's), instead of the same explicit values")
     parser.add_argument("--model", choices=("addition", "77m"), default="addition",
                         help="addition: the SFT-warmed tiny Llama (default); 77m: a random-init 77.6M-parameter "
                              "Llama (benchmarks/engines.py's 77m, same character vocabulary), for a rollout-bound "
@@ -190,6 +196,26 @@ def step_stats(seconds: list[float]) -> dict[str, Any]:
 
 
 # Our runs: (name, rollout.oneStepOffPolicy, torch threads of the (rollout, policy) actors).
+# The loss knobs of each algorithm: ours (the registry's defaults, spelled out) and TRL's GRPOConfig equivalent.
+ALGORITHM_KNOBS: dict[str, dict[str, dict[str, Any]]] = {
+    "grpo": {"ours": {"clipRatioLow": 0.2, "clipRatioHigh": 0.2},
+             "trl": {"loss_type": "dapo", "epsilon": 0.2, "epsilon_high": 0.2, "importance_sampling_level": "token"}},
+    # GSPO: one ratio per sequence, clipped at 3e-4 / 4e-4, a mean over sequences (TRL: sequence-level weights
+    # broadcast to the tokens, loss_type "grpo" = the mean over sequences of each one's token mean)
+    "gspo": {"ours": {"clipRatioLow": 3e-4, "clipRatioHigh": 4e-4},
+             "trl": {"loss_type": "grpo", "epsilon": 3e-4, "epsilon_high": 4e-4,
+                     "importance_sampling_level": "sequence"}},
+    # DAPO: clip-higher and the token mean; ours also leaves uniform groups out of the loss (TRL has no dynamic
+    # sampling); overlong shaping off on both (addition answers are far shorter than the limit)
+    "dapo": {"ours": {"clipRatioLow": 0.2, "clipRatioHigh": 0.28},
+             "trl": {"loss_type": "dapo", "epsilon": 0.2, "epsilon_high": 0.28, "importance_sampling_level": "token"}},
+    # CISPO: the importance weight capped at 5 (ours clipRatioHigh 4 = cap - 1; TRL's epsilon_high is the cap)
+    "cispo": {"ours": {"clipRatioHigh": 4.0},
+              "trl": {"loss_type": "cispo", "epsilon_high": 5.0, "importance_sampling_level": "token"}},
+}
+OWN_DEFAULTS_NOTE = ("each trainer on its own defaults for KL, clip range, reward scaling and loss (ours: "
+                     "kuberlhf.algorithms.registry; TRL: GRPOConfig)")
+
 OURS = (("kuberlhf", False, (1, 1)), ("kuberlhf-2t", False, (2, 2)), ("kuberlhf-1off", True, (1, 1)),
         ("kuberlhf-1off-p2", True, (1, 2)))
 
@@ -197,12 +223,14 @@ OURS = (("kuberlhf", False, (1, 1)), ("kuberlhf-2t", False, (2, 2)), ("kuberlhf-
 def build_job(args: argparse.Namespace, assets: dict[str, str], output_dir: Path,
               one_step_off_policy: bool = False, threads: tuple[int, int] = (1, 1)) -> dict[str, Any]:
     """The RLHFJob (camelCase, as YAML would give it) equivalent to the TRL configuration."""
+    loss_knobs = {} if args.own_defaults else {
+        "kl": {"coef": args.beta}, "scaleRewards": True, **ALGORITHM_KNOBS[args.algorithm]["ours"]}
     return {
         "apiVersion": "kuberlhf.io/v1alpha1",
         "kind": "RLHFJob",
         "metadata": {"name": "bench-grpo-vs-trl"},
         "spec": {
-            "algorithm": "grpo",
+            "algorithm": args.algorithm,
             "policy": {"model": assets["model"]},
             "reward": {"function": REWARDS[args.reward]},
             "data": {"train": assets["train"]},  # no eval: this script scores the final model itself
@@ -223,10 +251,7 @@ def build_job(args: argparse.Namespace, assets: dict[str, str], output_dir: Path
                 "maxGradNorm": 1.0,
                 "epochsPerStep": 1,
                 "seed": args.seed,
-                "kl": {"coef": args.beta},
-                "clipRatioLow": 0.2,
-                "clipRatioHigh": 0.2,
-                "scaleRewards": True,
+                **loss_knobs,
                 "evalEverySteps": 0,
             },
             # The rollout and policy actors compute one after the other in synchronous mode, so each may use
@@ -293,16 +318,11 @@ def trl_config_kwargs(cfg: dict[str, Any], output_dir: str) -> dict[str, Any]:
         min_p=None,
         repetition_penalty=1.0,
         generation_kwargs={"min_new_tokens": cfg["min_new_tokens"]} if cfg["min_new_tokens"] else None,
-        # loss: token mean over the whole batch of the clipped surrogate, group-std-scaled advantages
-        loss_type="dapo",
-        scale_rewards="group",
-        epsilon=0.2,
-        epsilon_high=0.2,
-        importance_sampling_level="token",
-        mask_truncated_completions=False,
+        # loss (unless on its own defaults): the algorithm's (ALGORITHM_KNOBS), group-std-scaled advantages
+        **({} if cfg.get("own_defaults") else {
+            **ALGORITHM_KNOBS[cfg.get("algorithm", "grpo")]["trl"], "scale_rewards": "group", "beta": cfg["beta"],
+            "mask_truncated_completions": False, "use_bias_correction_kl": False}),
         top_entropy_quantile=1.0,
-        beta=cfg["beta"],
-        use_bias_correction_kl=False,
         # optimizer: torch AdamW defaults, constant learning rate
         learning_rate=cfg["learning_rate"],
         optim="adamw_torch",
@@ -466,7 +486,7 @@ def _describe_model(info: dict[str, Any] | None) -> str:
 def markdown_table(results: dict[str, Any]) -> str:
     cfg, runs = results["config"], results["runs"]
     lines = [
-        "# GRPO: KubeRLHF vs TRL GRPOTrainer",
+        f"# {cfg.get('algorithm', 'grpo').upper()}: KubeRLHF vs TRL GRPOTrainer",
         "",
         f"Generated by `{results['command']}` at {results['timestamp']} "
         f"(commit `{(results['git']['commit'] or 'unknown')[:12]}`"
@@ -478,7 +498,8 @@ def markdown_table(results: dict[str, Any]) -> str:
         f"Task: addition prompts, {cfg['steps']} steps x {cfg['prompts_per_step']} prompts x {cfg['samples']} "
         f"samples, {cfg.get('min_new_tokens', 0)}-{cfg['max_new_tokens']} new tokens, reward "
         f"`{cfg.get('reward', 'kuberlhf.tasks.addition:exact_match_reward')}`, lr {cfg['learning_rate']:g}, "
-        f"beta {cfg['beta']:g}, seed {cfg['seed']}; KubeRLHF rollouts with `{cfg.get('engine', 'hf')}`. "
+        f"beta {_beta(cfg)}, seed {cfg['seed']}; KubeRLHF rollouts with `{cfg.get('engine', 'hf')}`. "
+        f"Loss knobs: {_knobs(cfg)}. "
         f"Step times exclude the first {WARMUP_STEPS} steps.",
         f"Model: {_describe_model(cfg.get('model'))}.",
         f"Accuracy: held-out sampled exact match (eval.jsonl, T={EVAL_TEMPERATURE:g}, {EVAL_SAMPLES} samples); "
@@ -507,6 +528,17 @@ def markdown_table(results: dict[str, Any]) -> str:
               "allocator (`--trl-jemalloc`), the plain `trl-*` runs with the system allocator. Not CI-gated; see "
               "`benchmarks/README.md`.", ""]
     return "\n".join(lines)
+
+
+def _beta(cfg: dict[str, Any]) -> str:
+    return "each trainer's default" if cfg.get("beta") is None else f"{cfg['beta']:g}"
+
+
+def _knobs(cfg: dict[str, Any]) -> str:
+    knobs = cfg.get("loss_knobs") or ALGORITHM_KNOBS["grpo"]
+    if isinstance(knobs, str):
+        return knobs
+    return f"ours `{json.dumps(knobs['ours'])}`, TRL `{json.dumps(knobs['trl'])}`"
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -548,7 +580,9 @@ def main(argv: list[str] | None = None) -> None:
         "reward": REWARDS[args.reward],
         "engine": args.engine,
         "learning_rate": args.learning_rate,
-        "beta": args.beta,
+        "beta": None if args.own_defaults else args.beta,
+        "algorithm": args.algorithm,
+        "loss_knobs": OWN_DEFAULTS_NOTE if args.own_defaults else ALGORITHM_KNOBS[args.algorithm],
         "seed": args.seed,
         "trl_threads": args.trl_threads,
         "warmup_steps_excluded": WARMUP_STEPS,
@@ -561,13 +595,14 @@ def main(argv: list[str] | None = None) -> None:
         "prompts_per_step": args.prompts_per_step, "samples": args.samples, "max_new_tokens": args.max_new_tokens,
         "min_new_tokens": args.min_new_tokens, "reward": args.reward,
         "learning_rate": args.learning_rate, "beta": args.beta, "seed": args.seed,
+        "algorithm": args.algorithm, "own_defaults": args.own_defaults,
     }
 
     work = Path(tempfile.mkdtemp(prefix="grpo_vs_trl-"))
     try:
         runs: dict[str, dict[str, Any]] = {}
         for name, off_policy, threads in [run for run in OURS if run[0] in args.ours]:
-            print(f"== KubeRLHF GRPO: {name} ({args.steps} steps) ==", flush=True)
+            print(f"== KubeRLHF {args.algorithm}: {name} ({args.steps} steps) ==", flush=True)
             runs[name] = run_ours(args, assets, work, name, off_policy, threads)
         for threads in args.trl_threads:
             for jemalloc in (False, True) if args.trl_jemalloc else (False,):
