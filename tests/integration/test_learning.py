@@ -42,13 +42,24 @@ def test_ppo_with_critic_raises_heldout_sampled_accuracy(assets, tmp_path, start
     assert final >= control_accuracy + MARGIN
 
 
-@pytest.mark.parametrize("engine", ["vllm", "hf"])
-def test_grpo_raises_heldout_sampled_accuracy(assets, tmp_path, start_accuracy, control_accuracy, engine):
-    summary = run_example("grpo-tiny", assets, tmp_path, f"spec.rollout.engine={engine}", chat=True)
+@pytest.mark.parametrize("algorithm, engine", [("grpo", "vllm"), ("gspo", "vllm"), ("dapo", "hf"), ("cispo", "vllm")])
+def test_the_grpo_family_raises_heldout_sampled_accuracy(assets, tmp_path, start_accuracy, control_accuracy,
+                                                         algorithm, engine):
+    """grpo with the example's KL (a reference model); gspo, dapo and cispo on their defaults (no reference)."""
+    overrides = [f"spec.rollout.engine={engine}"]
+    if algorithm != "grpo":
+        overrides += [f"spec.algorithm={algorithm}", "spec.training.kl=null"]
+    summary = run_example("grpo-tiny", assets, tmp_path, *overrides, chat=True)
     final = heldout_sampled_accuracy(summary["final_model"], assets["eval"])
-    print(f"grpo ({engine} rollouts): held-out sampled accuracy {start_accuracy:.3f} -> {final:.3f} (random-reward control {control_accuracy:.3f})")
+    print(f"{algorithm} ({engine} rollouts): held-out sampled accuracy {start_accuracy:.3f} -> {final:.3f} "
+          f"(random-reward control {control_accuracy:.3f})")
     assert final >= start_accuracy + MARGIN
     assert final >= control_accuracy + MARGIN
+    metrics = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
+    assert all("kl/coef" in m for m in metrics) and (metrics[-1]["kl/coef"] == 0) == (algorithm != "grpo")
+    assert all(0.5 < m["policy/ratio_mean"] < 2 for m in metrics)
+    if algorithm == "dapo":
+        assert all(0 <= m["dapo/groups_kept"] <= 16 for m in metrics)
 
 
 def test_random_reward_control_does_not_raise_accuracy(start_accuracy, control_accuracy):

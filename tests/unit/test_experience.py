@@ -61,3 +61,24 @@ def test_ppo_returns_are_score_minus_kl_to_go_and_advantages_are_whitened():
 def test_response_mask_ends_after_the_first_eos():
     ids = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [2, 0, 0, 0]])
     assert _until_first_eos(ids, 2).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_dapo_overlong_shaping_lowers_the_scores_of_long_completions_before_the_advantages():
+    from kuberlhf.trainers.experience import Overlong
+
+    batch = rollout()  # every completion is 2 tokens long
+    shaped = config("grpo", overlong=Overlong(max_length=3, buffer=2, penalty=1.0))  # past 1 token: -(|y|-1)/2
+    experience, metrics = make_experience(shaped, batch, torch.tensor([1.0, 0.0, 0.0, 0.0]), None, None, None)
+    assert metrics["reward/overlong_penalty"] == pytest.approx(-0.5)
+    assert metrics["reward/mean"] == 0.25  # the task's reward, unshaped
+    assert experience.advantages[:, 0].tolist() == [0.5, -0.5, 0.0, 0.0]  # equal shift: same group advantages
+
+
+def test_dapo_dynamic_sampling_leaves_groups_without_signal_out_of_the_loss():
+    experience, metrics = make_experience(config("grpo", only_groups_with_signal=True), rollout(),
+                                          torch.tensor([1.0, 0.0, 2.0, 2.0]), None, None, None)
+    assert experience.rollout.response_mask.tolist() == [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
+    assert (metrics["dapo/groups_kept"], metrics["dapo/groups"]) == (1.0, 2.0)
+    uniform, _ = make_experience(config("grpo", only_groups_with_signal=True), rollout(), torch.ones(4), None, None,
+                                 None)
+    assert uniform.rollout.response_mask.sum() == 8  # nothing to learn from at all: the batch is left as it is

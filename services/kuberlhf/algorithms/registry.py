@@ -69,29 +69,29 @@ class Algorithm:
         return tuple(roles)
 
 
-_CLIPPED_PG = "PPO's clipped token ratio, token mean over the batch"
+PROMPTS = "prompt (+ the columns a reward function reads, e.g. answer)"
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("ppo", "online", "clipped policy loss, GAE advantages from a critic, KL reward penalty",
-              "prompt", "ppo", advantage="gae", critic=True, reference="kl", kl_coef=0.05, dual_clip=True,
+              PROMPTS, "ppo", advantage="gae", critic=True, reference="kl", kl_coef=0.05, dual_clip=True,
               source="TRL PPOConfig (kl_coef 0.05, cliprange 0.2); Ouyang et al. 2022"),
     Algorithm("grpo", "online", "group-normalised rewards, no critic; KL only when asked for",
-              "prompt", "ppo", advantage="grpo", groups=True, reference="kl", kl_penalty="loss", dual_clip=True,
+              PROMPTS, "ppo", advantage="grpo", groups=True, reference="kl", kl_penalty="loss", dual_clip=True,
               source="TRL GRPOConfig (beta 0: no reference model, epsilon 0.2); Shao et al. 2024"),
     Algorithm("rloo", "online", "leave-one-out baseline within each prompt's samples",
-              "prompt", "ppo", advantage="rloo", groups=True, reference="kl", kl_coef=0.05, dual_clip=True,
+              PROMPTS, "ppo", advantage="rloo", groups=True, reference="kl", kl_coef=0.05, dual_clip=True,
               source="TRL RLOOConfig (beta 0.05, KL in the reward); Ahmadian et al. 2024"),
     Algorithm("reinforce_pp", "online", "REINFORCE++: discounted returns normalised over the batch",
-              "prompt", "ppo", advantage="reinforce_pp", reference="kl", kl_coef=0.05, dual_clip=True,
+              PROMPTS, "ppo", advantage="reinforce_pp", reference="kl", kl_coef=0.05, dual_clip=True,
               source="Hu 2025 (KL in the reward); KubeRLHF's earlier default 0.05"),
     Algorithm("gspo", "online", "GRPO advantages with one clipped importance ratio per sequence",
-              "prompt", "gspo", advantage="grpo", groups=True, reference="kl", kl_penalty="loss",
+              PROMPTS, "gspo", advantage="grpo", groups=True, reference="kl", kl_penalty="loss",
               clip=(3e-4, 4e-4), source="Zheng et al. 2025 (clip 3e-4 / 4e-4, no KL); TRL's GSPO recipe"),
     Algorithm("dapo", "online", "GRPO with clip-higher, token-mean loss, overlong shaping, dynamic sampling",
-              "prompt", "ppo", advantage="grpo", groups=True, reference="kl", kl_penalty="loss",
+              PROMPTS, "ppo", advantage="grpo", groups=True, reference="kl", kl_penalty="loss",
               clip=(0.2, 0.28), dual_clip=True, settings=DAPOSpec,
               source="Yu et al. 2025 (clip 0.2 / 0.28, no KL)"),
     Algorithm("cispo", "online", "REINFORCE with clipped, detached importance weights (no token loses its gradient)",
-              "prompt", "cispo", advantage="grpo", groups=True, reference="kl", kl_penalty="loss",
+              PROMPTS, "cispo", advantage="grpo", groups=True, reference="kl", kl_penalty="loss",
               clip=(None, 4.0), source="MiniMax 2025 (MiniMax-M1); weight cap 5 from ScaleRL, TRL's recipe"),
     Algorithm("sft", "offline", "supervised fine-tuning on demonstrations",
               "prompt + completion, messages or text", "sft", settings=SFTSpec, source="TRL SFTTrainer"),
@@ -119,3 +119,26 @@ def roles(spec: RLHFJobSpec) -> tuple[Role, ...]:
     """The roles a single-stage job starts (see `Algorithm.roles`)."""
     assert spec.algorithm is not None, "a chained job's stages each have their own roles"
     return ALGORITHMS[spec.algorithm].roles(spec)
+
+
+DOCS_BEGIN, DOCS_END = "<!-- generated from kuberlhf.algorithms.registry -->", "<!-- end generated -->"
+
+
+def render_algorithms_markdown() -> str:
+    """The table of docs/algorithms.md, from the descriptors (tests check the page holds exactly this)."""
+    def clip(a: Algorithm) -> str:
+        low, high = a.clip
+        return f"{'none' if low is None else f'{low:g}'} / {high:g}" if a.online else "-"
+
+    lines = [DOCS_BEGIN, "| algorithm | kind | data (a row of data.train) | workers it starts | KL default | "
+             "clip low / high | policy loss | settings | defaults from |", "|---|---|---|---|---|---|---|---|---|"]
+    for a in ALGORITHMS.values():
+        roles = "policy, rollout, reward (with reward.model)" if a.online else "policy (Ray Train workers)"
+        roles += {"kl": ", reference (with KL)", "always": ", reference", "never": ""}[a.reference]
+        roles += ", critic" if a.critic else ""
+        kl = f"{a.kl_coef:g} ({a.kl_penalty})" if a.online else "-"
+        loss = f"{a.policy_loss}, {a.advantage} advantages" if a.online else a.policy_loss
+        settings = f"`spec.{a.name}`" if a.settings else "-"
+        lines.append(f"| `{a.name}` | {a.kind}: {a.summary} | {a.data_format} | {roles} | {kl} | {clip(a)} | "
+                     f"{loss} | {settings} | {a.source} |")
+    return "\n".join(lines + [DOCS_END]) + "\n"
