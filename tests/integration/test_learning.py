@@ -48,7 +48,7 @@ def test_the_grpo_family_raises_heldout_sampled_accuracy(assets, tmp_path, start
     """grpo with the example's KL (a reference model); gspo, dapo and cispo on their defaults (no reference)."""
     overrides = [f"spec.rollout.engine={engine}"]
     if algorithm != "grpo":
-        overrides += [f"spec.algorithm={algorithm}", "spec.training.kl=null"]
+        overrides += [f"spec.algorithm={algorithm}", "spec.training.kl.coef=null"]
     summary = run_example("grpo-tiny", assets, tmp_path, *overrides, chat=True)
     final = heldout_sampled_accuracy(summary["final_model"], assets["eval"])
     print(f"{algorithm} ({engine} rollouts): held-out sampled accuracy {start_accuracy:.3f} -> {final:.3f} "
