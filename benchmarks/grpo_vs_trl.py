@@ -70,7 +70,7 @@ Known differences that remain (none changes the algorithm):
   rows are shifted by a constant, which RoPE attention does not see (equal up to float rounding).
 * KubeRLHF generates with a separate rollout copy of the model (weights synced after each update) in another
   process; TRL generates with the trained model in-process. Both are on-policy.
-* Allocator: KubeRLHF's CPU workers run on Ray's jemalloc with freed memory kept (``workers/allocator.py``); TRL
+* Allocator: KubeRLHF's CPU workers run on Ray's jemalloc with freed memory kept (``engines/allocator.py``); TRL
   runs with the system allocator, and with ``--trl-jemalloc`` once more on the same jemalloc settings.
 * Threads: ours pins each actor to 1 thread; phases (generate, score, update) mostly run one after the other,
   so TRL with 1 thread is the like-for-like comparison and TRL with 2 threads shows what TRL gets from both cores.
@@ -357,8 +357,8 @@ def trl_run_name(threads: int, jemalloc: bool) -> str:
 
 def run_trl(cfg: dict[str, Any], threads: int, work: Path, jemalloc: bool = False) -> dict[str, Any]:
     """Run one TRL configuration in a fresh Python process with its own thread settings (and, with `jemalloc`,
-    the allocator KubeRLHF gives its CPU workers: workers/allocator.py)."""
-    from kuberlhf.workers.allocator import cpu_worker_env
+    the allocator KubeRLHF gives its CPU workers: engines/allocator.py)."""
+    from kuberlhf.engines.allocator import cpu_worker_env
 
     run_dir = work / trl_run_name(threads, jemalloc)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -524,7 +524,7 @@ def markdown_table(results: dict[str, Any]) -> str:
               "them with `trl-1t` and `trl-2t`. `kuberlhf-1off` samples the next batch while the current one trains "
               "(`rollout.oneStepOffPolicy`; 1 thread each, the two overlap on the 2 cores); `kuberlhf-1off-p2` "
               "gives the policy 2 threads (it has both cores once sampling is done). KubeRLHF's CPU workers run "
-              "on jemalloc with freed memory kept (workers/allocator.py); `trl-*-jemalloc` runs TRL with the same "
+              "on jemalloc with freed memory kept (engines/allocator.py); `trl-*-jemalloc` runs TRL with the same "
               "allocator (`--trl-jemalloc`), the plain `trl-*` runs with the system allocator. Not CI-gated; see "
               "`benchmarks/README.md`.", ""]
     return "\n".join(lines)

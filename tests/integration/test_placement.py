@@ -1,6 +1,6 @@
 """Placement. A job asking for more CPUs than the embedded Ray has is refused before any actor starts. On a
 simulated two-node Ray cluster (`ray.cluster_utils.Cluster`): `separate` spreads the roles' bundles over both
-nodes and each actor runs on its bundle's node; `colocate` keeps every role on one node, and every CPU worker runs on jemalloc (workers/allocator.py)."""
+nodes and each actor runs on its bundle's node; `colocate` keeps every role on one node, and every CPU worker runs on jemalloc (engines/allocator.py)."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def test_colocated_roles_share_one_node(two_nodes, assets):
         bundles = ray.util.placement_group_table(workers.placement_group)["bundles_to_node_id"]
         assert len(bundles) == 1
         assert set(actor_nodes(workers).values()) == {bundles[0]}
-        # CPU workers run on the retaining jemalloc (workers/allocator.py), with the job's env vars kept
+        # CPU workers run on the retaining jemalloc (engines/allocator.py), with the job's env vars kept
         for group in workers.groups():
             assert process_of(group.actors[0]) == (True, "dirty_decay_ms:-1,muzzy_decay_ms:-1", "job"), group.role
     finally:

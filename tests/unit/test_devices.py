@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from kuberlhf.engines.training import TrainingSetup
-from kuberlhf.workers.common import frozen_dtype, worker_device
+from kuberlhf.engines.process import frozen_dtype, worker_device
 from tests.unit.test_gradient_accumulation import experience
 
 META = torch.device("meta")  # a second device every machine has: tensors without storage

@@ -52,7 +52,7 @@ def test_a_resumed_engine_goes_on_with_the_schedule_where_it_stopped(tmp_path):
 
 def test_an_online_run_schedules_every_mini_batch_of_every_epoch_of_every_step():
     from kuberlhf.jobfile import validate_job
-    from kuberlhf.workers.launch import training_setup
+    from kuberlhf.engines.training import training_setup
 
     job = validate_job({"apiVersion": "kuberlhf.io/v1alpha1", "kind": "RLHFJob", "metadata": {"name": "x"}, "spec": {
         "algorithm": "ppo", "policy": {"model": "m"}, "reward": {"model": "r"}, "data": {"train": "t.jsonl"},

@@ -59,7 +59,7 @@ def test_overlapping_phases_and_separate_bundles_keep_each_roles_own_cpus():
 def test_cpu_workers_get_the_retaining_jemalloc_and_gpu_workers_or_a_users_preload_do_not(monkeypatch):
     from pathlib import Path
 
-    from kuberlhf.workers.allocator import RETAINING_CONF, allocator_options, allocator_runtime_env
+    from kuberlhf.engines.allocator import RETAINING_CONF, allocator_options, allocator_runtime_env
 
     monkeypatch.delenv("LD_PRELOAD", raising=False)
     monkeypatch.delenv("MALLOC_CONF", raising=False)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kuberlhf.engines.training import set_base_learning_rate
+from kuberlhf.engines.learning_rate import set_base_learning_rate
 from kuberlhf.engines.weight_transfer import TensorMeta
 
 TAG = "state"

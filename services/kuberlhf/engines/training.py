@@ -19,7 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from kuberlhf.engines.learning_rate import set_base_learning_rate
 from kuberlhf.engines.weight_transfer import TensorMeta, tensor_metadata
+from kuberlhf.spec import RLHFJobSpec
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,23 @@ class TrainingSetup:
         return world_size > 1 or self.zero_stage > 0 or self.offload_optimizer or self.offload_params or self.bf16
 
 
+def training_setup(spec: RLHFJobSpec, learning_rate: float, role: str, total_steps: int | None = None) -> TrainingSetup:
+    """How `role` trains. `total_steps`: its optimizer steps in the whole run, the learning-rate schedule's
+    length; an online run's by default (an offline stage's depends on its data: the caller counts them)."""
+    t = spec.training
+    per_rank = spec.update_size // getattr(spec.resources, role).workers
+    micro = t.micro_batch_size or per_rank
+    if total_steps is None:  # online: every step, epochsPerStep passes over the batch in mini-batches
+        total_steps = t.steps * t.epochs_per_step * math.ceil(spec.batch_size / spec.update_size)
+    return TrainingSetup(
+        learning_rate=learning_rate, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer, offload_params=t.offload_params,
+        bf16=t.bf16, gradient_checkpointing=t.gradient_checkpointing, micro_batch_size=micro,
+        accumulation_steps=per_rank // micro, lr_schedule=t.lr_schedule, warmup_ratio=t.warmup_ratio,
+        total_steps=total_steps,
+    )
+
+
 def make_training_engine(model: nn.Module, setup: TrainingSetup, world_size: int) -> Any:
     """Plain torch for a single rank without ZeRO, else DeepSpeed (the process group must be up already)."""
     if setup.gradient_checkpointing:
@@ -65,15 +84,6 @@ def make_training_engine(model: nn.Module, setup: TrainingSetup, world_size: int
     from kuberlhf.engines.deepspeed_engine import DeepSpeedTrainingEngine
 
     return DeepSpeedTrainingEngine(model, setup)
-
-
-def set_base_learning_rate(optimizer: Any, scheduler: Any, learning_rate: float) -> None:
-    """The spec's learning rate after a resume (the optimizer and schedule states restore the checkpoint's):
-    the schedule goes on from its step with the new base, lr = base x schedule(step)."""
-    scheduler.base_lrs = [learning_rate] * len(scheduler.base_lrs)
-    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
-        group["initial_lr"] = learning_rate
-        group["lr"] = learning_rate * factor(scheduler.last_epoch)
 
 
 def fused_adamw_supported(parameters: list[torch.Tensor]) -> bool:

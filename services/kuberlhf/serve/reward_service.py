@@ -22,7 +22,7 @@ ROUTE = "/score"
 class RewardModelServer:
     def __init__(self, model_path: str, batch_size: int) -> None:
         from kuberlhf.models.loading import load_reward_model, load_tokenizer
-        from kuberlhf.workers.common import configure_process, worker_device
+        from kuberlhf.engines.process import configure_process, worker_device
 
         configure_process(1, seed=0)
         self.device = worker_device()

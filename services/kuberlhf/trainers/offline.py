@@ -25,7 +25,7 @@ from kuberlhf.storage.transfer import start_on_this_node
 from kuberlhf.telemetry.run_log import DriverFiles
 from kuberlhf.trainers.lifecycle import RunStorage, StopRequest, find_resume, local_final, open_run_storage
 from kuberlhf.trainers.offline_loop import EVAL_FILE, OfflineConfig, Split, train_loop
-from kuberlhf.workers.launch import training_setup
+from kuberlhf.engines.training import training_setup
 
 REFERENCE_BATCH = 16  # sequences per reference forward pass
 
@@ -110,7 +110,7 @@ def ray_train_run(job: RLHFJob, config: OfflineConfig) -> Any:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from kuberlhf.workers.allocator import allocator_runtime_env
+    from kuberlhf.engines.allocator import allocator_runtime_env
 
     role = job.spec.resources.policy
     return TorchTrainer(
@@ -174,7 +174,7 @@ def score_with_reference(job: RLHFJob, model: str, datasets: list[Examples], pad
     once by one reference actor: chosen and rejected answers (dpo), completions and mismatched completions (kto)."""
     import ray
 
-    from kuberlhf.workers.allocator import allocator_options
+    from kuberlhf.engines.allocator import allocator_options
     from kuberlhf.workers.reference import ReferenceWorker
 
     spec = job.spec

@@ -40,7 +40,7 @@ from kuberlhf.telemetry.step_sink import StepSink
 from kuberlhf.storage.checkpoints import FINAL, Checkpoint, checkpoint_name
 from kuberlhf.storage.transfer import StorageTarget, deliver, fetch
 from kuberlhf.trainers.guards import NonFiniteGuard
-from kuberlhf.workers.common import configure_process, worker_device
+from kuberlhf.engines.process import configure_process, worker_device
 
 EVAL_FILE = "eval.json"  # the final evaluation, for the run summary
 

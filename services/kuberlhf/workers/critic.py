@@ -11,14 +11,8 @@ from kuberlhf.algorithms import value_loss
 from kuberlhf.data.batch import Experience, RolloutBatch
 from kuberlhf.models.forward import response_values
 from kuberlhf.models.value import ValueModel
-from kuberlhf.workers.common import (
-    TrainedRole,
-    accumulate_micro_batches,
-    configure_process,
-    mean_metrics,
-    minibatches,
-    worker_device,
-)
+from kuberlhf.engines.process import configure_process, worker_device
+from kuberlhf.workers.common import TrainedRole, accumulate_micro_batches, mean_metrics, minibatches
 from kuberlhf.workers.metrics import exports_metrics
 
 

@@ -3,14 +3,13 @@ Ray dashboard shows which job and role an actor serves."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import ray
 
 from kuberlhf.errors import user_error_in
 from kuberlhf.preflight import ResolvedInputs
-from kuberlhf.engines.training import TrainingSetup
+from kuberlhf.engines.training import TrainingSetup, training_setup
 from kuberlhf.spec import RLHFJob, RLHFJobSpec
 from kuberlhf.workers.critic import CriticWorker
 from kuberlhf.workers.group import WorkerGroup
@@ -101,23 +100,6 @@ def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
         workers.shutdown()
         raise
     return workers
-
-
-def training_setup(spec: RLHFJobSpec, learning_rate: float, role: str, total_steps: int | None = None) -> TrainingSetup:
-    """How `role` trains. `total_steps`: its optimizer steps in the whole run, the learning-rate schedule's
-    length; an online run's by default (an offline stage's depends on its data: the caller counts them)."""
-    t = spec.training
-    per_rank = spec.update_size // getattr(spec.resources, role).workers
-    micro = t.micro_batch_size or per_rank
-    if total_steps is None:  # online: every step, epochsPerStep passes over the batch in mini-batches
-        total_steps = t.steps * t.epochs_per_step * math.ceil(spec.batch_size / spec.update_size)
-    return TrainingSetup(
-        learning_rate=learning_rate, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
-        zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer, offload_params=t.offload_params,
-        bf16=t.bf16, gradient_checkpointing=t.gradient_checkpointing, micro_batch_size=micro,
-        accumulation_steps=per_rank // micro, lr_schedule=t.lr_schedule, warmup_ratio=t.warmup_ratio,
-        total_steps=total_steps,
-    )
 
 
 def start_training_group(group: WorkerGroup, setup: TrainingSetup) -> list[ray.ObjectRef]:

@@ -30,7 +30,7 @@ class ActorPlacement:
     def options(self, group: PlacementGroup) -> dict:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from kuberlhf.workers.allocator import allocator_options
+        from kuberlhf.engines.allocator import allocator_options
 
         return {
             "num_cpus": self.num_cpus,

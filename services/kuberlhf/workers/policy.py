@@ -25,15 +25,8 @@ from kuberlhf.models.forward import prompt_token_logprobs, response_logprobs
 from kuberlhf.models.loading import load_policy, load_tokenizer
 from kuberlhf.models.lora import is_lora, merged_state_dict, save_trained
 from kuberlhf.storage.transfer import StorageTarget, deliver
-from kuberlhf.workers.common import (
-    TrainedRole,
-    accumulate_micro_batches,
-    configure_process,
-    mean_metrics,
-    minibatches,
-    node_address,
-    worker_device,
-)
+from kuberlhf.engines.process import configure_process, worker_device
+from kuberlhf.workers.common import TrainedRole, accumulate_micro_batches, mean_metrics, minibatches, node_address
 from kuberlhf.workers.metrics import exports_metrics
 
 

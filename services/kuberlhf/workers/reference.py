@@ -7,7 +7,7 @@ import torch
 from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.models.forward import response_logprobs
 from kuberlhf.models.loading import load_causal_lm
-from kuberlhf.workers.common import configure_process, frozen_dtype, worker_device
+from kuberlhf.engines.process import configure_process, frozen_dtype, worker_device
 from kuberlhf.workers.metrics import exports_metrics
 
 

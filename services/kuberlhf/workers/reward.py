@@ -10,7 +10,7 @@ import torch
 from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.models.loading import load_reward_model, load_tokenizer
 from kuberlhf.models.reward import score_texts
-from kuberlhf.workers.common import configure_process, frozen_dtype, worker_device
+from kuberlhf.engines.process import configure_process, frozen_dtype, worker_device
 from kuberlhf.workers.metrics import exports_metrics
 
 

@@ -21,7 +21,8 @@ from kuberlhf.reward_functions import (
     call_reward_function,
     import_reward_function,
 )
-from kuberlhf.workers.common import configure_process, frozen_dtype, node_address, worker_device
+from kuberlhf.engines.process import configure_process, frozen_dtype, worker_device
+from kuberlhf.workers.common import node_address
 from kuberlhf.workers.metrics import exports_metrics
 
 
