@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kuberlhf.telemetry.job_status import ENV as STATUS_ENV
-from kuberlhf.errors import UserError, WorkersUnhealthy, first_line, restart_or_fail, user_error_in
+from kuberlhf.errors import UserError, WorkersUnhealthy, user_error_in
 from kuberlhf.capacity import check_capacity, models_by_role
 from kuberlhf.preflight import check_local_inputs, check_offline_inputs
 from kuberlhf.quiet import quiet_libraries
@@ -21,9 +21,9 @@ from kuberlhf.telemetry.console import console, route_worker_output
 from kuberlhf.spec import RLHFJob
 from kuberlhf.storage import job_storage
 from kuberlhf.storage.store import Storage
-from kuberlhf.storage.checkpoints import final_committed, set_aside
+from kuberlhf.storage.checkpoints import Checkpoint, final_committed, set_aside
 from kuberlhf.storage.lease import leased
-from kuberlhf.trainers.lifecycle import StopRequest, find_resume, local_final, open_run_storage
+from kuberlhf.trainers.lifecycle import StopRequest, find_resume, local_final, open_run_storage, run_with_restarts
 
 
 def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[str, Any]:
@@ -64,27 +64,28 @@ def run_single(job: RLHFJob, dashboard: bool, resume: bool) -> dict[str, Any]:
         check_fits(job, inputs)
         run = open_run_storage(job)
         exporter = serve_job_metrics(job, job.spec.training.steps, display.note)
-        restarts = 0
-        while True:  # each pass: fresh workers, from the newest checkpoint after a restart
+
+        def attempt(resume_from: Checkpoint | None) -> dict[str, Any]:  # fresh workers, from the checkpoint
             workers = start_workers(job, inputs)
             try:
-                result = train(job, workers, inputs.train, inputs.eval, display, run, resume_from, exporter,
-                               stop_request)
-                break
-            except (ray.exceptions.RayActorError, WorkersUnhealthy) as err:  # died, hung, or lost a sync: rebuild
-                restarts = restart_or_fail(err, restarts, job.spec.training.max_restarts,
-                                           run.storage.checkpoints.storage.url, "a worker")
-                resume_from = find_resume(job, job.spec.training.steps, display.note)
-                what = "a worker died" if isinstance(err, ray.exceptions.RayActorError) else "workers replaced"
-                display.note(f"{what} ({first_line(err)}); restart {restarts}/{job.spec.training.max_restarts}:"
-                             f" new workers from {resume_from.name if resume_from else 'the start'}")
+                return train(job, workers, inputs.train, inputs.eval, display, run, resume_from, exporter,
+                             stop_request)
             except ray.exceptions.RayError as err:
+                if isinstance(err, ray.exceptions.RayActorError):  # the worker died: restarted below
+                    raise
                 cause = user_error_in(err)
                 if cause is not None:
                     raise cause from None
                 raise
             finally:
                 workers.shutdown()
+
+        def describe(err: BaseException) -> str:
+            return "a worker died" if isinstance(err, ray.exceptions.RayActorError) else "workers replaced"
+
+        result, restarts = run_with_restarts(job, attempt, (ray.exceptions.RayActorError, WorkersUnhealthy),
+                                             "a worker", job.spec.training.steps, display.note, resume_from,
+                                             describe=describe)
     result["restarts"] = restarts
     return finish(job, result, time.perf_counter() - started, display.console)
 

@@ -1,6 +1,6 @@
-"""A run's life in its storage, for every stage: find the checkpoint to resume from (verified against the
-spec), save checkpoints and the final model from the workers that own them, commit them, and stop cleanly on
-SIGTERM.
+"""A run's life, for every stage (online and offline): find the checkpoint to resume from (verified against the
+spec), run the workers and replace them from the newest checkpoint when they fail (`run_with_restarts`), save
+checkpoints and the final model from the workers that own them, commit them, and stop cleanly on SIGTERM.
 
 The driver never writes a trained role's files itself: each rank puts its own part into the job's storage
 (`storage/transfer.py`) and returns the manifest; the driver checks the manifest against the storage and
@@ -12,8 +12,9 @@ from __future__ import annotations
 import signal
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
+from kuberlhf.errors import first_line, restart_or_fail
 from kuberlhf.storage import JobStorage, job_storage
 from kuberlhf.storage.checkpoints import (
     FINAL,
@@ -40,6 +41,33 @@ def find_resume(job: Any, total_steps: int, note: Callable[[str], None]) -> Chec
                 f"{field}: {before} -> {after}" for field, (before, after) in accepted.items()))
         storage.fetch_logs()
     return found
+
+
+Result = TypeVar("Result")
+
+
+def run_with_restarts(job: Any, attempt: Callable[[Checkpoint | None], Result], failures: tuple[type, ...],
+                      what: str, total_steps: int, note: Callable[[str], None],
+                      resume_from: Checkpoint | None = None, on_failure: Callable[[BaseException], None] | None = None,
+                      describe: Callable[[BaseException], str] | None = None) -> tuple[Result, int]:
+    """`attempt(resume_from)` with fresh workers until it returns; when its workers fail (`failures`: died, hung,
+    lost a sync) the next attempt starts from the newest complete checkpoint, at most `training.maxRestarts`
+    times, and then the job fails with the reason. A user's mistake behind the failure is raised as itself (a
+    restart would fail the same way); `on_failure` may raise something else first (a stop that was asked for).
+    `describe` words the failure in the log (default: "<what> failed"). Returns the result and the restarts it
+    took."""
+    restarts, limit = 0, job.spec.training.max_restarts
+    while True:
+        try:
+            return attempt(resume_from), restarts
+        except failures as err:
+            if on_failure is not None:
+                on_failure(err)
+            restarts = restart_or_fail(err, restarts, limit, job_storage(job).checkpoints.storage.url, what)
+            resume_from = find_resume(job, total_steps, note)
+            happened = describe(err) if describe is not None else f"{what} failed"
+            note(f"{happened} ({first_line(err)}); restart {restarts}/{limit}: new workers from "
+                 f"{resume_from.name if resume_from else 'the start'}")
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,16 @@ import torch
 
 from kuberlhf.data.examples import Examples, make_batch, tokenize_dataset
 from kuberlhf.data.packing import pack_by_best_fit
-from kuberlhf.errors import Interrupted, UserError, first_line, restart_or_fail
+from kuberlhf.errors import Interrupted, UserError
 from kuberlhf.models.loading import load_tokenizer
 from kuberlhf.preflight import OfflineInputs
 from kuberlhf.spec import RLHFJob
 from kuberlhf.telemetry.exporter import serve_job_metrics
-from kuberlhf.storage.checkpoints import begin_final
+from kuberlhf.storage.checkpoints import Checkpoint, begin_final
 from kuberlhf.storage.transfer import start_on_this_node
 from kuberlhf.telemetry.run_log import DriverFiles
-from kuberlhf.trainers.lifecycle import RunStorage, StopRequest, find_resume, local_final, open_run_storage
+from kuberlhf.trainers.lifecycle import (RunStorage, StopRequest, find_resume, local_final, open_run_storage,
+                                         run_with_restarts)
 from kuberlhf.trainers.offline_loop import EVAL_FILE, OfflineConfig, Split, train_loop
 from kuberlhf.engines.training import training_setup
 
@@ -68,24 +69,20 @@ def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any, stop_request: 
     config = dataclasses.replace(config, checkpoints=run.checkpoints, outputs=run.outputs,
                                  fingerprint=run.fingerprint,
                                  driver_files=start_on_this_node(DriverFiles, str(Path(job.output_dir).resolve())))
-    restarts = 0
     stop_request.tell(lambda: config.driver_files.request_stop.remote())
-    while True:  # each pass a new Ray Train run, from the newest complete checkpoint
-        resume_from = find_resume(job, config.total_steps, note)
+
+    def attempt(resume_from: Checkpoint | None) -> None:  # a new Ray Train run from the newest complete checkpoint
         if resume_from is not None:
             note(f"resuming from {run.storage.checkpoints.storage.describe(resume_from.name)} "
                  f"(step {resume_from.step})")
-        config = dataclasses.replace(config, resume_from=resume_from)
-        try:
-            ray_train_run(job, config).fit()
-            break
-        except ray.train.TrainingFailedError as err:
-            if stop_request.requested:  # the workers checkpointed and stopped (or were stopped with the driver)
-                raise interrupted(run) from None
-            restarts = restart_or_fail(err, restarts, spec.training.max_restarts, run.storage.checkpoints.storage.url,
-                                       "a Ray Train worker")
-            note(f"a Ray Train worker failed ({first_line(err)}); restart {restarts}/{spec.training.max_restarts}: "
-                 f"new workers")
+        ray_train_run(job, dataclasses.replace(config, resume_from=resume_from)).fit()
+
+    def stopped(err: BaseException) -> None:  # the workers checkpointed and stopped (or were stopped with the driver)
+        if stop_request.requested:
+            raise interrupted(run) from None
+
+    _, restarts = run_with_restarts(job, attempt, (ray.train.TrainingFailedError,), "a Ray Train worker",
+                                    config.total_steps, note, find_resume(job, config.total_steps, note), stopped)
     output = Path(job.output_dir)
     run.storage.copy_logs()
     evaluated = json.loads((output / EVAL_FILE).read_text()) if evaluation is not None else {}
