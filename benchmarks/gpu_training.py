@@ -142,7 +142,7 @@ def free_port() -> int:
 
 def prepare_update(worker: Any, setup: Any, config: dict[str, Any]) -> tuple[Any, Any]:
     """The worker's engine (one rank), a synthetic batch, and one PPO-clip epoch over it in micro-batches."""
-    from kuberlhf.workers.policy import PolicyUpdateConfig
+    from kuberlhf.plan import PolicyUpdateConfig
 
     worker.setup_training(setup, 0, 1, "127.0.0.1", free_port())
     experience = synthetic_experience(config["batch"], config["prompt_tokens"], config["response_tokens"],

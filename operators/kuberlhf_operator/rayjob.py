@@ -2,9 +2,8 @@
 ServiceAccount and status Role (access.py), its NetworkPolicy, and a KubeRay `RayJob` (ray.io/v1) whose
 entrypoint runs `kuberlhf run` on the job file, with Ray's token auth on (KubeRay `authOptions`, 1.6+).
 
-Cluster size: the placement-group bundles of exactly the roles the job starts (`RLHFJobSpec.roles`, from the
-algorithm registry) as `kuberlhf.workers.placement.plan_placement` lays them out, the function the job itself
-reserves them with, for the largest stage of a chained job. The head pod runs the driver and
+Cluster size: the placement-group bundles of the job's plan (`kuberlhf.plan.compile_plan`: exactly the roles its
+algorithm starts, laid out as the job itself reserves them), for the largest stage of a chained job. The head pod runs the driver and
 the dashboard only (`num-cpus: 0`); worker pods of `cluster.gpusPerWorker` GPUs hold every bundle, so Ray can
 place the job's placement group. Both children are owned by the RLHFJob (deleting it deletes them) and are
 named after it, so a second create of the same child fails with a conflict instead of making a duplicate.
@@ -27,7 +26,7 @@ from kuberlhf.storage.lease import OWNER_ENV
 from kuberlhf_operator import access
 from kuberlhf.spec import API_VERSION, KIND, RLHFJob, RLHFJobSpec
 from kuberlhf.stages import stage_jobs
-from kuberlhf.workers.placement import plan_placement
+from kuberlhf.plan import compile_plan
 
 JOB_DIR, JOB_FILE, DATA_DIR = "/etc/kuberlhf", "job.yaml", "/data"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -81,7 +80,7 @@ def cluster_size(spec: RLHFJobSpec, name: str) -> ClusterSize:
     sizes = []
     for job in jobs:
         stage_spec = job.spec if job is not None else spec
-        bundles, _ = plan_placement(stage_spec.resources, list(stage_spec.roles))
+        bundles = compile_plan(stage_spec).bundles
         sizes.append(ClusterSize(cpus=sum(b["CPU"] for b in bundles), gpus=sum(b.get("GPU", 0) for b in bundles),
                                  largest_bundle_gpus=max(b.get("GPU", 0) for b in bundles),
                                  largest_bundle_cpus=max(b["CPU"] for b in bundles)))

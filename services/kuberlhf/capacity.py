@@ -17,6 +17,7 @@ from typing import Any
 from kuberlhf.errors import UserError
 from kuberlhf.preflight import OfflineInputs, ResolvedInputs
 from kuberlhf.spec import RLHFJobSpec
+from kuberlhf.plan import compile_plan
 from kuberlhf.workers.placement import plan_placement
 
 # Usable memory of the accelerator types Ray reports (resource `accelerator_type:<name>`), in bytes.
@@ -168,8 +169,7 @@ def check_capacity(spec: RLHFJobSpec, models: dict[str, str], fixed_size: bool) 
     import ray
 
     if fixed_size:
-        bundles, _ = plan_placement(spec.resources, list(models))
-        if (problem := resource_shortfall(bundles, ray.cluster_resources())) is not None:
+        if (problem := resource_shortfall(compile_plan(spec).bundles, ray.cluster_resources())) is not None:
             raise UserError(problem)
     problems = memory_shortfalls(spec, models, cluster_capacity(ray.nodes()), parameter_count)
     if problems:

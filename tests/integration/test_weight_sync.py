@@ -21,7 +21,7 @@ from kuberlhf.preflight import check_local_inputs
 from kuberlhf.reward_functions import TrainerState
 from kuberlhf.workers.group import WorkerGroup
 from kuberlhf.workers.launch import start_workers
-from kuberlhf.workers.policy import PolicyUpdateConfig
+from kuberlhf.plan import PolicyUpdateConfig
 from kuberlhf.workers.weight_sync import BroadcastSync, ObjectStoreSync
 
 from .conftest import EXAMPLES

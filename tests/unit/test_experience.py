@@ -7,7 +7,8 @@ import torch
 
 from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.engines.generation import _until_first_eos
-from kuberlhf.trainers.experience import AdvantageConfig, make_experience
+from kuberlhf.plan import AdvantageConfig
+from kuberlhf.trainers.experience import make_experience
 
 
 def rollout(rows: int = 4, width: int = 2) -> RolloutBatch:
@@ -64,7 +65,7 @@ def test_response_mask_ends_after_the_first_eos():
 
 
 def test_dapo_overlong_shaping_lowers_the_scores_of_long_completions_before_the_advantages():
-    from kuberlhf.trainers.experience import Overlong
+    from kuberlhf.plan import Overlong
 
     batch = rollout()  # every completion is 2 tokens long
     shaped = config("grpo", overlong=Overlong(max_length=3, buffer=2, penalty=1.0))  # past 1 token: -(|y|-1)/2

@@ -8,7 +8,6 @@ conversations) into tokens with `data.prompts.encode_prompts`, so they sample fr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -17,15 +16,7 @@ from kuberlhf.algorithms import token_logprobs
 from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.data.prompts import Prompt, encode_prompts
 from kuberlhf.engines.weight_transfer import BroadcastGroup, TensorMeta, receive_buckets
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    samples_per_prompt: int
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    min_new_tokens: int = 0  # end-of-sequence is suppressed before this many tokens
+from kuberlhf.plan import SamplingParams  # noqa: F401 (the engines' sampling settings, compiled by the plan)
 
 
 LOGITS_BYTES = 1 << 30  # the HF engine's logits of one generate call

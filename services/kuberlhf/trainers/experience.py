@@ -8,7 +8,6 @@ estimate are the old policy's when the trainer recomputed them, else the rollout
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -27,30 +26,8 @@ from kuberlhf.algorithms import (
     rloo_advantages,
 )
 from kuberlhf.data.batch import Experience, RolloutBatch
+from kuberlhf.plan import AdvantageConfig
 from kuberlhf.telemetry.monitor import pearson
-
-
-@dataclass(frozen=True)
-class Overlong:
-    """DAPO's soft overlong punishment: completions past `max_length - buffer` tokens lose up to `penalty`."""
-
-    max_length: int
-    buffer: int
-    penalty: float
-
-
-@dataclass(frozen=True)
-class AdvantageConfig:
-    estimator: str  # the descriptor's advantage: "gae" | "grpo" | "rloo" | "reinforce_pp"
-    group_size: int
-    kl_coef: float
-    kl_penalty: str  # "reward" | "loss"
-    kl_estimator: str
-    gamma: float
-    gae_lambda: float
-    scale_rewards: bool
-    overlong: Overlong | None = None  # dapo
-    only_groups_with_signal: bool = False  # dapo's dynamic sampling: uniform groups left out of the loss
 
 
 def make_experience(

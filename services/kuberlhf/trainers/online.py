@@ -13,6 +13,7 @@ Distribution lives in `workers/`, numerics in `algorithms/`; nothing here touche
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,9 @@ from kuberlhf.algorithms import adaptive_kl_coef
 from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.data.prompts import PromptDataset
 from kuberlhf.data.sampler import PromptSampler
-from kuberlhf.engines.generation import SamplingParams
 from kuberlhf.errors import Interrupted, JobStopped, WeightSyncError
 from kuberlhf.reward_functions import TrainerState
+from kuberlhf.plan import SamplingParams, compile_plan
 from kuberlhf.spec import RLHFJob
 from kuberlhf.telemetry.job_status import status_reporter
 from kuberlhf.telemetry.monitor import RewardHackingMonitor
@@ -37,12 +38,10 @@ from kuberlhf.trainers.lifecycle import (
     save_checkpoint,
     save_final_model,
 )
-from kuberlhf.trainers.experience import AdvantageConfig, Overlong, make_experience
+from kuberlhf.trainers.experience import make_experience
 from kuberlhf.trainers.guards import NonFiniteGuard
-from kuberlhf.workers.critic import CriticUpdateConfig
 from kuberlhf.workers.group import Pending, gather_timed
 from kuberlhf.workers.launch import RoleWorkers
-from kuberlhf.workers.policy import PolicyUpdateConfig
 from kuberlhf.workers.weight_sync import SyncInFlight
 
 
@@ -51,22 +50,8 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
           exporter: Any | None = None, stop_request: StopRequest | None = None) -> dict[str, Any]:
     spec, t = job.spec, job.spec.training
     output_dir = Path(job.output_dir)
-    sampling = SamplingParams(spec.rollout.samples_per_prompt, spec.rollout.max_new_tokens,
-                              spec.rollout.temperature, spec.rollout.top_p, spec.rollout.min_new_tokens)
-    descriptor = spec.descriptor
-    clip_low, clip_high = spec.clip_range
-    policy_config = PolicyUpdateConfig(
-        epochs=t.epochs_per_step, mini_batch_size=per_rank(t.mini_batch_size, spec.resources.policy.workers),
-        clip_low=clip_low, clip_high=clip_high, dual_clip=t.dual_clip, temperature=spec.rollout.temperature,
-        kl_loss_coef=spec.kl_coef if spec.kl_penalty == "loss" else 0.0, kl_estimator=spec.kl_estimator,
-        is_cap=t.is_correction.cap if t.is_correction else None, micro_batch_size=t.micro_batch_size,
-        loss=descriptor.policy_loss,
-    )
-    dapo = spec.dapo
-    overlong = Overlong(spec.rollout.max_new_tokens, dapo.overlong_buffer, dapo.overlong_penalty) \
-        if dapo is not None and dapo.overlong_buffer > 0 else None
-    critic_config = CriticUpdateConfig(t.epochs_per_step, per_rank(t.mini_batch_size, spec.resources.critic.workers),
-                                       t.value_clip, t.micro_batch_size)
+    plan = compile_plan(spec)
+    sampling, policy_config, critic_config = plan.sampling, plan.policy_update, plan.critic_update
     one_step_off_policy = spec.rollout.one_step_off_policy
     recompute_old_logprobs = spec.recomputes_old_logprobs
 
@@ -133,12 +118,7 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
             if one_step_off_policy:  # the ratio is taken against the policy that sampled the batch
                 old_logprobs = rollout.rollout_logprobs
 
-            advantage_config = AdvantageConfig(
-                estimator=descriptor.advantage, group_size=sampling.samples_per_prompt, kl_coef=kl_coef,
-                kl_penalty=spec.kl_penalty, kl_estimator=spec.kl_estimator, gamma=t.gamma,
-                gae_lambda=t.gae_lambda, scale_rewards=t.scale_rewards, overlong=overlong,
-                only_groups_with_signal=dapo is not None and dapo.dynamic_sampling,
-            )
+            advantage_config = dataclasses.replace(plan.advantages, kl_coef=kl_coef)  # adaptive KL moves it
             experience, metrics = make_experience(advantage_config, rollout, scores, ref_logprobs, old_logprobs, values)
             metrics.update(finished)
             metrics["rollout/weight_version"] = float(rollout.weight_version)
@@ -207,11 +187,6 @@ def check_weight_version(rollout: RolloutBatch, step: int, first_step: int, one_
     if rollout.weight_version != expected:
         raise WeightSyncError(f"step {step} was sampled with the weights of policy update {rollout.weight_version}, "
                               f"not {expected}: a weight sync did not reach the rollout engines")
-
-
-def per_rank(mini_batch_size: int | None, ranks: int) -> int | None:
-    """Each rank's share of a mini-batch (the spec guarantees it divides)."""
-    return mini_batch_size // ranks if mini_batch_size else None
 
 
 def evaluate(workers: RoleWorkers, data: PromptDataset, sampling: SamplingParams, seed: int,

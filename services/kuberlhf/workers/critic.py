@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 
@@ -12,16 +11,9 @@ from kuberlhf.data.batch import Experience, RolloutBatch
 from kuberlhf.models.forward import response_values
 from kuberlhf.models.value import ValueModel
 from kuberlhf.engines.process import configure_process, worker_device
+from kuberlhf.plan import CriticUpdateConfig
 from kuberlhf.workers.common import TrainedRole, accumulate_micro_batches, mean_metrics, minibatches
 from kuberlhf.workers.metrics import exports_metrics
-
-
-@dataclass(frozen=True)
-class CriticUpdateConfig:
-    epochs: int
-    mini_batch_size: int | None
-    value_clip: float | None
-    micro_batch_size: int | None = None
 
 
 class CriticWorker(TrainedRole):

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import ray
 
 from kuberlhf.errors import user_error_in
+from kuberlhf.plan import compile_plan
 from kuberlhf.preflight import ResolvedInputs
 from kuberlhf.engines.training import TrainingSetup, training_setup
 from kuberlhf.spec import RLHFJob, RLHFJobSpec
 from kuberlhf.workers.critic import CriticWorker
 from kuberlhf.workers.group import WorkerGroup
-from kuberlhf.workers.placement import create_placement_group, phase_threads, plan_placement
+from kuberlhf.workers.placement import create_placement_group
 from kuberlhf.workers.policy import PolicyWorker
 from kuberlhf.workers.reference import ReferenceWorker
 from kuberlhf.workers.reward import RewardWorker
@@ -45,11 +46,9 @@ class RoleWorkers:
 
 def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
     spec = job.spec
-    roles = list(spec.roles)  # the algorithm's (kuberlhf.algorithms.registry), as preflight resolved them
-    models = inputs.models
-    bundles, plan = plan_placement(spec.resources, roles)
-    threads = phase_threads(spec.resources, roles, spec.rollout.one_step_off_policy, spec.recomputes_old_logprobs)
-    group = create_placement_group(bundles, separate=spec.resources.placement == "separate")
+    job_plan = compile_plan(spec)  # the roles the algorithm starts (as preflight resolved their models), placed
+    roles, models, plan, threads = job_plan.roles, inputs.models, job_plan.placements, job_plan.threads
+    group = create_placement_group(job_plan.bundles, separate=spec.resources.placement == "separate")
     seed, t = spec.training.seed, spec.training
     transport = resolve_transport(spec.rollout.weight_sync.transport, spec.rollout.tensor_parallel_size)
 

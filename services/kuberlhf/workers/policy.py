@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from kuberlhf.engines.weight_transfer import (
     tensor_metadata,
     tied_aliases,
 )
+from kuberlhf.plan import PolicyUpdateConfig
 from kuberlhf.models.forward import prompt_token_logprobs, response_logprobs
 from kuberlhf.models.loading import load_policy, load_tokenizer
 from kuberlhf.models.lora import is_lora, merged_state_dict, save_trained
@@ -28,21 +28,6 @@ from kuberlhf.storage.transfer import StorageTarget, deliver
 from kuberlhf.engines.process import configure_process, worker_device
 from kuberlhf.workers.common import TrainedRole, accumulate_micro_batches, mean_metrics, minibatches, node_address
 from kuberlhf.workers.metrics import exports_metrics
-
-
-@dataclass(frozen=True)
-class PolicyUpdateConfig:
-    epochs: int
-    mini_batch_size: int | None
-    clip_low: float | None
-    clip_high: float
-    dual_clip: float | None
-    temperature: float
-    kl_loss_coef: float  # 0 unless the KL is a loss term (GRPO)
-    kl_estimator: str
-    is_cap: float | None = None  # truncated importance sampling against the rollout engine's log-probs
-    micro_batch_size: int | None = None  # sequences per forward/backward; None: the whole mini-batch
-    loss: str = "ppo"  # the algorithm's policy loss: a key of algorithms.POLICY_LOSSES
 
 
 class PolicyWorker(TrainedRole):
