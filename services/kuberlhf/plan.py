@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from kuberlhf.algorithms.registry import Algorithm
 from kuberlhf.spec import RLHFJobSpec
+from kuberlhf.spec_online import DAPOSpec
 from kuberlhf.workers.placement import ActorPlacement, phase_threads, plan_placement
 
 
@@ -93,7 +94,7 @@ def compile_plan(spec: RLHFJobSpec) -> JobPlan:
     t, rollout = spec.training, spec.rollout
     threads = phase_threads(spec.resources, list(roles), rollout.one_step_off_policy, spec.recomputes_old_logprobs)
     clip_low, clip_high = spec.clip_range
-    dapo = spec.dapo
+    dapo = spec.settings if isinstance(spec.settings, DAPOSpec) else None
     return JobPlan(
         descriptor, roles, bundles, placements, threads,
         sampling=SamplingParams(rollout.samples_per_prompt, rollout.max_new_tokens, rollout.temperature,

@@ -103,7 +103,8 @@ def check_local_inputs(job: RLHFJob, import_user_code: bool = True) -> ResolvedI
             models[role] = resolve_model(spec.reference.model, "spec.reference.model") if spec.reference.model \
                 else policy
         if role == "critic":
-            models[role] = resolve_model(spec.critic.model, "spec.critic.model") if spec.critic.model \
+            critic = spec.critic_settings
+            models[role] = resolve_model(critic.model, "spec.critic.model") if critic.model \
                 else (reward_model or policy)
     evaluation = None
     if data.eval is not None:

@@ -315,13 +315,9 @@ class RLHFJobSpec(SpecModel):
             raise ValueError("algorithm: required field is missing (or give stages)")
         if self.data is None:
             raise ValueError("data: required field is missing")
-        for name in SETTINGS_BLOCKS:  # each algorithm's own settings block, defaults when omitted
-            if self.algorithm == name and getattr(self, name) is None:
-                setattr(self, name, SETTINGS_BLOCKS[name]())
+        for name in SETTINGS_BLOCKS:  # each algorithm's own settings block (`settings`: defaults when omitted)
             if self.algorithm != name and getattr(self, name) is not None:
                 raise ValueError(f"{name}: settings of algorithm {name}; remove them for {self.algorithm}")
-        if self.descriptor.critic and self.critic is None:
-            self.critic = CriticSpec()
         if not self.descriptor.critic and self.critic is not None:
             raise ValueError(f"critic: only ppo uses a critic; remove it for {self.algorithm}")
         if self.is_offline:
@@ -359,6 +355,18 @@ class RLHFJobSpec(SpecModel):
         if self.dapo is not None and self.dapo.overlong_buffer > self.rollout.max_new_tokens:
             raise ValueError(f"dapo.overlongBuffer: must be at most rollout.maxNewTokens "
                              f"({self.rollout.max_new_tokens}), got {self.dapo.overlong_buffer}")
+
+    @property
+    def settings(self) -> SpecModel | None:
+        """The algorithm's own settings block (`spec.<algorithm>`: sft, dpo, kto, dapo), its defaults when omitted;
+        None for an algorithm without one. The validators only check; defaults are resolved here, on use."""
+        block = self.descriptor.settings
+        return None if block is None else getattr(self, self.algorithm) or block()
+
+    @property
+    def critic_settings(self) -> CriticSpec | None:
+        """The critic section of an algorithm that trains one (ppo), its defaults when omitted; else None."""
+        return (self.critic or CriticSpec()) if self.descriptor.critic else None
 
     def _check_offline(self) -> None:
         kind = f"{self.algorithm} learns from data.train"

@@ -49,7 +49,7 @@ def test_every_descriptor_provides_what_every_part_asks_for(name):
     assert spec.descriptor is a and spec.roles[0] == "policy"
     assert ("rollout" in spec.roles) == a.online and ("critic" in spec.roles) == a.critic
     if a.settings is not None:
-        assert getattr(spec, name) == a.settings()
+        assert spec.settings == a.settings() and getattr(spec, name) is None  # resolved on use, not stored
 
 
 def test_the_spec_the_crd_and_the_docs_list_exactly_the_registry():
@@ -119,3 +119,14 @@ def test_the_operator_reserves_exactly_the_roles_the_run_starts(tmp_path, kl):
     expected = {"policy", "rollout"} | ({"reference"} if kl else set())
     assert set(models) == set(started.spec.roles) == expected
     assert cluster_size(started.spec, "t").cpus == sum(cpus[role] for role in expected)
+
+
+def test_a_resume_fingerprint_holds_the_resolved_defaults_given_or_not():
+    from kuberlhf.storage.fingerprint import fingerprint
+
+    implicit, explicit = validate_job(job("dapo")).spec, validate_job(job("dapo", kl={"coef": 0})).spec
+    raw = job("dapo", clipRatioHigh=0.28)
+    raw["spec"]["dapo"] = {"dynamicSampling": True}
+    assert fingerprint(implicit) == fingerprint(explicit) == fingerprint(validate_job(raw).spec)
+    assert fingerprint(implicit)["training.kl.coef"] == 0 and fingerprint(implicit)["dapo.overlongBuffer"] == 0
+    assert fingerprint(validate_job(job("dapo", kl={"coef": 0.01})).spec)["training.kl.coef"] == 0.01

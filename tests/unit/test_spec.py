@@ -112,7 +112,7 @@ def test_critic_is_only_for_ppo():
 
 def test_ppo_gets_a_default_critic():
     job = validate_job(job_with(spec__algorithm="ppo"))
-    assert job.spec.critic is not None and job.spec.critic.model is None
+    assert job.spec.critic is None and job.spec.critic_settings.model is None  # defaults resolved on use
 
 
 def test_job_name_must_be_a_dns_label():
@@ -187,7 +187,7 @@ def offline_with(**changes: object) -> dict:
 
 def test_offline_algorithms_need_no_reward_and_get_their_settings_block():
     spec = validate_job(OFFLINE, source="test").spec
-    assert spec.is_offline and spec.reward is None and spec.dpo.beta == 0.1 and spec.update_size == 8
+    assert spec.is_offline and spec.reward is None and spec.settings.beta == 0.1 and spec.update_size == 8
 
 
 def test_online_algorithms_still_need_a_reward():

@@ -35,7 +35,7 @@ def test_stages_train_the_previous_policy_and_score_with_the_newest_reward_model
     assert ppo.spec.policy.model == "runs/chain-tiny/sft/final"
     assert ppo.spec.reward.model == "runs/chain-tiny/rm/final"
     assert [job.output_dir for job in (sft, rm, ppo)] == [f"runs/chain-tiny/{n}" for n in ("sft", "rm", "ppo")]
-    assert ppo.spec.critic is not None and ppo.spec.reference.model is None  # critic from rm, reference = policy
+    assert ppo.spec.critic_settings is not None and ppo.spec.reference.model is None  # critic from rm, reference = policy
 
 
 def test_job_sections_carry_over_only_to_stages_that_use_them():

@@ -17,9 +17,10 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from kuberlhf.algorithms.registry import SETTINGS_BLOCKS
 from kuberlhf.errors import UserError
 
-TRAINING_SECTIONS = ("algorithm", "policy", "reference", "reward", "critic", "data", "rollout", "sft", "dpo", "kto",
+TRAINING_SECTIONS = ("algorithm", "policy", "reference", "reward", "critic", "data", "rollout", *SETTINGS_BLOCKS,
                      "training")
 NOT_TRAINING = ("training.steps", "training.evalEverySteps", "training.maxRestarts", "training.maxNonFiniteSteps",
                 "training.callTimeoutSeconds", "rollout.weightSync", "data.eval", "data.evalSplit", "reward.batchSize")
@@ -32,6 +33,14 @@ SMALL_FILE_BYTES = 2**20  # in a model directory, files up to this size (config,
 def fingerprint(spec: Any) -> dict[str, Any]:
     """{field: value} of the settings that change training, and {`inputs.<field>`: identity} of its files."""
     raw = spec.model_dump(by_alias=True, mode="json", exclude_none=True)
+    if spec.algorithm is not None:  # what the algorithm's defaults resolve to, given or not
+        training = raw.setdefault("training", {})
+        training["kl"] = {**training.get("kl", {}), "coef": spec.kl_coef}
+        training["clipRatioLow"], training["clipRatioHigh"] = spec.clip_range
+        if spec.settings is not None:
+            raw[spec.algorithm] = spec.settings.model_dump(by_alias=True, mode="json")
+        if spec.critic_settings is not None:
+            raw["critic"] = spec.critic_settings.model_dump(by_alias=True, mode="json", exclude_none=True)
     found: dict[str, Any] = {}
     for section in TRAINING_SECTIONS:
         if section in raw:

@@ -40,7 +40,7 @@ def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any, stop_request: 
 
     def tokenize(dataset: Any, field: str) -> Examples:
         examples = tokenize_dataset(dataset, tokenizer, spec.data.max_length, field)
-        if spec.algorithm == "sft" and not spec.sft.completion_only:
+        if spec.algorithm == "sft" and not spec.settings.completion_only:
             examples = whole_sequences(examples)
         if examples.truncated:
             note(f"{field}: {examples.truncated} completions were longer than spec.data.maxLength = "
@@ -58,7 +58,7 @@ def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any, stop_request: 
     references = score_with_reference(job, inputs.reference_model, scored, tokenizer.pad_token_id) \
         if inputs.reference_model else [{} for _ in scored]
     train = Split(examples, references[0], packs=packs_of(examples, spec.data.max_length, note)
-                  if spec.algorithm == "sft" and spec.sft.packing else None)
+                  if spec.algorithm == "sft" and spec.settings.packing else None)
     evaluation = Split(eval_examples, references[1]) if eval_examples is not None else None
     config = offline_config(job, inputs, train, evaluation, tokenizer.pad_token_id)
     note(f"{spec.algorithm}: {len(examples)} examples, {config.steps_per_epoch} steps per epoch, "
@@ -130,12 +130,8 @@ def offline_config(job: RLHFJob, inputs: OfflineInputs, train: Split, evaluation
         raise UserError(f"spec.training.batchSize: {t.batch_size} {unit} per step but {spec.data.train} has "
                         f"only {train.size}")
     settings: dict[str, Any] = {}
-    if spec.dpo is not None:
-        settings = dict(beta=spec.dpo.beta, loss_type=spec.dpo.loss_type, label_smoothing=spec.dpo.label_smoothing,
-                        sft_weight=spec.dpo.sft_weight)
-    if spec.kto is not None:
-        settings = dict(beta=spec.kto.beta, desirable_weight=spec.kto.desirable_weight,
-                        undesirable_weight=spec.kto.undesirable_weight)
+    if spec.algorithm in ("dpo", "kto"):  # OfflineConfig's fields of the algorithm's settings block
+        settings = spec.settings.model_dump()
     config = OfflineConfig(
         algorithm=spec.algorithm, model_path=inputs.policy_model,
         setup=training_setup(spec, t.learning_rate, "policy", total_steps=0), batch_size=t.batch_size,

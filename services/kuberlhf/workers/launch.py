@@ -84,7 +84,8 @@ def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
         placement_group=group,
     )
     wait_until_ready(workers)
-    critic_lr = spec.critic.learning_rate if spec.critic and spec.critic.learning_rate else t.learning_rate
+    critic = spec.critic_settings
+    critic_lr = critic.learning_rate if critic and critic.learning_rate else t.learning_rate
     setups = [(workers.policy, training_setup(spec, t.learning_rate, "policy"))]
     if workers.critic:
         setups.append((workers.critic, training_setup(spec, critic_lr, "critic")))
