@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kuberlhf.algorithms.registry import ALGORITHMS
 from kuberlhf.data.formats import FORMAT_NAMES, detect_dataset
 from kuberlhf.data.reader import read_records
 from kuberlhf.errors import UserError
@@ -87,10 +88,11 @@ def _online(found: str, reward: str | None) -> tuple[str, list[str]]:
 
 def _job(algorithm: str, data: str, reward: str | None, model: str, gpus: int, name: str) -> dict[str, Any]:
     spec: dict[str, Any] = {"algorithm": algorithm, "policy": {"model": model}, "data": {"train": data}}
-    if algorithm in ("grpo", "ppo"):
+    descriptor = ALGORITHMS[algorithm]
+    if descriptor.online:
         key = "function" if _FUNCTION.match(reward or "") else "url" if _is_url(reward) else "model"
         spec["reward"] = {key: reward}
-        spec["rollout"] = {"samplesPerPrompt": 8 if algorithm == "grpo" else 4, "maxNewTokens": 256}
+        spec["rollout"] = {"samplesPerPrompt": 8 if descriptor.groups else 4, "maxNewTokens": 256}
         spec["training"] = {"steps": 200, "promptsPerStep": 16, "learningRate": 1.0e-6}
     else:
         spec["training"] = {"epochs": 1, "batchSize": 32,

@@ -17,7 +17,6 @@ from kuberlhf.spec import RLHFJobSpec, StageSpec
 from kuberlhf_operator.rayjob import cluster_size
 
 ESTIMATORS = {"gae", "grpo", "rloo", "reinforce_pp"}  # trainers/experience.py
-OFFLINE_LOSSES = {"sft", "rm", "dpo", "kto"}  # trainers/offline_loop.py
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -41,6 +40,8 @@ def test_every_descriptor_provides_what_every_part_asks_for(name):
         assert (low is None or 0 < low < 1) and high > 0
         assert not (a.dual_clip and a.policy_loss != "ppo"), "the dual clip is PPO's token clip"
     else:
+        from kuberlhf.trainers.offline_loop import OFFLINE_LOSSES
+
         assert a.policy_loss in OFFLINE_LOSSES and a.advantage is None and not a.critic
     if a.settings is not None:  # its own block, spec.<name>, defaults when omitted
         assert name in RLHFJobSpec.model_fields and name in StageSpec.model_fields

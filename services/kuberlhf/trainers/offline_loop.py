@@ -27,6 +27,7 @@ from kuberlhf.algorithms.preference import (
     sequence_logprobs,
     sft_loss,
 )
+from kuberlhf.algorithms.registry import ALGORITHMS
 from kuberlhf.data.examples import Examples, make_batch
 from kuberlhf.data.packing import packed_batch, packed_logprobs
 from kuberlhf.engines.training import TrainingSetup, make_training_engine
@@ -216,43 +217,70 @@ class WeightedMeans:
         return {key: total / self.weights[key] for key, total in self.sums.items()}
 
 
+LossOutput = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
 def algorithm_loss(model: Any, config: OfflineConfig, split: Split, part: list[int], device: torch.device,
-                   kl_baseline: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    examples, reference = split.examples, split.reference
+                   kl_baseline: torch.Tensor | None) -> LossOutput:
+    """The stage's loss on the examples `part` of `split`: the function its descriptor names."""
     if split.packs is not None:  # sft packing: `part` lists packed sequences
-        batch = packed_batch(examples, [split.packs[i] for i in part], config.pad_token_id).to(device)
+        batch = packed_batch(split.examples, [split.packs[i] for i in part], config.pad_token_id).to(device)
         return sft_loss(*packed_logprobs(model, batch)), {}
+    loss = OFFLINE_LOSSES[ALGORITHMS[config.algorithm].policy_loss]
+    return loss(model, config, split, part, device, kl_baseline)
+
+
+def _sft(model: Any, config: OfflineConfig, split: Split, part: list[int], device: torch.device,
+         kl_baseline: torch.Tensor | None) -> LossOutput:
+    examples = split.examples
+    batch = make_batch([examples.prompts[i] for i in part], [examples.completions[i] for i in part],
+                       config.pad_token_id).to(device)
+    logprobs, _ = response_logprobs(model, batch, temperature=1.0)
+    return sft_loss(logprobs, batch.response_mask), {}
+
+
+def _rm(model: Any, config: OfflineConfig, split: Split, part: list[int], device: torch.device,
+        kl_baseline: torch.Tensor | None) -> LossOutput:
+    examples = split.examples
     prompts = [examples.prompts[i] for i in part]
-    completions = [examples.completions[i] for i in part]
-    if config.algorithm == "sft":
-        batch = make_batch(prompts, completions, config.pad_token_id).to(device)
-        logprobs, _ = response_logprobs(model, batch, temperature=1.0)
-        return sft_loss(logprobs, batch.response_mask), {}
-    if config.algorithm == "rm":
-        rejected = [examples.rejected[i] for i in part]
-        rewards = sequence_rewards(model, prompts + prompts, completions + rejected, config.pad_token_id, device)
-        return reward_model_loss(rewards[: len(part)], rewards[len(part):])
-    if config.algorithm == "dpo":
-        rejected = [examples.rejected[i] for i in part]
-        batch = make_batch(prompts + prompts, completions + rejected, config.pad_token_id).to(device)
-        logprobs, _ = response_logprobs(model, batch, temperature=1.0)
-        average = config.loss_type == "ipo"
-        sequences = sequence_logprobs(logprobs, batch.response_mask, average)
-        ref_chosen = reference_of(reference["chosen"], completions, part, average).to(device)
-        ref_rejected = reference_of(reference["rejected"], rejected, part, average).to(device)
-        loss, stats = dpo_loss(sequences[: len(part)], sequences[len(part):], ref_chosen, ref_rejected,
-                               beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing)
-        if config.sft_weight > 0:
-            chosen_nll = sft_loss(logprobs[: len(part)], batch.response_mask[: len(part)])
-            loss = loss + config.sft_weight * chosen_nll
-            stats["chosen_nll"] = chosen_nll.detach()
-        return loss, stats
-    batch = make_batch(prompts, completions, config.pad_token_id).to(device)  # kto
+    answers = [examples.completions[i] for i in part] + [examples.rejected[i] for i in part]
+    rewards = sequence_rewards(model, prompts + prompts, answers, config.pad_token_id, device)
+    return reward_model_loss(rewards[: len(part)], rewards[len(part):])
+
+
+def _dpo(model: Any, config: OfflineConfig, split: Split, part: list[int], device: torch.device,
+         kl_baseline: torch.Tensor | None) -> LossOutput:
+    examples, reference = split.examples, split.reference
+    prompts = [examples.prompts[i] for i in part]
+    completions, rejected = [examples.completions[i] for i in part], [examples.rejected[i] for i in part]
+    batch = make_batch(prompts + prompts, completions + rejected, config.pad_token_id).to(device)
+    logprobs, _ = response_logprobs(model, batch, temperature=1.0)
+    average = config.loss_type == "ipo"
+    sequences = sequence_logprobs(logprobs, batch.response_mask, average)
+    ref_chosen = reference_of(reference["chosen"], completions, part, average).to(device)
+    ref_rejected = reference_of(reference["rejected"], rejected, part, average).to(device)
+    loss, stats = dpo_loss(sequences[: len(part)], sequences[len(part):], ref_chosen, ref_rejected,
+                           beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing)
+    if config.sft_weight > 0:
+        chosen_nll = sft_loss(logprobs[: len(part)], batch.response_mask[: len(part)])
+        loss = loss + config.sft_weight * chosen_nll
+        stats["chosen_nll"] = chosen_nll.detach()
+    return loss, stats
+
+
+def _kto(model: Any, config: OfflineConfig, split: Split, part: list[int], device: torch.device,
+         kl_baseline: torch.Tensor | None) -> LossOutput:
+    examples = split.examples
+    batch = make_batch([examples.prompts[i] for i in part], [examples.completions[i] for i in part],
+                       config.pad_token_id).to(device)
     logprobs, _ = response_logprobs(model, batch, temperature=1.0)
     policy = sequence_logprobs(logprobs, batch.response_mask)
     labels = torch.tensor([examples.labels[i] for i in part], device=device)
-    return kto_loss(policy, reference["completion"][part].to(device), labels, kl_baseline, beta=config.beta,
+    return kto_loss(policy, split.reference["completion"][part].to(device), labels, kl_baseline, beta=config.beta,
                     desirable_weight=config.desirable_weight, undesirable_weight=config.undesirable_weight)
+
+
+OFFLINE_LOSSES = {"sft": _sft, "rm": _rm, "dpo": _dpo, "kto": _kto}  # by the descriptor's policy_loss
 
 
 @torch.no_grad()
