@@ -129,6 +129,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--algorithm", choices=tuple(ALGORITHM_KNOBS), default="grpo",
                         help="grpo (default), gspo, dapo or cispo: ours runs that algorithm with its registry "
                              "defaults, TRL's GRPOTrainer the equivalent loss (ALGORITHM_KNOBS)")
+    parser.add_argument("--epochs-per-step", type=int, default=1,
+                        help="optimizer steps on each batch, E (ours training.epochsPerStep, TRL num_iterations with "
+                             "max_steps = steps x E); above 1 the importance ratios move and the clips act")
     parser.add_argument("--own-defaults", action="store_true",
                         help="each trainer on its own defaults for KL, clip range and reward scaling (ours: the "
                              "algorithm registry's; TRL: GRPOConfig's), instead of the same explicit values")
@@ -249,7 +252,7 @@ def build_job(args: argparse.Namespace, assets: dict[str, str], output_dir: Path
                 "learningRate": args.learning_rate,
                 "weightDecay": 0.0,
                 "maxGradNorm": 1.0,
-                "epochsPerStep": 1,
+                "epochsPerStep": args.epochs_per_step,
                 "seed": args.seed,
                 **loss_knobs,
                 "evalEverySteps": 0,
@@ -308,8 +311,8 @@ def trl_config_kwargs(cfg: dict[str, Any], output_dir: str) -> dict[str, Any]:
         per_device_train_batch_size=cfg["prompts_per_step"] * cfg["samples"],
         num_generations=cfg["samples"],
         gradient_accumulation_steps=1,
-        num_iterations=1,
-        max_steps=cfg["steps"],
+        num_iterations=cfg.get("epochs_per_step", 1),
+        max_steps=cfg["steps"] * cfg.get("epochs_per_step", 1),  # TRL counts optimizer steps, E per generation
         # sampling
         max_completion_length=cfg["max_new_tokens"],
         temperature=1.0,
@@ -496,7 +499,8 @@ def markdown_table(results: dict[str, Any]) -> str:
         f"{results['machine']['transformers']}; load average before/after: {results['load_average']['before']} / "
         f"{results['load_average']['after']}.",
         f"Task: addition prompts, {cfg['steps']} steps x {cfg['prompts_per_step']} prompts x {cfg['samples']} "
-        f"samples, {cfg.get('min_new_tokens', 0)}-{cfg['max_new_tokens']} new tokens, reward "
+        f"samples x {cfg.get('epochs_per_step', 1)} optimizer step(s) per batch, "
+        f"{cfg.get('min_new_tokens', 0)}-{cfg['max_new_tokens']} new tokens, reward "
         f"`{cfg.get('reward', 'kuberlhf.tasks.addition:exact_match_reward')}`, lr {cfg['learning_rate']:g}, "
         f"beta {_beta(cfg)}, seed {cfg['seed']}; KubeRLHF rollouts with `{cfg.get('engine', 'hf')}`. "
         f"Loss knobs: {_knobs(cfg)}. "
@@ -582,6 +586,7 @@ def main(argv: list[str] | None = None) -> None:
         "learning_rate": args.learning_rate,
         "beta": None if args.own_defaults else args.beta,
         "algorithm": args.algorithm,
+        "epochs_per_step": args.epochs_per_step,
         "loss_knobs": OWN_DEFAULTS_NOTE if args.own_defaults else ALGORITHM_KNOBS[args.algorithm],
         "seed": args.seed,
         "trl_threads": args.trl_threads,
@@ -595,7 +600,7 @@ def main(argv: list[str] | None = None) -> None:
         "prompts_per_step": args.prompts_per_step, "samples": args.samples, "max_new_tokens": args.max_new_tokens,
         "min_new_tokens": args.min_new_tokens, "reward": args.reward,
         "learning_rate": args.learning_rate, "beta": args.beta, "seed": args.seed,
-        "algorithm": args.algorithm, "own_defaults": args.own_defaults,
+        "algorithm": args.algorithm, "own_defaults": args.own_defaults, "epochs_per_step": args.epochs_per_step,
     }
 
     work = Path(tempfile.mkdtemp(prefix="grpo_vs_trl-"))
