@@ -7,6 +7,7 @@ capacity check and the operator all read the same plan, instead of each reading 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from kuberlhf.algorithms.registry import Algorithm
@@ -79,7 +80,8 @@ class JobPlan:
     bundles: list[dict[str, float]]  # the placement group's
     placements: dict[str, list[ActorPlacement]]  # each role's actors, rank by rank
     threads: dict[str, dict[str, int]]  # torch threads of each role, by phase
-    sampling: SamplingParams | None = None  # online only, as are the three below
+    sampling: SamplingParams | None = None  # online only, as are the fields below
+    prompts_sampled: int = 0  # prompts sampled per step (more than promptsPerStep when dapo over-samples)
     policy_update: PolicyUpdateConfig | None = None
     critic_update: CriticUpdateConfig | None = None
     advantages: AdvantageConfig | None = None
@@ -99,6 +101,8 @@ def compile_plan(spec: RLHFJobSpec) -> JobPlan:
         descriptor, roles, bundles, placements, threads,
         sampling=SamplingParams(rollout.samples_per_prompt, rollout.max_new_tokens, rollout.temperature,
                                 rollout.top_p, rollout.min_new_tokens),
+        prompts_sampled=math.ceil(t.prompts_per_step * dapo.oversample) if dapo and dapo.dynamic_sampling
+        else t.prompts_per_step,
         policy_update=PolicyUpdateConfig(
             epochs=t.epochs_per_step, mini_batch_size=per_rank(t.mini_batch_size, spec.resources.policy.workers),
             clip_low=clip_low, clip_high=clip_high, dual_clip=t.dual_clip, temperature=rollout.temperature,

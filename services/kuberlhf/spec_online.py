@@ -104,6 +104,18 @@ class DAPOSpec(SpecModel):
     overlong_penalty: float = Field(default=1.0, ge=0)
     """The reward a completion at the length limit loses."""
     dynamic_sampling: bool = True
-    """Leave groups whose samples all got the same reward out of the loss (they carry no advantage and would
-    only dilute the token mean; `dapo/groups_kept` counts the rest). Unlike the paper the batch is not refilled
-    with new prompts, so a step trains on fewer groups when many are uniform."""
+    """DAPO's dynamic sampling: a group whose samples all got the same reward carries no advantage, so each step
+    samples `oversample` times the prompts it trains on and keeps `training.promptsPerStep` groups, those whose
+    rewards differ first; a uniform group that still has to fill the batch is left out of the loss (it would
+    only dilute the token mean). `dapo/groups_kept` counts the groups trained on."""
+    oversample: float = Field(default=2.0, ge=1, le=8)
+    """Prompts sampled per step, as a multiple of `training.promptsPerStep` (rounded up). The paper samples again
+    until the batch is full; over-sampling once keeps every step's cost the same (verl's DAPO recipe samples 3x).
+    1 = no over-sampling (uniform groups are still left out of the loss)."""
+
+    @model_validator(mode="after")
+    def _oversample_samples(self) -> DAPOSpec:
+        if self.oversample > 1 and not self.dynamic_sampling:
+            raise ValueError("oversample: over-sampling is dynamic sampling's; set dynamicSampling: true or "
+                             "oversample: 1")
+        return self

@@ -121,3 +121,14 @@ def test_groups_with_signal_keeps_groups_whose_rewards_differ():
     assert groups_with_signal(scores, 2).tolist() == [False, False, True, True, False, False]
     with pytest.raises(ValueError, match="group_size"):
         groups_with_signal(scores, 4)
+
+
+def test_pick_groups_takes_groups_with_signal_first_then_fills_with_uniform_ones():
+    from kuberlhf.algorithms import pick_groups
+
+    # groups of 2: [1,1] uniform, [0,1] signal, [0,0] uniform, [1,0] signal
+    scores = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+    assert pick_groups(scores, 2, 2) == [2, 3, 6, 7]  # both signal groups, in sampled order
+    assert pick_groups(scores, 2, 3) == [0, 1, 2, 3, 6, 7]  # the first uniform group fills the batch
+    with pytest.raises(ValueError, match="cannot keep 5 groups of 4"):
+        pick_groups(scores, 2, 5)

@@ -17,7 +17,7 @@ _EXPORTS = {
     "losses": ("entropy_from_logits", "kl_loss", "ppo_policy_loss", "token_logprobs", "truncated_importance_weights",
                "value_loss"),
     "policy_losses": ("POLICY_LOSSES", "PolicyLoss", "cispo_policy_loss", "gspo_policy_loss"),
-    "shaping": ("groups_with_signal", "overlong_penalty"),
+    "shaping": ("groups_with_signal", "overlong_penalty", "pick_groups"),
     "masked": ("masked_mean", "masked_var", "masked_whiten"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

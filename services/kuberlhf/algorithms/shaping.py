@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["overlong_penalty", "groups_with_signal"]
+__all__ = ["overlong_penalty", "groups_with_signal", "pick_groups"]
 
 
 def overlong_penalty(lengths: Tensor, max_length: int, buffer: int, penalty: float = 1.0) -> Tensor:
@@ -52,3 +52,18 @@ def groups_with_signal(scores: Tensor, group_size: int, tolerance: float = 1e-6)
     grouped = scores.view(-1, group_size)
     spread = grouped.max(dim=1).values - grouped.min(dim=1).values
     return (spread > tolerance).repeat_interleave(group_size)
+
+
+def pick_groups(scores: Tensor, group_size: int, keep: int) -> list[int]:
+    """DAPO's dynamic sampling from an over-sampled batch: the rows of `keep` groups, groups with a reward signal
+    (:func:`groups_with_signal`) first, each kind in sampled order, then uniform groups to fill the batch when
+    too few have one. The chosen rows stay in their sampled order.
+
+    Raises:
+        ValueError: fewer than `keep` groups.
+    """
+    signal = groups_with_signal(scores, group_size).view(-1, group_size)[:, 0].tolist()
+    if keep > len(signal):
+        raise ValueError(f"cannot keep {keep} groups of {len(signal)}")
+    order = [g for g, has in enumerate(signal) if has] + [g for g, has in enumerate(signal) if not has]
+    return [g * group_size + i for g in sorted(order[:keep]) for i in range(group_size)]

@@ -72,6 +72,8 @@ STEP_METRICS: tuple[StepMetric, ...] = (
                "than a constant)"),
     StepMetric("kuberlhf_groups_kept", "dapo/groups_kept",
                "dapo: groups of the step whose rewards differ (the others are left out of the loss)"),
+    StepMetric("kuberlhf_groups_sampled", "dapo/groups_sampled",
+               "dapo: groups sampled in the step (promptsPerStep x oversample) to choose the trained ones from"),
     StepMetric("kuberlhf_overlong_penalty", "reward/overlong_penalty",
                "dapo: mean reward the overlong shaping took off the step's samples"),
     StepMetric("kuberlhf_advantages_mean", "advantages/mean", "Mean advantage over response tokens"),

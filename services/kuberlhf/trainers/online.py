@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kuberlhf.algorithms import adaptive_kl_coef
+from kuberlhf.algorithms import adaptive_kl_coef, pick_groups
 from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.data.prompts import PromptDataset
 from kuberlhf.data.sampler import PromptSampler
@@ -55,7 +55,7 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
     one_step_off_policy = spec.rollout.one_step_off_policy
     recompute_old_logprobs = spec.recomputes_old_logprobs
 
-    sampler = PromptSampler(len(train_data), t.prompts_per_step, t.seed)
+    sampler = PromptSampler(len(train_data), plan.prompts_sampled, t.seed)
     monitor, guard = RewardHackingMonitor(spec.monitor), NonFiniteGuard(t.max_non_finite_steps)
     kl_coef, first_step = spec.kl_coef, 1
     trained, weight_sync = trained_groups(workers), workers.weight_sync
@@ -117,10 +117,19 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
             scores = scored["reward"] if workers.reward else rollout.scores  # a reward function scored at sampling
             if one_step_off_policy:  # the ratio is taken against the policy that sampled the batch
                 old_logprobs = rollout.rollout_logprobs
+            sampled = {}
+            if plan.prompts_sampled > t.prompts_per_step:  # dapo: train on the groups with a reward signal first
+                sampled = {"dapo/groups_sampled": float(plan.prompts_sampled),
+                           "dapo/reward_mean_sampled": float(scores.mean())}
+                rows = pick_groups(scores, sampling.samples_per_prompt, t.prompts_per_step)
+                rollout, scores, ref_logprobs, values, old_logprobs = (
+                    None if part is None else part.select(rows) if isinstance(part, RolloutBatch) else part[rows]
+                    for part in (rollout, scores, ref_logprobs, values, old_logprobs))
 
             advantage_config = dataclasses.replace(plan.advantages, kl_coef=kl_coef)  # adaptive KL moves it
             experience, metrics = make_experience(advantage_config, rollout, scores, ref_logprobs, old_logprobs, values)
             metrics.update(finished)
+            metrics.update(sampled)
             metrics["rollout/weight_version"] = float(rollout.weight_version)
             if rollout.reward_log is not None:  # what the reward function logged (TRL's log_metric)
                 metrics.update(rollout.reward_log.metric_means())
