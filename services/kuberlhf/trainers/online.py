@@ -122,9 +122,8 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
                 sampled = {"dapo/groups_sampled": float(plan.prompts_sampled),
                            "dapo/reward_mean_sampled": float(scores.mean())}
                 rows = pick_groups(scores, sampling.samples_per_prompt, t.prompts_per_step)
-                rollout, scores, ref_logprobs, values, old_logprobs = (
-                    None if part is None else part.select(rows) if isinstance(part, RolloutBatch) else part[rows]
-                    for part in (rollout, scores, ref_logprobs, values, old_logprobs))
+                rollout, scores, ref_logprobs, values, old_logprobs = select_rows(
+                    rows, rollout, scores, ref_logprobs, values, old_logprobs)
 
             advantage_config = dataclasses.replace(plan.advantages, kl_coef=kl_coef)  # adaptive KL moves it
             experience, metrics = make_experience(advantage_config, rollout, scores, ref_logprobs, old_logprobs, values)
@@ -196,6 +195,11 @@ def check_weight_version(rollout: RolloutBatch, step: int, first_step: int, one_
     if rollout.weight_version != expected:
         raise WeightSyncError(f"step {step} was sampled with the weights of policy update {rollout.weight_version}, "
                               f"not {expected}: a weight sync did not reach the rollout engines")
+
+
+def select_rows(rows: list[int], rollout: RolloutBatch, *tensors: Any) -> tuple[Any, ...]:
+    """The rollout and its per-row tensors (None where a role did not run) restricted to `rows`."""
+    return (rollout.select(rows), *(None if tensor is None else tensor[rows] for tensor in tensors))
 
 
 def evaluate(workers: RoleWorkers, data: PromptDataset, sampling: SamplingParams, seed: int,
