@@ -61,6 +61,13 @@ no evaluation / ckpt   data.eval unset, evalEverySteps=0,                eval_st
                        checkpoint.everySteps=0
 =====================  ================================================  ============================================
 
+Other algorithms and settings: ``--algorithm gspo|dapo|cispo`` runs ours on that algorithm's registry defaults and
+TRL on the equivalent ``loss_type`` / ``importance_sampling_level`` / clip range (``ALGORITHM_KNOBS``); ``--own-defaults``
+leaves KL, clip range, reward scaling and loss to each trainer's own defaults (ours: the algorithm registry; TRL:
+``GRPOConfig``); ``--epochs-per-step E`` gives both E optimizer steps per batch (ours ``epochsPerStep``, TRL
+``num_iterations`` with ``max_steps`` = steps x E), so the importance ratios move and the clips act. DAPO's dynamic
+sampling (ours over-samples ``dapo.oversample`` x the prompts) has no TRL counterpart.
+
 Known differences that remain (none changes the algorithm):
 
 * Prompt order and sampling RNG streams differ (KubeRLHF's ``PromptSampler`` and per-step generation seeds vs TRL's
