@@ -232,11 +232,17 @@ def algorithm_loss(model: Any, config: OfflineConfig, split: Split, part: list[i
 
 def _sft(model: Any, config: OfflineConfig, split: Split, part: list[int], device: torch.device,
          kl_baseline: torch.Tensor | None) -> LossOutput:
-    examples = split.examples
+    logprobs, mask = _completion_logprobs(model, config, split.examples, part, device)
+    return sft_loss(logprobs, mask), {}
+
+
+def _completion_logprobs(model: Any, config: OfflineConfig, examples: Examples, part: list[int],
+                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token log-probs of the completions of `part` under `model`, and their response mask."""
     batch = make_batch([examples.prompts[i] for i in part], [examples.completions[i] for i in part],
                        config.pad_token_id).to(device)
     logprobs, _ = response_logprobs(model, batch, temperature=1.0)
-    return sft_loss(logprobs, batch.response_mask), {}
+    return logprobs, batch.response_mask
 
 
 def _rm(model: Any, config: OfflineConfig, split: Split, part: list[int], device: torch.device,
@@ -271,10 +277,7 @@ def _dpo(model: Any, config: OfflineConfig, split: Split, part: list[int], devic
 def _kto(model: Any, config: OfflineConfig, split: Split, part: list[int], device: torch.device,
          kl_baseline: torch.Tensor | None) -> LossOutput:
     examples = split.examples
-    batch = make_batch([examples.prompts[i] for i in part], [examples.completions[i] for i in part],
-                       config.pad_token_id).to(device)
-    logprobs, _ = response_logprobs(model, batch, temperature=1.0)
-    policy = sequence_logprobs(logprobs, batch.response_mask)
+    policy = sequence_logprobs(*_completion_logprobs(model, config, examples, part, device))
     labels = torch.tensor([examples.labels[i] for i in part], device=device)
     return kto_loss(policy, split.reference["completion"][part].to(device), labels, kl_baseline, beta=config.beta,
                     desirable_weight=config.desirable_weight, undesirable_weight=config.undesirable_weight)
