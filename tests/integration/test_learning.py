@@ -20,6 +20,9 @@ from .conftest import ListeningSockets, heldout_sampled_accuracy, run_example
 pytestmark = pytest.mark.slow
 
 MARGIN = 0.05  # accuracy on 256 prompts x 4 samples: noise is about +-0.015
+# LoRA r=16 on the 84k model: twice the example's steps at 5x its learning rate. 40 steps at lr 1e-3 gained
+# +0.05 from one CPU's warm-up model (start 0.405) but only +0.03 from another's (0.377); 80 at 5e-4: +0.11
+LORA = ("spec.policy.lora.rank=16", "spec.training.learningRate=0.0005", "spec.training.steps=80")
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +128,7 @@ def test_ppo_on_chat_prompts_with_hf_rollouts_and_a_trl_reward_function_writes_i
 
 
 def test_grpo_with_lora_learns_and_vllm_gets_exactly_the_merged_weights(assets, tmp_path, start_accuracy):
-    summary = run_example("grpo-tiny", assets, tmp_path, "spec.policy.lora.rank=16", "spec.training.learningRate=0.001")
+    summary = run_example("grpo-tiny", assets, tmp_path, *LORA)
     final = heldout_sampled_accuracy(summary["final_model"], assets["eval"])
     records = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
     mismatch = max(r["rollout/mismatch_kl"] for r in records)
@@ -135,16 +138,15 @@ def test_grpo_with_lora_learns_and_vllm_gets_exactly_the_merged_weights(assets, 
 
 
 def test_grpo_with_qlora_learns_from_a_4bit_base(assets, tmp_path, start_accuracy):
-    summary = run_example("grpo-tiny", assets, tmp_path, "spec.policy.lora.rank=16", "spec.policy.lora.quantize=4bit",
-                          "spec.training.learningRate=0.001")
+    summary = run_example("grpo-tiny", assets, tmp_path, *LORA, "spec.policy.lora.quantize=4bit")
     final = heldout_sampled_accuracy(summary["final_model"], assets["eval"])
     records = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
     mismatch = max(r["rollout/mismatch_kl"] for r in records)
     print(f"grpo, QLoRA r=16: held-out sampled accuracy {start_accuracy:.3f} -> {final:.3f}; eval reward "
           f"{summary['eval']['eval/reward_mean_start']:.3f} -> {summary['eval']['eval/reward_mean_end']:.3f}; "
           f"max mismatch KL {mismatch:.2e}")
-    # 4 bits cost this 84k-parameter model accuracy (the eval's start is the quantized model's); training
-    # recovers that and more (measured 0.324 -> 0.455, and 0.405 -> 0.432 against the unquantized start)
+    # the eval's start is the quantized model's: 4 bits move this 84k-parameter model's accuracy, by how much
+    # depends on the warm-up (measured 0.324 -> 0.455 from one CPU's assets, 0.411 -> 0.496 from another's)
     assert summary["eval"]["eval/reward_mean_end"] >= summary["eval"]["eval/reward_mean_start"] + MARGIN
     assert final >= start_accuracy
     # vLLM samples from the dequantized base plus the adapters from the first step on (float32 on the CPU)

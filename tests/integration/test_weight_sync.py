@@ -29,13 +29,14 @@ from .conftest import EXAMPLES
 pytestmark = pytest.mark.slow
 UPDATE = PolicyUpdateConfig(epochs=1, mini_batch_size=None, clip_low=0.2, clip_high=0.2, dual_clip=None,
                             temperature=1.0, kl_loss_coef=0.0, kl_estimator="k3")
+LEARNING_RATE = 1e-3
 FIRST_RUN: dict[str, object] = {}  # the 1-rank run's experience and updated weights, for the 2-rank run
 
 
 def tiny_job(assets, output_dir, *overrides):
     return load_job(EXAMPLES / "grpo-tiny.yaml", [
         f"spec.policy.model={assets['model']}", f"spec.data.train={assets['train']}", "spec.data.eval=",
-        f"spec.output.dir={output_dir}", "spec.training.kl.coef=0", "spec.training.learningRate=0.001",
+        f"spec.output.dir={output_dir}", "spec.training.kl.coef=0", f"spec.training.learningRate={LEARNING_RATE}",
         "spec.rollout.weightSync.transport=broadcast", *overrides])
 
 
@@ -111,6 +112,18 @@ def test_dense_policy_into_vllm(assets, tmp_path, session):
         workers.shutdown()
 
 
+def assert_same_adam_step(got: torch.Tensor, want: torch.Tensor, name: str, lr: float = LEARNING_RATE) -> None:
+    """Adam's first step is lr * g / (|g| + eps): sign-like where |g| >> eps, so a wrong token weighting shows as
+    flipped signs (differences near 2 * lr). Where a gradient cancels to about eps (the keys' projection: softmax
+    ignores a shift shared by all keys), the reduction order of 1 rank vs 2 moves the step by up to
+    lr * rounding / eps, a few 1e-6 on a handful of elements. So: at most 0.1% of the elements beyond 2e-6, none
+    beyond 2% of lr."""
+    difference = (got - want).abs()
+    beyond = int((difference > 2e-6).sum())
+    assert beyond <= max(1, difference.numel() // 1000), f"{name}: {beyond} of {difference.numel()} elements differ"
+    assert float(difference.max()) < 0.02 * lr, f"{name}: differs by {float(difference.max()):.2e}"
+
+
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_a_zero_policy_on_two_ranks_equals_one_rank(assets, tmp_path, session, zero_stage):
     """ZeRO changes where the state lives, not the arithmetic: 2 ranks end with the 1-rank update's weights
@@ -123,9 +136,9 @@ def test_a_zero_policy_on_two_ranks_equals_one_rank(assets, tmp_path, session, z
         halves = experience.rollout.response_mask.reshape(2, -1).sum(1)
         assert halves[0] != halves[1], "the ranks' halves must hold different token counts"
         workers.policy.map_batch("update", experience, UPDATE).get()
+        updated = workers.policy.call("state_dict").get()
         for name, weight in FIRST_RUN["weights"].items():
-            torch.testing.assert_close(workers.policy.call("state_dict").get()[name], weight, rtol=0, atol=2e-6,
-                                       msg=name)
+            assert_same_adam_step(updated[name], weight, name)
         both_transports_agree(workers, experience)
     finally:
         workers.shutdown()
