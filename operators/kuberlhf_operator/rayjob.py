@@ -16,11 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from kubernetes.utils import parse_quantity
 
 from kuberlhf.storage.lease import OWNER_ENV
 from kuberlhf_operator import access
@@ -265,6 +265,10 @@ def _cpus(value: float) -> str:
 
 
 def _scaled(quantity: str, factor: int) -> str:
-    number, unit = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)", quantity).groups()
-    scaled = float(number) * factor
-    return f"{int(scaled) if scaled.is_integer() else scaled}{unit}"
+    """`factor` times a Kubernetes quantity ("64Gi" x 2 = "128Gi"), in the largest binary unit that divides it
+    exactly, else in bytes."""
+    total = parse_quantity(quantity) * factor
+    for unit, size in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if total % size == 0:
+            return f"{int(total // size)}{unit}"
+    return str(math.ceil(total))

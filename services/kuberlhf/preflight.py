@@ -14,7 +14,8 @@ from typing import Any
 from kuberlhf.data.formats import Dataset, load_dataset
 from kuberlhf.data.prompts import PromptDataset, load_prompts
 from kuberlhf.errors import UserError
-from kuberlhf.reward_functions import RemoteReward, check_reward_signature, import_reward_function
+from kuberlhf.reward_client import RemoteReward
+from kuberlhf.reward_functions import check_reward_signature, import_reward_function
 from kuberlhf.spec import RLHFJob
 
 
@@ -94,7 +95,7 @@ def check_local_inputs(job: RLHFJob, import_user_code: bool = True) -> ResolvedI
     if spec.reward.function and import_user_code:
         check_reward_signature(import_reward_function(spec.reward.function), spec.reward.function, list(train.columns))
     if spec.reward.url:
-        RemoteReward(spec.reward.url, timeout_s=30)([], [])  # reachable and speaking the protocol
+        RemoteReward(spec.reward.url, timeout_s=30, attempts=1)([], [])  # reachable and speaking the protocol
     models = {"policy": policy, "rollout": policy}
     for role in spec.roles:  # the roles the algorithm starts (kuberlhf.algorithms.registry)
         if role == "reward":

@@ -1,5 +1,5 @@
-"""Import and call user reward functions the way TRL's GRPOTrainer does, so one written for TRL works unchanged;
-and `RemoteReward`, a reward function backed by a reward service (`reward.url`).
+"""Import and call user reward functions the way TRL's GRPOTrainer does, so one written for TRL works unchanged
+(a reward service at `reward.url` is called through `reward_client.RemoteReward`).
 
 A reward function is called with keyword arguments: `prompts`, `completions`, `completion_ids` (token ids),
 every other column of the data by name (e.g. `answer`), `trainer_state` (`global_step`, `max_steps`),
@@ -21,13 +21,10 @@ import asyncio
 import concurrent.futures
 import importlib
 import inspect
-import json
 import math
 import os
 import queue
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -234,24 +231,3 @@ def _event_loop() -> asyncio.AbstractEventLoop:
         _loop = asyncio.new_event_loop()
         threading.Thread(target=_loop.run_forever, name="kuberlhf-reward-loop", daemon=True).start()
     return _loop
-
-
-class RemoteReward:
-    """A reward function that asks a reward service: `fn(prompts, completions, **columns) -> list[float]`, so the
-    rollout workers call it like any reward function (and check what it returns the same way)."""
-
-    def __init__(self, url: str, timeout_s: float = 120.0) -> None:
-        self.url = url
-        self.timeout_s = timeout_s
-
-    def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
-        payload = json.dumps({"prompts": list(prompts), "completions": list(completions)}).encode()
-        request = urllib.request.Request(self.url, data=payload, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                return json.loads(response.read())["rewards"]
-        except urllib.error.HTTPError as err:
-            detail = err.read().decode(errors="replace")[:500]
-            raise UserError(f"spec.reward.url: {self.url} answered HTTP {err.code}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-            raise UserError(f"spec.reward.url: cannot reach {self.url}: {getattr(err, 'reason', err)}") from None

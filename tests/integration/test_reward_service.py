@@ -17,7 +17,7 @@ import torch
 
 from kuberlhf.models.loading import load_reward_model, load_tokenizer, new_reward_model
 from kuberlhf.models.reward import score_texts
-from kuberlhf.reward_functions import RemoteReward
+from kuberlhf.reward_client import RemoteReward
 
 from .conftest import EXAMPLES
 

@@ -13,7 +13,7 @@ The first `window` steps are the baseline; every later step compares the last `w
 
 from __future__ import annotations
 
-import math
+import statistics
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -23,24 +23,19 @@ TRACKED = ("reward/length_correlation", "response_length/mean", "kl/sequence", "
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    """r = sum((x - mean x)(y - mean y)) / sqrt(sum((x - mean x)^2) sum((y - mean y)^2)); 0 when x or y is
-    constant (no evidence either way)."""
-    n = len(x)
-    if n < 2:
+    """Pearson's r (`statistics.correlation`); 0 when x or y is constant or has fewer than 2 points (no
+    evidence either way)."""
+    try:
+        return statistics.correlation(x, y)
+    except statistics.StatisticsError:
         return 0.0
-    mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
-    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0
 
 
 def slope(values: Sequence[float]) -> float:
-    """Least-squares slope of values[i] against i: sum((i - mean i)(v - mean v)) / sum((i - mean i)^2)."""
-    n = len(values)
-    if n < 2:
+    """Least-squares slope of values[i] against i (`statistics.linear_regression`); 0 below 2 points."""
+    if len(values) < 2:
         return 0.0
-    mi, mv = (n - 1) / 2, sum(values) / n
-    return sum((i - mi) * (v - mv) for i, v in enumerate(values)) / sum((i - mi) ** 2 for i in range(n))
+    return statistics.linear_regression(range(len(values)), values).slope
 
 
 def mean(values: Sequence[float]) -> float:

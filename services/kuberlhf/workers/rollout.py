@@ -14,8 +14,8 @@ from kuberlhf.data.prompts import Prompt, encode_prompts
 from kuberlhf.engines.generation import HFGenerationEngine, SamplingParams
 from kuberlhf.engines.weight_transfer import TensorMeta
 from kuberlhf.models.loading import load_causal_lm, load_tokenizer
+from kuberlhf.reward_client import RemoteReward
 from kuberlhf.reward_functions import (
-    RemoteReward,
     RewardLog,
     TrainerState,
     call_reward_function,
