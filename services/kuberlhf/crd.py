@@ -26,10 +26,12 @@ PLURAL, SINGULAR, SHORT_NAMES = "rlhfjobs", "rlhfjob", ["rlhf"]
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
 PRINTER_COLUMNS = [
+    {"name": "Algorithm", "type": "string", "jsonPath": ".spec.algorithm"},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Stage", "type": "string", "jsonPath": ".status.progress.stage"},
     {"name": "Step", "type": "string", "jsonPath": ".status.progress.steps"},
     {"name": "Reward", "type": "number", "jsonPath": ".status.progress.reward"},
+    {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

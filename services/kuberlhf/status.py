@@ -54,6 +54,8 @@ class Progress(StatusModel):
     """step / totalSteps in percent."""
     eta_seconds: float | None = Field(default=None, ge=0)
     """Estimated seconds to the end of the run, from the mean step time so far."""
+    eta: str | None = None
+    """`etaSeconds` for people (`1h05m`, `4m10s`, `35s`), for the printer column."""
     reward: float | None = None
     """Mean reward of the last step (online algorithms)."""
     kl: float | None = None

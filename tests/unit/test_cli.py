@@ -105,6 +105,20 @@ def test_help_describes_every_command(capsys):
         assert "usage: kuberlhf " + command in capsys.readouterr().out
 
 
+def test_version_names_the_package_and_the_libraries_a_run_uses(capsys):
+    from importlib import metadata
+
+    from kuberlhf import __version__
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    first, libraries = capsys.readouterr().out.splitlines()
+    assert first == f"kuberlhf {__version__}" == f"kuberlhf {metadata.version('kuberlhf')}"
+    assert f"torch {metadata.version('torch')}" in libraries and f"ray {metadata.version('ray')}" in libraries
+    assert "vllm" in libraries and "deepspeed" in libraries
+
+
 def test_crd_prints_the_generated_definition(capsys):
     import yaml
 

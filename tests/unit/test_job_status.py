@@ -6,7 +6,9 @@ from __future__ import annotations
 from openapi_schema_validator import OAS30Validator
 
 from kuberlhf.crd import crd_document
-from kuberlhf.telemetry.job_status import StatusReporter, progress_status, status_reporter
+import pytest
+
+from kuberlhf.telemetry.job_status import StatusReporter, human_duration, progress_status, status_reporter
 
 NOW = "2026-11-24T12:00:00Z"
 
@@ -16,9 +18,20 @@ def test_progress_by_hand():
                                metrics={"reward/mean": 0.51234567, "kl/sequence": 0.02}, stage="ppo", now=NOW)
     # 10 steps run here in 50 s: 5 s a step, 28 to go
     assert progress == {"step": 12, "totalSteps": 40, "steps": "12/40", "percent": 30.0, "etaSeconds": 140.0,
-                        "updatedAt": NOW, "reward": 0.512346, "kl": 0.02, "stage": "ppo"}
+                        "eta": "2m20s", "updatedAt": NOW, "reward": 0.512346, "kl": 0.02, "stage": "ppo"}
     status = crd_document()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
     OAS30Validator(status).validate({"progress": progress})  # what the CRD declares
+
+
+@pytest.mark.parametrize("seconds, shown", [(0, "0s"), (35.4, "35s"), (59.6, "1m00s"), (250, "4m10s"),
+                                             (3900, "1h05m"), (183600, "2d03h")])
+def test_the_eta_column_reads_like_kubectl_ages(seconds, shown):
+    assert human_duration(seconds) == shown
+
+
+def test_the_printer_columns_name_the_algorithm_and_the_eta():
+    columns = {c["name"]: c["jsonPath"] for c in crd_document()["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert columns["Algorithm"] == ".spec.algorithm" and columns["ETA"] == ".status.progress.eta"
 
 
 def test_reports_are_rate_limited_but_the_last_step_always_goes_out():

@@ -27,11 +27,11 @@ def progress_status(step: int, total_steps: int, first_step: int, seconds: float
     """`status.progress` after `step` of `total_steps`; the ETA extrapolates the mean time of the
     `step - first_step + 1` steps this process ran in `seconds`."""
     done = max(step - first_step + 1, 1)
+    eta = round(seconds / done * max(total_steps - step, 0), 1)
     progress: dict[str, Any] = {
         "step": step, "totalSteps": total_steps, "steps": f"{step}/{total_steps}",
         "percent": round(100.0 * step / total_steps, 1) if total_steps else 0.0,
-        "etaSeconds": round(seconds / done * max(total_steps - step, 0), 1),
-        "updatedAt": now,
+        "etaSeconds": eta, "eta": human_duration(eta), "updatedAt": now,
     }
     for key, field in (("reward/mean", "reward"), ("kl/sequence", "kl"), ("loss", "loss")):
         if key in metrics and metrics[key] is not None:
@@ -39,6 +39,19 @@ def progress_status(step: int, total_steps: int, first_step: int, seconds: float
     if stage:
         progress["stage"] = stage
     return progress
+
+
+def human_duration(seconds: float) -> str:
+    """Whole seconds as kubectl prints ages: `35s`, `4m10s`, `1h05m`, `2d03h`."""
+    seconds = int(round(seconds))
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 class StatusReporter:
