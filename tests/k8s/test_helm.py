@@ -84,11 +84,14 @@ def test_the_operator_runs_unprivileged_on_a_read_only_root(helm_env):
     assert {"name": "KUBERLHF_RUNTIME_IMAGE", "value": "ghcr.io/kuberlhf/runtime:0.1.0"} in container["env"]
 
 
+def rules(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    return {(group, resource): set(rule["verbs"]) for rule in role["rules"]
+            for group in rule["apiGroups"] for resource in rule["resources"]}
+
+
 def test_rbac_is_least_privilege(helm_env):
     objects = render(helm_env)
-    (cluster_role,) = [o for o in objects if o["kind"] == "ClusterRole"]
-    verbs = {(group, resource): set(rule["verbs"]) for rule in cluster_role["rules"]
-             for group in rule["apiGroups"] for resource in rule["resources"]}
+    verbs = {key: value for o in objects if o["kind"] == "ClusterRole" for key, value in rules(o).items()}
     assert all("*" not in v and "delete" not in v for v in verbs.values())  # owner references clean up
     assert verbs[("ray.io", "rayjobs")] == {"get", "list", "watch", "create", "patch"}
     assert ("", "secrets") not in verbs
@@ -100,6 +103,49 @@ def test_rbac_is_least_privilege(helm_env):
         plural = {"NetworkPolicy": "networkpolicies"}.get(child["kind"], child["kind"].lower() + "s")
         assert {"get", "create"} <= verbs[(group, plural)], child["kind"]  # every child the operator makes
     assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]  # jobs get their own, per job
+
+
+def test_watch_namespaces_grants_the_operator_its_rights_in_those_namespaces_only(helm_env):
+    objects = render(helm_env, "watchNamespaces={team-a,team-b}")
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
+    roles = {o["metadata"]["name"]: rules(o) for o in objects if o["kind"] == "ClusterRole"}
+    bindings = {(o["kind"], o["metadata"].get("namespace")): o["roleRef"]["name"] for o in objects
+                if o["kind"] in ("ClusterRoleBinding", "RoleBinding")}
+    # cluster-wide only what kopf needs to find the CRD and the namespaces; jobs and children per namespace
+    assert bindings == {("ClusterRoleBinding", None): "rel-operator-discovery",
+                        ("RoleBinding", "team-a"): "rel-operator", ("RoleBinding", "team-b"): "rel-operator"}
+    assert set(roles["rel-operator-discovery"]) == {("apiextensions.k8s.io", "customresourcedefinitions"),
+                                                    ("", "namespaces")}
+    assert ("ray.io", "rayjobs") in roles["rel-operator"]
+    everywhere = render(helm_env)
+    (deployment,) = [o for o in everywhere if o["kind"] == "Deployment"]
+    assert "--all-namespaces" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert sorted(o["roleRef"]["name"] for o in everywhere if o["kind"] == "ClusterRoleBinding") == [
+        "rel-operator", "rel-operator-discovery"]
+
+
+def test_the_chart_installs_as_a_subchart_of_an_umbrella_chart_with_global_values(helm_env, tmp_path):
+    """Helm hands an umbrella chart's `global` values to every subchart: the values schema must take them."""
+    umbrella = tmp_path / "platform"
+    umbrella.mkdir()
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    (umbrella / "Chart.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "v2", "name": "platform", "version": "1.0.0",
+        "dependencies": [{"name": "kuberlhf", "version": chart["version"], "repository": f"file://{CHART}"}]}))
+    (umbrella / "values.yaml").write_text(yaml.safe_dump({
+        "global": {"imageRegistry": "registry.corp"}, "kuberlhf": {"watchNamespaces": ["team-a"]}}))
+    built = helm(helm_env, "dependency", "build", str(umbrella))
+    assert built.returncode == 0, built.stderr
+    result = helm(helm_env, "template", "rel", str(umbrella), "--namespace", "platform")
+    assert result.returncode == 0, result.stderr
+    objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    assert [o["metadata"]["namespace"] for o in objects if o["kind"] == "RoleBinding"] == ["team-a"]
 
 
 def test_the_crd_in_the_chart_is_the_generated_one(helm_env):
