@@ -312,10 +312,11 @@ def describe(job: RLHFJob) -> str:
 
 
 def _serve_reward(args: argparse.Namespace) -> int:
-    from kuberlhf.preflight import resolve_model
+    from kuberlhf.preflight import check_reward_model, resolve_model
     from kuberlhf.serve.launch import run_reward_service
 
     model = resolve_model(args.model, "--model")
+    check_reward_model(model, "--model")
     for name in ("replicas", "batch_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")

@@ -7,6 +7,7 @@ Returns the resolved inputs (absolute paths, loaded prompt datasets) so the run 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,8 @@ def check_local_inputs(job: RLHFJob, import_user_code: bool = True) -> ResolvedI
     spec = job.spec
     policy = resolve_model(spec.policy.model, "spec.policy.model")
     reward_model = resolve_model(spec.reward.model, "spec.reward.model") if spec.reward.model else None
+    if reward_model:
+        check_reward_model(reward_model, "spec.reward.model")
     data = spec.data
     train = load_prompts(data.train, data.split, data.subset, data.columns, "spec.data.train")
     if spec.reward.function and import_user_code:
@@ -169,18 +172,52 @@ def resolve_rollout_engine(engine: str) -> str:
 
 
 def resolve_model(name: str, field: str) -> str:
-    """An existing local model directory as an absolute path, or a hub id left as is.
+    """An existing local model directory as an absolute path, or a hub id left as is (with a note on stderr).
 
-    Names that look like paths (`/x`, `./x`, `../x`, `~/x`) or that exist must be directories with a
-    config.json. Anything else is taken as a hub id; without network access set HF_HUB_OFFLINE=1 and the
-    loader reports a missing id when the job starts.
+    Names that look like paths (`/x`, `./x`, `../x`, `~/x`), that exist, or whose first part is a directory
+    here (`runs/sft-modle` where `runs/` exists: a mistyped path, not an organisation on the Hub) must be
+    directories with a config.json. Anything else is taken as a hub id; without network access set
+    HF_HUB_OFFLINE=1 and every name must be local.
     """
     path = Path(name).expanduser()
-    looks_local = name.startswith(("/", "./", "../", "~")) or path.exists()
+    looks_local = name.startswith(("/", "./", "../", "~")) or path.exists() or (
+        len(path.parts) > 1 and Path(path.parts[0]).is_dir())
     if not looks_local and name.count("/") <= 1 and os.environ.get("HF_HUB_OFFLINE") != "1":
+        print(f"note: {field}: {name!r} is no local directory here, so it is read as a Hugging Face Hub id",
+              file=sys.stderr)
         return name
     if not path.is_dir():
-        raise UserError(f"{field}: model directory {name!r} does not exist")
+        raise UserError(f"{field}: model directory {name!r} does not exist{_closest_sibling(path)}")
     if not (path / "config.json").is_file():
         raise UserError(f"{field}: {name!r} is not a Hugging Face model directory (no config.json)")
     return str(path.resolve())
+
+
+def _closest_sibling(path: Path) -> str:
+    """`; did you mean 'runs/sft-model'?` when the parent directory holds a close name, else ''."""
+    import difflib
+
+    parent = path.parent
+    if not parent.is_dir():
+        return ""
+    names = [entry.name for entry in parent.iterdir() if entry.is_dir()]
+    close = difflib.get_close_matches(path.name, names, n=1)
+    return f"; did you mean {str(parent / close[0])!r}?" if close else ""
+
+
+def check_reward_model(model: str, field: str) -> None:
+    """A local reward model must have a one-output score head (`*ForSequenceClassification`, num_labels 1: what
+    an rm stage saves); a causal LM or a classifier with several labels would fail only when the job scores."""
+    if not Path(model).is_dir():
+        return  # a Hub id: read when the job starts
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model)
+    architectures = config.architectures or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise UserError(f"{field}: {model} is a {', '.join(architectures) or config.model_type} model, not a reward "
+                        f"model: that needs a one-output score head (AutoModelForSequenceClassification with "
+                        f"num_labels=1), e.g. what an rm stage saves")
+    if config.num_labels != 1:
+        raise UserError(f"{field}: {model} has {config.num_labels} labels; a reward model has exactly 1 (one "
+                        f"score per completion)")

@@ -55,6 +55,49 @@ def test_validate_reports_a_missing_model_directory(workspace, capsys):
     assert "spec.policy.model: model directory './missing' does not exist" in capsys.readouterr().err
 
 
+def test_a_mistyped_local_path_is_not_taken_for_a_hub_id(workspace, capsys):
+    (workspace / "runs" / "sft-model").mkdir(parents=True)
+    assert main(["validate", write_job(workspace / "job.yaml", model="runs/sft-modle")]) == 1
+    assert ("error: spec.policy.model: model directory 'runs/sft-modle' does not exist; did you mean "
+            "'runs/sft-model'?") in capsys.readouterr().err
+
+
+def test_a_name_read_as_a_hub_id_is_said_so(workspace, capsys):
+    from kuberlhf.preflight import resolve_model
+
+    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct", "spec.policy.model") == \
+        "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert ("note: spec.policy.model: 'HuggingFaceTB/SmolLM2-135M-Instruct' is no local directory here, so it is "
+            "read as a Hugging Face Hub id") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("labels, message", [
+    (None, r"is a LlamaForCausalLM model, not a reward model: that needs a one-output score head"),
+    (2, r"has 2 labels; a reward model has exactly 1"),
+])
+def test_validate_refuses_a_reward_model_without_a_one_output_score_head(workspace, capsys, tiny_model, labels,
+                                                                         message):
+    import re
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    reward = workspace / "reward"
+    if labels is None:  # the policy itself: a causal LM
+        shutil.copytree(tiny_model, reward)
+    else:
+        config = AutoConfig.from_pretrained(tiny_model, num_labels=labels)
+        AutoModelForSequenceClassification.from_config(config).save_pretrained(reward)
+    job = write_job(workspace / "job.yaml")
+    text = (workspace / "job.yaml").read_text().replace('reward: {function: "rewards:f"}', "reward: {model: ./reward}")
+    (workspace / "job.yaml").write_text(text)
+    assert main(["validate", job]) == 1
+    err = capsys.readouterr().err
+    assert re.search(rf"^error: spec.reward.model: .*/reward {message}", err, re.M), err
+    assert main(["serve-reward", "--model", str(reward)]) == 1
+    assert re.search(rf"^error: --model: .*/reward {message}", capsys.readouterr().err, re.M)
+
+
 def test_validate_reports_a_missing_data_file(workspace, capsys):
     assert main(["validate", write_job(workspace / "job.yaml", train="nope.jsonl")]) == 1
     assert "spec.data.train: nope.jsonl: no such file or directory" in capsys.readouterr().err
