@@ -80,7 +80,9 @@ class TrainingSpec(SpecModel):
     is_correction: ISCorrectionSpec | None = None
     """Correct the train-inference mismatch with truncated importance sampling; null = off."""
     eval_every_steps: int = Field(default=0, ge=0)
-    """Score `data.eval` every N steps (0 = only at the end)."""
+    """Score `data.eval` every N steps and at the last (0 = at the last only), into metrics.jsonl
+    (`eval/reward_mean`, or `eval/loss` offline); an online run also scores it before its first step
+    (summary.json's `eval/reward_mean_start`)."""
     max_restarts: int = Field(default=2, ge=0)
     """When a worker dies (its process killed, its node lost), the job rebuilds every worker (the online
     actors, or an offline stage's Ray Train workers) from the newest checkpoint and goes on, at most this many

@@ -102,6 +102,19 @@ def test_summary_rows_hold_first_last_min_max_and_mean():
     assert "loss" not in rows
 
 
+def test_the_report_agrees_with_the_summary_on_the_held_out_reward(tmp_path):
+    """The run evaluates before its first step (summary.json only) and at its last (metrics.jsonl too): the
+    table's first and last eval/reward_mean are the summary's start and end."""
+    summary = {"job": "grpo-demo", "algorithm": "grpo", "steps": 6,
+               "eval": {"eval/reward_mean_start": 0.368, "eval/reward_mean_end": 1.2}}
+    console = quiet_console()
+    report_run(write_run(tmp_path / "run", online_records(), summary), console)
+    out = console.file.getvalue()
+    assert "grpo-demo (grpo), 6 steps" in out
+    row = next(line for line in out.splitlines() if "eval/reward_mean" in line)
+    assert [cell.strip() for cell in row.split("│")[2:4]] == ["0.368", "1.2"]
+
+
 def test_the_printed_table_shows_first_and_last_values(tmp_path):
     console = quiet_console()
     report_run(write_run(tmp_path / "run", offline_records(), {"job": "dpo-demo", "algorithm": "dpo"}), console)

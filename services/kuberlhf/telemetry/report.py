@@ -207,6 +207,7 @@ def report_one(run_dir: Path, console: Console) -> Path:
     if not records:
         raise UserError(f"{metrics}: empty; the run has not finished a step yet")
     title = run_title(run_dir, len(records))
+    records = with_start_evaluation(records, read_summary(run_dir))
     try:
         png = plot_run(records, run_dir / "curves.png", title)
     except UserError as err:
@@ -217,6 +218,17 @@ def report_one(run_dir: Path, console: Console) -> Path:
         console.print(samples_table(samples))
     console.print(f"curves: {png}")
     return png
+
+
+def with_start_evaluation(records: list[dict[str, Any]], summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records behind a step-0 record of the evaluation an online run makes before its first step (kept in
+    summary.json as `eval/reward_mean_start`), so the table's first and last eval/reward_mean are the summary's
+    start and end and the chart plots it at step 0."""
+    evals = summary.get("eval")
+    start = evals.get("eval/reward_mean_start") if isinstance(evals, dict) else None
+    if not isinstance(start, (int, float)) or isinstance(start, bool):
+        return records
+    return [{"step": 0, "eval/reward_mean": float(start)}, *records]
 
 
 def newest_samples(path: Path, count: int = SAMPLES_SHOWN) -> list[dict[str, Any]]:

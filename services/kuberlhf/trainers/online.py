@@ -148,10 +148,12 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
 
             if t.kl.target is not None:
                 kl_coef = adaptive_kl_coef(kl_coef, metrics["kl/sequence"], t.kl.target, t.kl.horizon, len(rollout))
-            if eval_data is not None and t.eval_every_steps and step % t.eval_every_steps == 0 and step < t.steps:
-                with timer("evaluation"):
+            if eval_data is not None and (step == t.steps or t.eval_every_steps and step % t.eval_every_steps == 0):
+                with timer("evaluation"):  # the rollout engines load this update's weights before they sample
                     metrics["eval/reward_mean"] = evaluate(workers, eval_data, sampling, t.seed,
                                                            TrainerState(step, t.steps))
+                if step == t.steps:
+                    evals["eval/reward_mean_end"] = metrics["eval/reward_mean"]
             trainer_state = {"sampler": sampler_state, "kl_coef": kl_coef, "monitor": monitor.state()}
             saved = None
             if spec.checkpoint.every_steps and step % spec.checkpoint.every_steps == 0:
@@ -179,9 +181,6 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
 
     if weights_synced is not None:
         weight_sync.finish(weights_synced)  # surface a failed last sync
-    if eval_data is not None:
-        evals["eval/reward_mean_end"] = evaluate(workers, eval_data, sampling, t.seed,
-                                                 TrainerState(t.steps, t.steps))
     final_model = save_final_model(run, workers.policy, spec.output.merge_lora,
                                    {"job": job.metadata.name, "algorithm": spec.algorithm, "step": t.steps})
     return {"final_model": str(final_model), "metrics_file": str(sink.metrics_file.path), "eval": evals,
