@@ -66,7 +66,12 @@ class MonitorSpec(SpecModel):
 
 
 class LoggingSpec(SpecModel):
-    """What an online run writes to its output dir besides metrics.jsonl."""
+    """What a run writes besides metrics.jsonl."""
+
+    report_to: list[Literal["tensorboard"]] = Field(default_factory=list)
+    """Experiment trackers that get every metrics.jsonl record (TRL's `report_to`), beside it on the driver:
+    `tensorboard` writes event files to `<output.dir>/tensorboard` (`tensorboard --logdir` it; copied to
+    `output.uri` with the other logs). A resumed run drops the events after its checkpoint's step."""
 
     samples_every_steps: int = Field(default=10, ge=0)
     """Every this many steps, append some of the step's samples to `samples.jsonl` (prompt, completion,

@@ -86,6 +86,7 @@ def accuracy(prompts, completions, completion_ids, answer, trainer_state, log_me
 
 def test_ppo_on_chat_prompts_with_hf_rollouts_and_a_trl_reward_function_writes_its_outputs(
         assets, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from transformers import AutoModelForCausalLM
 
     # A killed `ray start` or test leaves its address in <ray tmp>/ray_current_cluster; with RAY_ADDRESS unset
@@ -101,7 +102,7 @@ def test_ppo_on_chat_prompts_with_hf_rollouts_and_a_trl_reward_function_writes_i
         summary = run_example("ppo-tiny", assets, tmp_path, "spec.training.steps=3", "spec.rollout.engine=hf",
                               "spec.resources.policy.workers=2",  # a DeepSpeed group: its rendezvous too
                               "spec.reward.function=trl_rewards:accuracy", "spec.logging.samplesEverySteps=1",
-                              "spec.logging.samplesPerStep=4", chat=True)
+                              "spec.logging.samplesPerStep=4", "spec.logging.reportTo=[tensorboard]", chat=True)
     # Secure by default: every server of the embedded Ray, its dashboard and the job's metrics on loopback only
     # (the job's metrics server, the policy group's store and gloo connections included); a stranger on this machine cannot join without the run's token
     names = {name for name, _, _ in sockets.seen}
@@ -121,6 +122,11 @@ def test_ppo_on_chat_prompts_with_hf_rollouts_and_a_trl_reward_function_writes_i
     assert samples[0]["prompt"][0]["role"] == "user" and isinstance(samples[0]["completion"], str)
     assert all(s["reward"] in (0.0, 1.0) and s["completion_tokens"] >= 1 for s in samples)
     assert all("time/weight_sync" in r for r in records[1:])  # the previous update's sync
+    events = EventAccumulator(str(tmp_path / "tensorboard"))  # logging.reportTo: what metrics.jsonl holds
+    events.Reload()
+    rewards = events.Scalars("reward/mean")
+    assert [e.step for e in rewards] == [1, 2, 3]
+    assert [e.value for e in rewards] == pytest.approx([r["reward/mean"] for r in records])
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     assert model.num_parameters() > 0
     assert (tmp_path / "final" / "tokenizer.json").is_file()

@@ -74,9 +74,16 @@ def test_packed_sft_raises_heldout_accuracy(assets, tmp_path, start_accuracy, ca
 
 
 def test_kto_separates_desirable_from_undesirable_completions(assets, tmp_path, start_accuracy):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     summary = run_offline(assets, tmp_path, "kto", assets["labels"], "spec.kto.beta=0.1",
-                          "spec.training.learningRate=0.00003")
-    last = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()][-25:]
+                          "spec.training.learningRate=0.00003", "spec.logging.reportTo=[tensorboard]")
+    records = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))  # fed on the driver from rank 0's records
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(r["step"], pytest.approx(r["loss"]))
+                                                                   for r in records]
+    last = records[-25:]
     desirable = sum(m["desirable_reward"] for m in last) / len(last)
     undesirable = sum(m["undesirable_reward"] for m in last) / len(last)
     final = heldout_sampled_accuracy(summary["final_model"], assets["eval"])

@@ -14,6 +14,7 @@ from kuberlhf.storage.checkpoints import Checkpoints
 from kuberlhf.storage.store import Storage
 
 LOG_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json")  # copied to output.uri (the driver's own files)
+LOG_DIRS = ("tensorboard",)  # experiment trackers' files (telemetry/trackers.py), copied too
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class JobStorage:
             for name in LOG_FILES:
                 if (self.local / name).is_file():
                     self.outputs.put_file(self.local / name, name)
+            for directory in LOG_DIRS:
+                for path in sorted((self.local / directory).rglob("*")):
+                    if path.is_file():
+                        self.outputs.put_file(path, path.relative_to(self.local).as_posix())
 
     def fetch_logs(self) -> None:
         """Before a resume on a machine whose output directory is gone: the log files from output.uri."""

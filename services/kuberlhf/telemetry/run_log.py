@@ -7,13 +7,14 @@ import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from kuberlhf.telemetry.console import console as run_console
+from kuberlhf.telemetry.trackers import open_trackers
 
 HEADLINE = ("reward/mean", "kl/sequence", "response_length/mean", "time/step")
 OFFLINE_HEADLINE = ("loss", "accuracy", "margin", "time/step")
@@ -37,8 +38,12 @@ class StepLog:
     the lines up to the resumed step (a line cut short by a crash or a full disk is dropped) and replaces the
     file in one rename."""
 
-    def __init__(self, path: Path, resume_step: int = 0, sort_keys: bool = True) -> None:
+    def __init__(self, path: Path, resume_step: int = 0, sort_keys: bool = True, report_to: Sequence[str] = ()
+                 ) -> None:
+        """`report_to`: experiment trackers (telemetry/trackers.py) that get every record too, each in a
+        directory of its name beside the file."""
         self.path, self.sort_keys = path, sort_keys
+        self.trackers = open_trackers(path.parent, resume_step, report_to)
         path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if resume_step and path.exists():
@@ -50,6 +55,8 @@ class StepLog:
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as handle:
             handle.write(json.dumps(record, sort_keys=self.sort_keys, default=_plain) + "\n")
+        for tracker in self.trackers:
+            tracker.log(record)
 
 
 def read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -80,8 +87,8 @@ class DriverFiles:
     def stop_requested(self) -> bool:
         return self.stopping
 
-    def open_log(self, name: str, resume_step: int) -> None:
-        self.logs[name] = StepLog(self.directory / name, resume_step)
+    def open_log(self, name: str, resume_step: int, report_to: Sequence[str] = ()) -> None:
+        self.logs[name] = StepLog(self.directory / name, resume_step, report_to=report_to)
 
     def write(self, name: str, record: dict[str, Any]) -> None:
         self.logs[name].write(record)
@@ -96,11 +103,11 @@ class DriverFiles:
 class RemoteStepLog:
     """A StepLog kept by a DriverFiles actor (same `write`)."""
 
-    def __init__(self, files: Any, name: str, resume_step: int) -> None:
+    def __init__(self, files: Any, name: str, resume_step: int, report_to: Sequence[str] = ()) -> None:
         import ray
 
         self.files, self.name = files, name
-        ray.get(files.open_log.remote(name, resume_step))
+        ray.get(files.open_log.remote(name, resume_step, list(report_to)))
 
     def write(self, record: dict[str, Any]) -> None:
         """Sent without waiting: an actor runs one caller's calls in order, and the next call that is waited

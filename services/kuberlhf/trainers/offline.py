@@ -140,7 +140,8 @@ def offline_config(job: RLHFJob, inputs: OfflineInputs, train: Split, evaluation
         checkpoint_every=spec.checkpoint.every_steps, checkpoints=None, outputs=None, fingerprint={},
         driver_files=None, keep=spec.checkpoint.keep, pad_token_id=pad_token_id, train=train,
         evaluation=evaluation, eval_every=t.eval_every_steps, lora=spec.policy.lora, merge_lora=spec.output.merge_lora,
-        job_labels=dict(job.metadata.labels), max_non_finite_steps=t.max_non_finite_steps, **settings,
+        job_labels=dict(job.metadata.labels), max_non_finite_steps=t.max_non_finite_steps,
+        report_to=tuple(spec.logging.report_to), **settings,
     )
     return dataclasses.replace(config, setup=dataclasses.replace(config.setup, total_steps=config.total_steps))
 

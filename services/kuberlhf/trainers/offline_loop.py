@@ -97,6 +97,7 @@ class OfflineConfig:
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
     job_labels: dict[str, str] = field(default_factory=dict)  # the stage label names a chain's stage
+    report_to: tuple[str, ...] = ()  # logging.reportTo: trackers fed from metrics.jsonl on the driver
     resume_from: Checkpoint | None = None  # the newest complete checkpoint when the run (re)starts
 
     @property
@@ -124,8 +125,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         join_existing_group()
     engine = make_training_engine(model, config.setup, world)
     step = restore(engine, config)
-    sink = StepSink(RemoteStepLog(config.driver_files, "metrics.jsonl", step), config.exporter,
-                    status_reporter(config.total_steps, step + 1, config.job_labels)) if rank == 0 else None
+    sink = StepSink(RemoteStepLog(config.driver_files, "metrics.jsonl", step, config.report_to),
+                    config.exporter, status_reporter(config.total_steps, step + 1, config.job_labels)
+                    ) if rank == 0 else None
     share = config.batch_size // world
     guard = NonFiniteGuard(config.max_non_finite_steps)  # every rank sees the same (averaged) metrics
     stop_poll = StopPoll(config.driver_files, rank, world)

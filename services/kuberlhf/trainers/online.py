@@ -70,8 +70,9 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
                      f"(step {resume_from.step})")
     elif spec.policy.lora is not None and spec.policy.lora.quantize:  # QLoRA: the engines loaded the model
         weight_sync.sync_now(0)  # unquantized
-    sink = StepSink(StepLog(output_dir / "metrics.jsonl", resume_step=first_step - 1), exporter,
-                    status_reporter(t.steps, first_step, job.metadata.labels), monitor, display.note)
+    metrics_log = StepLog(output_dir / "metrics.jsonl", first_step - 1, report_to=spec.logging.report_to)
+    sink = StepSink(metrics_log, exporter, status_reporter(t.steps, first_step, job.metadata.labels), monitor,
+                    display.note)
     samples_every = spec.logging.samples_every_steps
     samples = StepLog(output_dir / "samples.jsonl", first_step - 1, sort_keys=False) if samples_every else None
     evals: dict[str, float] = {}
