@@ -25,15 +25,16 @@ from kubernetes.utils import parse_quantity
 from kuberlhf.storage.lease import OWNER_ENV
 from kuberlhf_operator import access
 from kuberlhf.spec import API_VERSION, KIND, RLHFJob, RLHFJobSpec
+from kuberlhf.spec_cluster import OPERATOR_VOLUMES
 from kuberlhf.stages import stage_jobs
 from kuberlhf.plan import compile_plan
 
-JOB_DIR, JOB_FILE, DATA_DIR = "/etc/kuberlhf", "job.yaml", "/data"
+JOB_DIR, JOB_FILE, DATA_DIR = OPERATOR_VOLUMES["job"], "job.yaml", OPERATOR_VOLUMES["data"]
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 SPEC_HASH = "kuberlhf.io/spec-hash"
 SUSPEND_REQUESTED = "kuberlhf.io/suspend-requested"  # the last spec.suspend the operator forwarded
 RUNTIME_UID = 1000  # the user of images/runtime/Dockerfile
-WRITABLE_DIRS = (("tmp", "/tmp"), ("shm", "/dev/shm"), ("home", "/home/ray"))  # emptyDirs over a read-only root
+WRITABLE_DIRS = tuple((name, OPERATOR_VOLUMES[name]) for name in ("tmp", "shm", "home"))  # emptyDirs, read-only root
 JOB_LABEL = "kuberlhf.io/job"
 RAY_VERSION = "2.60.0"
 MAX_GPUS_PER_WORKER = 8
@@ -122,6 +123,9 @@ def pod_template(spec: RLHFJobSpec, settings: OperatorSettings, container: str, 
     if cluster.persistent_volume_claim:
         mounts.append({"name": "data", "mountPath": DATA_DIR})
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": cluster.persistent_volume_claim}})
+    for volume in cluster.volumes:  # the job's own: spec.cluster.volumes
+        mounts.append({"name": volume.name, "mountPath": volume.mount_path, "readOnly": volume.read_only})
+        volumes.append({"name": volume.name, **_volume_source(volume)})
     main = {
         "name": container, "image": cluster.image or settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
@@ -130,9 +134,12 @@ def pod_template(spec: RLHFJobSpec, settings: OperatorSettings, container: str, 
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
     }
-    if cluster.secret_env:  # references only: the operator never reads a Secret
-        main["env"] = [{"name": e.name, "valueFrom": {"secretKeyRef": {"name": e.secret_name, "key": e.key}}}
-                       for e in cluster.secret_env]
+    env = [{"name": name, "value": value} for name, value in sorted(cluster.env.items())]
+    # references only: the operator never reads a Secret
+    env += [{"name": e.name, "valueFrom": {"secretKeyRef": {"name": e.secret_name, "key": e.key}}}
+            for e in cluster.secret_env]
+    if env:
+        main["env"] = env
     if head:
         main["ports"] = [{"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
                          {"containerPort": 10001, "name": "client"}, {"containerPort": 8080, "name": "metrics"}]
@@ -149,7 +156,19 @@ def pod_template(spec: RLHFJobSpec, settings: OperatorSettings, container: str, 
         pod["nodeSelector"] = dict(cluster.node_selector)
     if cluster.tolerations:
         pod["tolerations"] = [t.model_dump(exclude_none=True) for t in cluster.tolerations]
+    if cluster.affinity:
+        pod["affinity"] = cluster.affinity
+    if cluster.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in cluster.image_pull_secrets]
     return {"metadata": {"labels": {"app.kubernetes.io/name": "kuberlhf", JOB_LABEL: job_name}}, "spec": pod}
+
+
+def _volume_source(volume: Any) -> dict[str, Any]:
+    if volume.config_map:
+        return {"configMap": {"name": volume.config_map}}
+    if volume.secret:
+        return {"secret": {"secretName": volume.secret}}
+    return {"persistentVolumeClaim": {"claimName": volume.persistent_volume_claim, "readOnly": volume.read_only}}
 
 
 def build_children(job: dict[str, Any], spec: RLHFJobSpec, settings: OperatorSettings) -> list[dict[str, Any]]:

@@ -152,6 +152,8 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out[key] = value
     if isinstance(node.get("additionalProperties"), dict):  # a map: dict[str, X]
         out["additionalProperties"] = _convert(node["additionalProperties"], defs)
+    elif node.get("additionalProperties") is True:  # dict[str, Any]: a Kubernetes object passed through as is
+        out["x-kubernetes-preserve-unknown-fields"] = True
     _describe_default(out, node)
     return out
 

@@ -3,9 +3,19 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import re
+from typing import Any
+
+from pydantic import Field, model_validator
 
 from kuberlhf.spec_base import SpecModel
+
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"  # the names of ConfigMaps, Secrets, claims
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# What the operator mounts itself (kuberlhf_operator/rayjob.py): names and paths a volume of the job may not take
+OPERATOR_VOLUMES = {"tmp": "/tmp", "shm": "/dev/shm", "home": "/home/ray", "job": "/etc/kuberlhf", "data": "/data"}
 
 
 class TolerationSpec(SpecModel):
@@ -26,12 +36,41 @@ class SecretEnvSpec(SpecModel):
     tokens and object-store credentials reach a job. Only the reference is in the job; the value never passes
     through the RLHFJob, its ConfigMap, its status, or the job's logs and metrics."""
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    name: str = Field(pattern=ENV_NAME)
     """The variable, e.g. `HF_TOKEN`, `AWS_ACCESS_KEY_ID`."""
-    secret_name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
+    secret_name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253)
     """The Secret in the job's namespace."""
     key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)
     """The key within the Secret."""
+
+
+class VolumeSpec(SpecModel):
+    """A volume mounted on every Ray pod: a ConfigMap, a Secret or a PersistentVolumeClaim of the job's
+    namespace (e.g. reward code, a CA bundle, a shared model cache)."""
+
+    name: str = Field(pattern=DNS_LABEL, max_length=63)
+    """The volume's name in the pod."""
+    mount_path: str = Field(pattern=r"^/")
+    """Where it is mounted in the Ray containers."""
+    read_only: bool = True
+    """Mount it read-only."""
+    config_map: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """A ConfigMap."""
+    secret: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """A Secret."""
+    persistent_volume_claim: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """A PersistentVolumeClaim."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "VolumeSpec":
+        sources = [s for s in (self.config_map, self.secret, self.persistent_volume_claim) if s]
+        if len(sources) != 1:
+            raise ValueError(f"volume {self.name!r}: set exactly one of configMap, secret or persistentVolumeClaim")
+        taken = {path: name for name, path in OPERATOR_VOLUMES.items()}
+        if self.name in OPERATOR_VOLUMES or self.mount_path.rstrip("/") in taken:
+            raise ValueError(f"volume {self.name!r} at {self.mount_path}: the operator mounts "
+                             f"{', '.join(f'{n} at {p}' for n, p in OPERATOR_VOLUMES.items())} itself")
+        return self
 
 
 class ClusterSpec(SpecModel):
@@ -64,9 +103,32 @@ class ClusterSpec(SpecModel):
     to read this RLHFJob and write its status (the job's progress); a named account gets that permission too."""
     secret_env: list[SecretEnvSpec] = Field(default_factory=list)
     """Environment variables from Secrets, e.g. `{name: HF_TOKEN, secretName: hub, key: token}`."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Plain environment variables of every Ray pod (e.g. `HF_HUB_OFFLINE: "1"`, `NCCL_SOCKET_IFNAME`); values
+    that are secret belong in `secretEnv`."""
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    """Secrets the pods pull the runtime image with (a private registry)."""
+    volumes: list[VolumeSpec] = Field(default_factory=list)
+    """More volumes on every Ray pod (ConfigMaps, Secrets, PersistentVolumeClaims)."""
+    affinity: dict[str, Any] | None = None
+    """Kubernetes `affinity` of every Ray pod (nodeAffinity, podAffinity, podAntiAffinity), as in a pod spec;
+    the API server checks it when KubeRay creates the pods."""
     ttl_seconds_after_finished: int = Field(default=600, ge=0)
     """How long the finished RayJob (and its logs) stays before KubeRay deletes it."""
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     """Fail the job (DeadlineExceeded) when it runs longer than this."""
     backoff_limit: int = Field(default=0, ge=0)
     """Retries of a failed job submission (each a new Ray cluster; runs resume from their newest checkpoint)."""
+
+    @model_validator(mode="after")
+    def _pod_overrides(self) -> "ClusterSpec":
+        for name in self.env:
+            if not re.fullmatch(ENV_NAME, name):
+                raise ValueError(f"env: {name!r} is not an environment variable name")
+        both = set(self.env) & {e.name for e in self.secret_env}
+        if both:
+            raise ValueError(f"env and secretEnv both set {', '.join(sorted(both))}")
+        names = [v.name for v in self.volumes]
+        if len(set(names)) != len(names):
+            raise ValueError("volumes: two volumes have the same name")
+        return self

@@ -45,10 +45,10 @@ def test_the_schema_is_structural():
 
 def test_printer_columns_and_status_subresource():
     version = crd_document()["spec"]["versions"][0]
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Phase", "Stage", "Step", "Reward", "Restarts",
-                                                                          "Age"]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
+        "Algorithm", "Phase", "Stage", "Step", "Reward", "ETA", "Restarts", "Age"]
     assert version["subresources"] == {"status": {}}
-    for column in version["additionalPrinterColumns"][:-1]:  # every column points at a declared status field
+    for column in version["additionalPrinterColumns"][:-1]:  # every column points at a declared field
         node = SCHEMA
         for part in column["jsonPath"].strip(".").split("."):
             node = node["properties"][part]

@@ -183,6 +183,55 @@ def test_rayjobs_the_operator_builds_hold_valid_pods(example):
     validate_rayjob_fields(rayjob)
 
 
+def test_pod_overrides_reach_every_ray_pod_and_stay_valid():
+    """spec.cluster's env, imagePullSecrets, volumes, affinity, nodeSelector and tolerations: in the head's and
+    the workers' pods, which still pass kubernetes-validate --strict; user code from a ConfigMap on PYTHONPATH."""
+    job = yaml.safe_load((REPO / "examples" / "grpo-tiny.yaml").read_text())
+    job["metadata"].update(uid="1234", namespace="team-a")
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]}]}}}
+    job["spec"]["cluster"] = {
+        "env": {"PYTHONPATH": "/code", "HF_HUB_OFFLINE": "1"}, "imagePullSecrets": ["registry"],
+        "secretEnv": [{"name": "HF_TOKEN", "secretName": "hub", "key": "token"}],
+        "volumes": [{"name": "code", "mountPath": "/code", "configMap": "reward-code"},
+                    {"name": "cache", "mountPath": "/cache", "persistentVolumeClaim": "hf-cache", "readOnly": False}],
+        "affinity": affinity, "nodeSelector": {"pool": "gpu"}, "tolerations": [{"key": "gpu", "operator": "Exists"}]}
+    rayjob = build_children(job, RLHFJobSpec.model_validate(job["spec"]), OperatorSettings("runtime:1"))[-1]
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    for template in templates:
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "x"},
+                                      "template": template}, K8S_VERSION, strict=True)
+        pod = template["spec"]
+        (container,) = pod["containers"]
+        assert container["env"] == [
+            {"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "PYTHONPATH", "value": "/code"},
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hub", "key": "token"}}}]
+        assert pod["imagePullSecrets"] == [{"name": "registry"}] and pod["affinity"] == affinity
+        assert pod["nodeSelector"] == {"pool": "gpu"} and pod["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["code"]["configMap"] == {"name": "reward-code"}
+        assert volumes["cache"]["persistentVolumeClaim"] == {"claimName": "hf-cache", "readOnly": False}
+        mounts = {m["name"]: (m["mountPath"], m.get("readOnly")) for m in container["volumeMounts"]}
+        assert mounts["code"] == ("/code", True) and mounts["cache"] == ("/cache", False)
+
+
+@pytest.mark.parametrize("cluster, message", [
+    ({"volumes": [{"name": "home", "mountPath": "/x", "secret": "s"}]}, "the operator mounts"),
+    ({"volumes": [{"name": "a", "mountPath": "/etc/kuberlhf/", "secret": "s"}]}, "the operator mounts"),
+    ({"volumes": [{"name": "a", "mountPath": "/a", "secret": "s", "configMap": "c"}]}, "exactly one of"),
+    ({"env": {"HF_TOKEN": "x"}, "secretEnv": [{"name": "HF_TOKEN", "secretName": "h", "key": "t"}]},
+     "env and secretEnv both set HF_TOKEN"),
+    ({"env": {"MY-VAR": "x"}}, "not an environment variable name"),
+])
+def test_pod_overrides_that_would_clash_are_refused(cluster, message):
+    from pydantic import ValidationError
+
+    job = yaml.safe_load((REPO / "examples" / "grpo-tiny.yaml").read_text())
+    with pytest.raises(ValidationError, match=message):
+        RLHFJobSpec.model_validate({**job["spec"], "cluster": cluster})
+
+
 # The ray.io/v1 RayJob fields KubeRLHF emits, with their types (KubeRay 1.3+ API reference).
 RAYJOB_SPEC_FIELDS = {"entrypoint": str, "shutdownAfterJobFinishes": bool, "ttlSecondsAfterFinished": int,
                       "backoffLimit": int, "suspend": bool, "submissionMode": str, "runtimeEnvYAML": str,
