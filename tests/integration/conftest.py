@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from kuberlhf.jobfile import load_job
 from kuberlhf.tasks.addition import build_demo_assets, read_jsonl, sampled_accuracy
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -23,17 +22,15 @@ def run_example(name: str, assets: dict[str, str], output_dir: Path, *overrides:
                 chat: bool = False) -> dict[str, Any]:
     """Run examples/<name>.yaml on the test assets; returns the run summary. With `chat`, the prompts are
     conversations (TRL's format) that the model's chat template renders as the plain prompts."""
-    from kuberlhf.launcher import run_job
+    import kuberlhf
 
     prefix = "chat_" if chat else ""
-    job = load_job(EXAMPLES / f"{name}.yaml", [
-        f"spec.policy.model={assets['model']}",
-        f"spec.data.train={assets[prefix + 'train']}",
-        f"spec.data.eval={assets[prefix + 'eval']}",
-        f"spec.output.dir={output_dir}",
-        *overrides,
-    ])
-    return run_job(job, dashboard=False)
+    return kuberlhf.run(EXAMPLES / f"{name}.yaml",  # the Python API, as a user's script calls it
+                        f"spec.policy.model={assets['model']}",
+                        f"spec.data.train={assets[prefix + 'train']}",
+                        f"spec.data.eval={assets[prefix + 'eval']}",
+                        f"spec.output.dir={output_dir}",
+                        *overrides)
 
 
 def heldout_sampled_accuracy(model_dir: str, eval_file: str, samples_per_prompt: int = 4) -> float:
