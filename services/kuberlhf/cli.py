@@ -143,6 +143,20 @@ def _build_parser() -> argparse.ArgumentParser:
     serve_reward.add_argument("--cpus", type=float, default=1.0, help="CPUs per replica (default 1)")
     serve_reward.add_argument("--gpus", type=float, default=0.0, help="GPUs per replica (default 0)")
     serve_reward.set_defaults(handler=_serve_reward)
+    serve_policy = commands.add_parser(
+        "serve-policy",
+        help="serve a trained policy behind an OpenAI-compatible API (vLLM)",
+        description="Serve a run's final model (RUN_DIR/final) or any model directory with vLLM's "
+        "OpenAI-compatible server: /v1/chat/completions (with the model's chat template), /v1/completions, "
+        "/v1/models. Runs until interrupted.",
+    )
+    serve_policy.add_argument("path", metavar="RUN_DIR|MODEL_DIR", help="a run's output dir or a model directory")
+    serve_policy.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve_policy.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    serve_policy.add_argument("--name", help="the model name clients ask for (default: the job's name)")
+    serve_policy.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
+    serve_policy.add_argument("--api-key", help="require this key from clients (default: none)")
+    serve_policy.set_defaults(handler=_serve_policy)
     docs = commands.add_parser(
         "spec-docs",
         help="print the RLHFJob field reference (Markdown)",
@@ -309,6 +323,13 @@ def describe(job: RLHFJob) -> str:
             "; later stages are checked when they start (their models come from earlier stages)"
     length = f"{spec.training.epochs} epoch(s)" if spec.is_offline else f"{spec.training.steps} steps"
     return f"{spec.algorithm}, {length}"
+
+
+def _serve_policy(args: argparse.Namespace) -> int:
+    from kuberlhf.serve.policy import serve_policy
+
+    serve_policy(args.path, args.host, args.port, args.name, args.max_model_len, args.api_key)
+    return 0  # not reached: the process became the server
 
 
 def _serve_reward(args: argparse.Namespace) -> int:

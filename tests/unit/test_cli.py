@@ -141,7 +141,8 @@ def test_run_with_a_bad_data_row_stops_before_ray_starts(workspace):
 
 
 def test_help_describes_every_command(capsys):
-    for command in ("run", "validate", "demo-assets", "spec-docs", "crd", "init", "serve-reward", "report", "metrics-docs"):
+    for command in ("run", "validate", "demo-assets", "spec-docs", "crd", "init", "serve-reward", "serve-policy", "report",
+                    "metrics-docs"):
         with pytest.raises(SystemExit) as exited:
             main([command, "--help"])
         assert exited.value.code == 0
