@@ -1,5 +1,5 @@
-"""The `kuberlhf` command line: run, validate, init, report, serve-reward, demo-assets, convert-gguf, spec-docs, crd,
-metrics-docs.
+"""The `kuberlhf` command line: run, validate, init, report, eval, serve-reward, serve-policy, demo-assets,
+convert-gguf, spec-docs, crd, metrics-docs.
 
 User mistakes (a bad field, a missing file, a reward function that fails) print one clear message and exit
 with code 1, without a traceback; bugs keep their traceback. Heavy imports (torch, Ray) happen only in the
@@ -127,6 +127,26 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run's output dir (spec.output.dir)")
     report.set_defaults(handler=_report)
+    evaluate = commands.add_parser(
+        "eval",
+        help="score a model on held-out prompts with a job's reward",
+        description="Sample the job's held-out prompts (spec.data.eval, or --data) with a model and score the "
+        "samples with the job's reward, as the run's evaluations do: the same sampling settings, seed, rollout "
+        "engine and placement. The model defaults to the job's final model, so after a run `kuberlhf eval "
+        "job.yaml` repeats its last evaluation; --model measures any other on the same footing (the start "
+        "model, another run's). Runs on the Ray cluster at $RAY_ADDRESS or an embedded local Ray; what "
+        "libraries print goes to <output.dir>/eval.log.",
+    )
+    evaluate.add_argument("file", help="RLHFJob YAML file (an online algorithm's: it names the reward)")
+    evaluate.add_argument("--model", help="model directory (default: the job's final model, else spec.policy.model)")
+    evaluate.add_argument("--data", help="prompt file or dataset (default: spec.data.eval)")
+    evaluate.add_argument("--stage", help="for a chained job: the stage whose reward, data and sampling to use")
+    evaluate.add_argument("--output", help="write every sample (prompt, completion, reward, logged columns) to "
+                          "this new JSONL file")
+    evaluate.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    evaluate.add_argument("--verbose", action="store_true", help="also show what libraries and Ray workers print")
+    _add_overrides(evaluate)
+    evaluate.set_defaults(handler=_eval)
     serve_reward = commands.add_parser(
         "serve-reward",
         help="serve a reward model over HTTP (Ray Serve)",
@@ -263,6 +283,36 @@ def _run(args: argparse.Namespace) -> int:
             raise UserError(f"{describe_error(err)} (not a problem with the job as far as KubeRLHF can tell; "
                             f"the traceback is in {log})") from err
     return 0 if summary.get("status") == "succeeded" else 1
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from kuberlhf.evaluation import evaluate_model, print_result
+    from kuberlhf.jobfile import load_job
+    from kuberlhf.telemetry.console import quiet_run
+
+    job = load_job(args.file, args.overrides)
+    if args.stage:
+        job = _stage(job, args.stage)
+    with quiet_run(Path(job.output_dir) / "eval.log", args.verbose) as console:
+        result = evaluate_model(job, args.model, args.data, args.output,
+                                note=lambda text: console.print(text, soft_wrap=True))
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        print_result(result)
+    return 0
+
+
+def _stage(job: RLHFJob, name: str) -> RLHFJob:
+    from kuberlhf.stages import stage_jobs
+
+    stages = job.spec.stages or []
+    names = [stage.name for stage in stages]
+    if name not in names:
+        raise UserError(f"--stage: no stage is named {name!r} (the job's stages: {', '.join(names) or 'none'})")
+    return stage_jobs(job)[names.index(name)]
 
 
 def _validate(args: argparse.Namespace) -> int:

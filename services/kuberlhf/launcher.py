@@ -29,6 +29,7 @@ from kuberlhf.trainers.lifecycle import StopRequest, find_resume, local_final, o
 def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[str, Any]:
     """Run a job (or each stage of a chained one) as the only writer of its outputs (storage/lease.py)."""
     quiet_libraries()
+    job = anchor_local_dirs(job)
     storage = job_storage(job)
     roots = [storage.outputs] + ([storage.checkpoints.storage] if job.spec.checkpoint.dir else [])
     if storage.remote:  # the driver's own files (metrics.jsonl, run.log) are in output.dir
@@ -37,6 +38,22 @@ def run_job(job: RLHFJob, dashboard: bool = True, resume: bool = True) -> dict[s
         if job.spec.stages is not None:
             return run_stages(job, dashboard, resume)
         return run_single(job, dashboard, resume)
+
+
+def anchor_local_dirs(job: RLHFJob) -> RLHFJob:
+    """With `runtimeEnv.workingDir` Ray runs every worker in another directory: relative local `output.dir` and
+    `checkpoint.dir` are made absolute here (from the driver's working directory), so each process writes where
+    the driver reads."""
+    spec = job.spec
+    if not spec.runtime_env.working_dir:
+        return job
+
+    def anchored(section: Any) -> Any:
+        path = section.dir
+        return section if path is None or "://" in path else section.model_copy(update={"dir": os.path.abspath(path)})
+
+    sections = {"output": anchored(spec.output), "checkpoint": anchored(spec.checkpoint)}
+    return job.model_copy(update={"spec": spec.model_copy(update=sections)})
 
 
 def run_single(job: RLHFJob, dashboard: bool, resume: bool) -> dict[str, Any]:
@@ -176,7 +193,7 @@ def ray_session(job: RLHFJob, dashboard: bool) -> Iterator[str]:
     address = os.environ.get("RAY_ADDRESS")
     with ExitStack() as stack:
         if address:
-            ray.init(address=address, runtime_env={"env_vars": env}, namespace="kuberlhf",
+            ray.init(address=address, runtime_env=job.spec.runtime_env.to_ray(env), namespace="kuberlhf",
                      job_config=ray.job_config.JobConfig(metadata=metadata), log_to_driver=True)
             where = f"Ray cluster {address}"
         else:
@@ -189,7 +206,7 @@ def ray_session(job: RLHFJob, dashboard: bool) -> Iterator[str]:
                 # a killed `ray start` or test would otherwise be joined, and reject num_cpus)
                 context = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=dashboard,
                                    dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-                                   runtime_env={"env_vars": env}, namespace="kuberlhf",
+                                   runtime_env=job.spec.runtime_env.to_ray(env), namespace="kuberlhf",
                                    job_config=ray.job_config.JobConfig(metadata=metadata), log_to_driver=True,
                                    configure_logging=False)
             where = "embedded local Ray on 127.0.0.1"

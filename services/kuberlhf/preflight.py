@@ -1,5 +1,6 @@
 """Checks that run before any Ray actor starts: models exist, data files parse, the reward function
-imports. A bad job fails here in seconds, with a message naming the field, file or line.
+imports, the experiment trackers the job names are installed. A bad job fails here in seconds, with a message
+naming the field, file or line.
 
 Returns the resolved inputs (absolute paths, loaded prompt datasets) so the run uses exactly what was checked.
 """
@@ -18,6 +19,7 @@ from kuberlhf.errors import UserError
 from kuberlhf.reward_client import RemoteReward
 from kuberlhf.reward_functions import check_reward_signature, import_reward_function
 from kuberlhf.spec import RLHFJob
+from kuberlhf.telemetry.trackers import check_installed as check_trackers_installed
 
 
 @dataclass
@@ -70,6 +72,8 @@ class OfflineInputs:
 def check_offline_inputs(job: RLHFJob) -> OfflineInputs:
     """Models exist; the data file reads, is in the format the algorithm trains on, and names any bad row."""
     spec = job.spec
+    check_trackers_installed(spec.logging.report_to)
+    check_runtime_env(spec)
     models = {"policy": resolve_model(spec.policy.model, "spec.policy.model")}
     if "reference" in spec.roles:
         models["reference"] = resolve_model(spec.reference.model, "spec.reference.model") \
@@ -89,16 +93,12 @@ def check_local_inputs(job: RLHFJob, import_user_code: bool = True) -> ResolvedI
     `kuberlhf validate --no-import` of a file from elsewhere runs none of its code); raise UserError on the
     first problem."""
     spec = job.spec
+    check_trackers_installed(spec.logging.report_to)
+    check_runtime_env(spec)
     policy = resolve_model(spec.policy.model, "spec.policy.model")
-    reward_model = resolve_model(spec.reward.model, "spec.reward.model") if spec.reward.model else None
-    if reward_model:
-        check_reward_model(reward_model, "spec.reward.model")
     data = spec.data
     train = load_prompts(data.train, data.split, data.subset, data.columns, "spec.data.train")
-    if spec.reward.function and import_user_code:
-        check_reward_signature(import_reward_function(spec.reward.function), spec.reward.function, list(train.columns))
-    if spec.reward.url:
-        RemoteReward(spec.reward.url, timeout_s=30, attempts=1)([], [])  # reachable and speaking the protocol
+    reward_model = check_reward_inputs(spec, list(train.columns), import_user_code)
     models = {"policy": policy, "rollout": policy}
     for role in spec.roles:  # the roles the algorithm starts (kuberlhf.algorithms.registry)
         if role == "reward":
@@ -121,6 +121,48 @@ def check_local_inputs(job: RLHFJob, import_user_code: bool = True) -> ResolvedI
     check_prompt_lengths(policy, [train, evaluation], data.max_prompt_tokens, spec.rollout.max_new_tokens)
     check_outputs_reachable(job)
     return ResolvedInputs(models, train, evaluation, resolve_rollout_engine(spec.rollout.engine))
+
+
+def check_reward_inputs(spec: Any, columns: list[str], import_user_code: bool = True) -> str | None:
+    """The reward the job names works: a reward model exists and has a score head, the function imports and takes
+    the data's `columns`, the URL answers in the protocol. Returns the reward model's resolved path, if any."""
+    reward_model = None
+    if spec.reward.model:
+        reward_model = resolve_model(spec.reward.model, "spec.reward.model")
+        check_reward_model(reward_model, "spec.reward.model")
+    if spec.reward.function and import_user_code:
+        check_reward_function(spec, columns)
+    if spec.reward.url:
+        RemoteReward(spec.reward.url, timeout_s=30, attempts=1)([], [])  # reachable and speaking the protocol
+    return reward_model
+
+
+def check_runtime_env(spec: Any) -> None:
+    """The local directories `runtimeEnv` names exist (Ray would fail only when the job starts)."""
+    for field, path in spec.runtime_env.local_paths():
+        if not Path(path).is_dir():
+            raise UserError(f"spec.{field}: directory {path!r} does not exist")
+
+
+def check_reward_function(spec: Any, columns: list[str]) -> None:
+    """The reward function imports here as the workers will import it (with `runtimeEnv`'s local directories)
+    and takes the data's columns. A module that only `runtimeEnv.pip` provides is checked by the workers."""
+    env = spec.runtime_env
+    # workingDir is the workers' import root; each pyModules directory is a package, importable by its name
+    roots = [path for field, path in env.local_paths() if field == "runtimeEnv.workingDir"] + \
+        [str(Path(path).resolve().parent) for field, path in env.local_paths() if field != "runtimeEnv.workingDir"]
+    sys.path[:0] = roots
+    try:
+        function = import_reward_function(spec.reward.function)
+    except UserError as err:
+        if not env.pip:
+            raise
+        print(f"note: spec.reward.function: {err}; runtimeEnv.pip may provide it: the workers check it when they "
+              f"start", file=sys.stderr)
+        return
+    finally:
+        del sys.path[:len(roots)]
+    check_reward_signature(function, spec.reward.function, columns)
 
 
 def check_prompt_lengths(model: str, datasets: list[Any], max_prompt_tokens: int, max_new_tokens: int) -> None:

@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 
 from kuberlhf.spec_base import SpecModel
 from kuberlhf.spec_cluster import ClusterSpec
+from kuberlhf.spec_runtime import RuntimeEnvSpec
 from kuberlhf.spec_monitor import LoggingSpec, MetricsSpec, MonitorSpec
 from kuberlhf.algorithms.registry import NAMES, ONLINE, SETTINGS_BLOCKS, Algorithm as AlgorithmDescriptor, algorithm
 from kuberlhf.spec_offline import DPOSpec, KTOSpec, LoRASpec, SFTSpec
@@ -299,6 +300,9 @@ class RLHFJobSpec(SpecModel):
     stages: list[StageSpec] | None = Field(default=None, min_length=1)
     """Stages run one after the other in one job, e.g. sft -> rm -> ppo; then `algorithm` is not set and
     the job's other sections are every stage's defaults."""
+    runtime_env: RuntimeEnvSpec = Field(default_factory=RuntimeEnvSpec)
+    """Ray's runtime environment of every worker: your code (`workingDir`, `pyModules`), packages (`pip`),
+    environment variables; locally and on a cluster."""
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     """The Ray cluster the operator starts for the job on Kubernetes (ignored by a local `kuberlhf run`)."""
     suspend: bool = False

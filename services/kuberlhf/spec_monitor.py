@@ -68,10 +68,16 @@ class MonitorSpec(SpecModel):
 class LoggingSpec(SpecModel):
     """What a run writes besides metrics.jsonl."""
 
-    report_to: list[Literal["tensorboard"]] = Field(default_factory=list)
-    """Experiment trackers that get every metrics.jsonl record (TRL's `report_to`), beside it on the driver:
-    `tensorboard` writes event files to `<output.dir>/tensorboard` (`tensorboard --logdir` it; copied to
-    `output.uri` with the other logs). A resumed run drops the events after its checkpoint's step."""
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
+    """Experiment trackers that get every metrics.jsonl record (TRL's `report_to`) and the samples.jsonl
+    samples, from the driver; their files go to `<output.dir>/<tracker>` and are copied to `output.uri` with
+    the other logs. `tensorboard`: event files (`tensorboard --logdir` them); a resumed run drops the events
+    after its checkpoint's step. `wandb` (the `kuberlhf[wandb]` extra): a Weights & Biases run in project
+    `$WANDB_PROJECT` (default `kuberlhf`), offline unless `WANDB_API_KEY` or `WANDB_MODE` says otherwise
+    (`wandb sync` it later). `mlflow` (the `kuberlhf[mlflow]` extra): an MLflow run in experiment
+    `$MLFLOW_EXPERIMENT_NAME` (default `kuberlhf`) at `$MLFLOW_TRACKING_URI`, else in a SQLite store in
+    `<output.dir>/mlflow`. Both name the run after the job (`<job>/<stage>` in a chained job), take the spec
+    as its config, and continue the same run when the job resumes."""
 
     samples_every_steps: int = Field(default=10, ge=0)
     """Every this many steps, append some of the step's samples to `samples.jsonl` (prompt, completion,

@@ -1,8 +1,8 @@
 """The offline stages run on Ray Train and learn on the addition task: DPO (with its NLL term, on two ZeRO-2
 workers: DeepSpeed inside Ray Train's process group) and SFT raise held-out sampled accuracy, a reward model
-ranks held-out pairs, KTO separates its implicit rewards without losing accuracy, and a chained
-sft -> rm -> ppo job runs its stages in order with each output wired into the next, its final model beating
-its SFT model on the task.
+ranks held-out pairs, KTO separates its implicit rewards without losing accuracy (its metrics reaching
+TensorBoard, MLflow and an offline W&B run from the driver), and a chained sft -> rm -> ppo job runs its
+stages in order with each output wired into the next, its final model beating its SFT model on the task.
 
 The numbers these tests print are recorded in docs/architecture.md (offline stages)."""
 
@@ -16,6 +16,7 @@ import torch
 from kuberlhf.jobfile import load_job
 from kuberlhf.tasks.addition import make_offline_rows, read_jsonl
 
+from ..tracker_files import offline_runs, tracker_environment
 from .conftest import EXAMPLES, heldout_sampled_accuracy
 
 pytestmark = pytest.mark.slow
@@ -73,16 +74,27 @@ def test_packed_sft_raises_heldout_accuracy(assets, tmp_path, start_accuracy, ca
     assert final >= start_accuracy + 0.05
 
 
-def test_kto_separates_desirable_from_undesirable_completions(assets, tmp_path, start_accuracy):
+def test_kto_separates_desirable_from_undesirable_completions(assets, tmp_path, start_accuracy, monkeypatch):
+    from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    tracker_environment(monkeypatch, tmp_path / "home")  # W&B offline, MLflow in the output directory
     summary = run_offline(assets, tmp_path, "kto", assets["labels"], "spec.kto.beta=0.1",
-                          "spec.training.learningRate=0.00003", "spec.logging.reportTo=[tensorboard]")
+                          "spec.training.learningRate=0.00003", "spec.logging.reportTo=[tensorboard,mlflow,wandb]")
     records = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
     events = EventAccumulator(str(tmp_path / "tensorboard"))  # fed on the driver from rank 0's records
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("loss")] == [(r["step"], pytest.approx(r["loss"]))
                                                                    for r in records]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    run = client.get_run((tmp_path / "mlflow" / "kuberlhf-run-id").read_text().strip())
+    assert (run.info.run_name, run.info.status, run.data.params["algorithm"]) == ("dpo-tiny", "FINISHED", "kto")
+    loss = client.get_metric_history(run.info.run_id, "loss")
+    last = max(loss, key=lambda metric: metric.step)
+    assert (len(loss), last.step, last.value) == (len(records), records[-1]["step"], pytest.approx(records[-1]["loss"]))
+    (wandb_run,) = offline_runs(tmp_path / "wandb")  # finished (exit code 0) when the stage ended
+    assert (wandb_run.name, wandb_run.exit_code, len(wandb_run.history)) == ("dpo-tiny", 0, len(records))
+    assert wandb_run.history[records[-1]["step"]]["loss"] == pytest.approx(records[-1]["loss"])
     last = records[-25:]
     desirable = sum(m["desirable_reward"] for m in last) / len(last)
     undesirable = sum(m["undesirable_reward"] for m in last) / len(last)

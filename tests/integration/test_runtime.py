@@ -41,17 +41,27 @@ def test_roles_are_named_actors_in_one_placement_group(assets, tmp_path):
 
 
 def test_reward_function_error_inside_an_actor_is_a_clear_user_error(assets, tmp_path):
-    (tmp_path / "broken_reward.py").write_text(
-        "def reward(prompts, completions, **columns):\n    return [1.0] * (len(completions) - 1)\n")
+    """The reward module ships in `runtimeEnv.workingDir` (not importable where the driver runs) and reads a
+    `runtimeEnv.envVars` variable: the workers import it from there and see the variable, since the error they
+    report is the one it makes."""
+    code, elsewhere = tmp_path / "code", tmp_path / "elsewhere"
+    (code / "..2026_12_04").mkdir(parents=True)  # laid out as Kubernetes mounts a ConfigMap: symlinks into ..data
+    elsewhere.mkdir()
+    (code / "..2026_12_04" / "broken_reward.py").write_text(
+        "import os\n\ndef reward(prompts, completions, **columns):\n"
+        "    return [1.0] * (len(completions) - int(os.environ['DROP']))\n")
+    (code / "..data").symlink_to("..2026_12_04")
+    (code / "broken_reward.py").symlink_to("..data/broken_reward.py")
     job_file = tmp_path / "job.yaml"
     job_file.write_text((EXAMPLES / "grpo-tiny.yaml").read_text())
     result = subprocess.run(
         [sys.executable, "-m", "kuberlhf.cli", "run", str(job_file), "--no-dashboard",
          "--set", f"spec.policy.model={assets['model']}", "--set", f"spec.data.train={assets['train']}",
          "--set", "spec.data.eval=", "--set", "spec.reward.function=broken_reward:reward",
-         "--set", f"spec.output.dir={tmp_path / 'out'}"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+         "--set", f"spec.runtimeEnv={{workingDir: {code}, envVars: {{DROP: '1'}}}}", "--set", "spec.output.dir=out"],
+        capture_output=True, text=True, cwd=elsewhere, timeout=300,
     )
+    assert (elsewhere / "out" / "run.log").is_file()  # a relative output dir stays the driver's
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last == "error: reward function broken_reward:reward returned 127 values for 128 completions"

@@ -237,3 +237,22 @@ def test_validate_refuses_long_prompts_and_unreachable_output_storage(workspace,
     assert "train.jsonl:1: prompt is 2 tokens, longer than spec.data.maxPromptTokens = 1" in capsys.readouterr().err
     assert main(["validate", job, "--set", "spec.output.uri=nosuchprotocol://bucket/run"]) == 1
     assert "spec.output.uri: cannot open nosuchprotocol://bucket/run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, args, message", [
+    ("", ["--output", "train.jsonl"], "--output: train.jsonl exists; choose another file (nothing was overwritten)"),
+    ("", [], "spec.data.eval: not set; pass --data FILE"),
+    ("", ["--data", "missing.jsonl"], "--data"),
+    ("", ["--stage", "rm"], "--stage: no stage is named 'rm' (the job's stages: none)"),
+    ("  algorithm: dpo\n", [], "spec.algorithm: dpo trains without a reward"),
+])
+def test_eval_refuses_what_it_cannot_evaluate_in_one_line_before_ray_starts(workspace, capsys, extra, args, message):
+    write_job(workspace / "job.yaml")
+    if extra:  # the offline job of the same model and data
+        text = (workspace / "job.yaml").read_text().replace("  algorithm: grpo\n", extra)
+        text = text.replace('  reward: {function: "rewards:f"}\n', "").replace("  training: {promptsPerStep: 1}\n", "")
+        (workspace / "job.yaml").write_text(text)
+    assert main(["eval", "job.yaml", *args]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
+    assert "ray" not in sys.modules or not __import__("ray").is_initialized()

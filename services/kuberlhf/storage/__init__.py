@@ -14,7 +14,11 @@ from kuberlhf.storage.checkpoints import Checkpoints
 from kuberlhf.storage.store import Storage
 
 LOG_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json")  # copied to output.uri (the driver's own files)
-LOG_DIRS = ("tensorboard",)  # experiment trackers' files (telemetry/trackers.py), copied too
+LOG_DIRS = ("tensorboard", "wandb", "mlflow")  # experiment trackers' files (telemetry/trackers.py), copied too
+# What a resumed job on a new machine needs back to continue its trackers' runs: the run ids (RUN_ID_FILE of
+# telemetry/wandb_tracker.py and mlflow_tracker.py) and the local MLflow store, fetched like the log files.
+# TensorBoard and offline W&B need nothing back: they start new files beside the old ones.
+TRACKER_STATE = ("wandb/kuberlhf-run-id", "mlflow/kuberlhf-run-id", "mlflow/mlflow.db")
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ class JobStorage:
     def fetch_logs(self) -> None:
         """Before a resume on a machine whose output directory is gone: the log files from output.uri."""
         if self.remote:
-            for name in LOG_FILES:
+            for name in LOG_FILES + TRACKER_STATE:
                 if not (self.local / name).exists() and self.outputs.exists(name):
                     self.outputs.get_file(name, self.local / name)
 

@@ -7,7 +7,7 @@ import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -15,6 +15,7 @@ from rich.table import Table
 
 from kuberlhf.telemetry.console import console as run_console
 from kuberlhf.telemetry.trackers import open_trackers
+from kuberlhf.telemetry.tracking import Tracker, Tracking
 
 HEADLINE = ("reward/mean", "kl/sequence", "response_length/mean", "time/step")
 OFFLINE_HEADLINE = ("loss", "accuracy", "margin", "time/step")
@@ -36,15 +37,16 @@ class PhaseTimer:
 class StepLog:
     """A JSON-lines file of records tagged with their step (metrics.jsonl, samples.jsonl); on resume, keeps
     the lines up to the resumed step (a line cut short by a crash or a full disk is dropped) and replaces the
-    file in one rename."""
+    file in one rename. Closing it (or leaving its `with` block) ends its trackers' runs; the file itself is
+    opened per write and needs no closing."""
 
-    def __init__(self, path: Path, resume_step: int = 0, sort_keys: bool = True, report_to: Sequence[str] = ()
+    def __init__(self, path: Path, resume_step: int = 0, sort_keys: bool = True, tracking: Tracking | None = None
                  ) -> None:
-        """`report_to`: experiment trackers (telemetry/trackers.py) that get every record too, each in a
+        """`tracking`: the experiment trackers (telemetry/trackers.py) that get every record too, each in a
         directory of its name beside the file."""
         self.path, self.sort_keys = path, sort_keys
-        self.trackers = open_trackers(path.parent, resume_step, report_to)
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.trackers: list[Tracker] = open_trackers(path.parent, resume_step, tracking) if tracking else []
         kept = []
         if resume_step and path.exists():
             kept = [line for line, record in read_records(path) if record.get("step", 0) <= resume_step]
@@ -57,6 +59,24 @@ class StepLog:
             handle.write(json.dumps(record, sort_keys=self.sort_keys, default=_plain) + "\n")
         for tracker in self.trackers:
             tracker.log(record)
+
+    def track_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        """A step's samples (written to samples.jsonl by a log of their own) for this log's trackers too: one
+        run per tracker holds both the metrics and the samples."""
+        for tracker in self.trackers:
+            tracker.log_samples(step, samples)
+
+    def close(self, failed: bool = False) -> None:
+        """End the trackers' runs, as failed if the job raised; later records go to the file only."""
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close(failed)
+
+    def __enter__(self) -> StepLog:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.close(failed=kind is not None)
 
 
 def read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -87,8 +107,16 @@ class DriverFiles:
     def stop_requested(self) -> bool:
         return self.stopping
 
-    def open_log(self, name: str, resume_step: int, report_to: Sequence[str] = ()) -> None:
-        self.logs[name] = StepLog(self.directory / name, resume_step, report_to=report_to)
+    def open_log(self, name: str, resume_step: int, tracking: Tracking | None = None) -> None:
+        """(Re)open a log: a restarted stage's rank 0 opens it again, which ends the earlier attempt's runs."""
+        if name in self.logs:
+            self.logs[name].close(failed=True)
+        self.logs[name] = StepLog(self.directory / name, resume_step, tracking=tracking)
+
+    def close_logs(self, failed: bool) -> None:
+        """The stage is over: end every log's tracker runs (a record still on its way goes to the file only)."""
+        for log in self.logs.values():
+            log.close(failed)
 
     def write(self, name: str, record: dict[str, Any]) -> None:
         self.logs[name].write(record)
@@ -100,14 +128,28 @@ class DriverFiles:
         (self.directory / name).write_text(text)
 
 
+@contextmanager
+def closing_logs(files: Any) -> Iterator[None]:
+    """A `DriverFiles` actor's logs are closed when the block ends (their trackers' runs finished, or failed if
+    the block raised): the offline stages' way of closing what rank 0 opened on the driver."""
+    import ray
+
+    try:
+        yield
+    except BaseException:
+        ray.get(files.close_logs.remote(failed=True))
+        raise
+    ray.get(files.close_logs.remote(failed=False))
+
+
 class RemoteStepLog:
     """A StepLog kept by a DriverFiles actor (same `write`)."""
 
-    def __init__(self, files: Any, name: str, resume_step: int, report_to: Sequence[str] = ()) -> None:
+    def __init__(self, files: Any, name: str, resume_step: int, tracking: Tracking | None = None) -> None:
         import ray
 
         self.files, self.name = files, name
-        ray.get(files.open_log.remote(name, resume_step, list(report_to)))
+        ray.get(files.open_log.remote(name, resume_step, tracking))
 
     def write(self, record: dict[str, Any]) -> None:
         """Sent without waiting: an actor runs one caller's calls in order, and the next call that is waited

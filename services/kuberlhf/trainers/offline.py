@@ -22,7 +22,8 @@ from kuberlhf.spec import RLHFJob
 from kuberlhf.telemetry.exporter import serve_job_metrics
 from kuberlhf.storage.checkpoints import Checkpoint, begin_final
 from kuberlhf.storage.transfer import start_on_this_node
-from kuberlhf.telemetry.run_log import DriverFiles
+from kuberlhf.telemetry.run_log import DriverFiles, closing_logs
+from kuberlhf.telemetry.tracking import tracking_of
 from kuberlhf.trainers.lifecycle import (RunStorage, StopRequest, find_resume, local_final, open_run_storage,
                                          run_with_restarts)
 from kuberlhf.trainers.offline_loop import EVAL_FILE, OfflineConfig, Split, train_loop
@@ -81,8 +82,10 @@ def train_offline(job: RLHFJob, inputs: OfflineInputs, note: Any, stop_request: 
         if stop_request.requested:
             raise interrupted(run) from None
 
-    _, restarts = run_with_restarts(job, attempt, (ray.train.TrainingFailedError,), "a Ray Train worker",
-                                    config.total_steps, note, find_resume(job, config.total_steps, note), stopped)
+    with closing_logs(config.driver_files):  # the trackers' runs end with the stage, before the logs are copied
+        _, restarts = run_with_restarts(job, attempt, (ray.train.TrainingFailedError,), "a Ray Train worker",
+                                        config.total_steps, note, find_resume(job, config.total_steps, note),
+                                        stopped)
     output = Path(job.output_dir)
     run.storage.copy_logs()
     evaluated = json.loads((output / EVAL_FILE).read_text()) if evaluation is not None else {}
@@ -141,7 +144,7 @@ def offline_config(job: RLHFJob, inputs: OfflineInputs, train: Split, evaluation
         driver_files=None, keep=spec.checkpoint.keep, pad_token_id=pad_token_id, train=train,
         evaluation=evaluation, eval_every=t.eval_every_steps, lora=spec.policy.lora, merge_lora=spec.output.merge_lora,
         job_labels=dict(job.metadata.labels), max_non_finite_steps=t.max_non_finite_steps,
-        report_to=tuple(spec.logging.report_to), **settings,
+        tracking=tracking_of(job), **settings,
     )
     return dataclasses.replace(config, setup=dataclasses.replace(config.setup, total_steps=config.total_steps))
 

@@ -38,6 +38,7 @@ from kuberlhf.telemetry.job_status import status_reporter
 from kuberlhf.telemetry.console import say
 from kuberlhf.telemetry.run_log import RemoteStepLog
 from kuberlhf.telemetry.step_sink import StepSink
+from kuberlhf.telemetry.tracking import Tracking
 from kuberlhf.storage.checkpoints import FINAL, Checkpoint, checkpoint_name
 from kuberlhf.storage.transfer import StorageTarget, deliver, fetch
 from kuberlhf.trainers.guards import NonFiniteGuard
@@ -97,7 +98,7 @@ class OfflineConfig:
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
     job_labels: dict[str, str] = field(default_factory=dict)  # the stage label names a chain's stage
-    report_to: tuple[str, ...] = ()  # logging.reportTo: trackers fed from metrics.jsonl on the driver
+    tracking: Tracking | None = None  # logging.reportTo: trackers fed from metrics.jsonl on the driver
     resume_from: Checkpoint | None = None  # the newest complete checkpoint when the run (re)starts
 
     @property
@@ -125,7 +126,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         join_existing_group()
     engine = make_training_engine(model, config.setup, world)
     step = restore(engine, config)
-    sink = StepSink(RemoteStepLog(config.driver_files, "metrics.jsonl", step, config.report_to),
+    sink = StepSink(RemoteStepLog(config.driver_files, "metrics.jsonl", step, config.tracking),
                     config.exporter, status_reporter(config.total_steps, step + 1, config.job_labels)
                     ) if rank == 0 else None
     share = config.batch_size // world

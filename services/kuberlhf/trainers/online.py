@@ -30,6 +30,8 @@ from kuberlhf.telemetry.job_status import status_reporter
 from kuberlhf.telemetry.monitor import RewardHackingMonitor
 from kuberlhf.telemetry.run_log import PhaseTimer, StepDisplay, StepLog, sample_records
 from kuberlhf.telemetry.step_sink import StepSink
+from kuberlhf.trainers.heldout import heldout_rollout
+from kuberlhf.telemetry.tracking import tracking_of
 from kuberlhf.storage.checkpoints import Checkpoint
 from kuberlhf.trainers.lifecycle import (
     RunStorage,
@@ -70,9 +72,6 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
                      f"(step {resume_from.step})")
     elif spec.policy.lora is not None and spec.policy.lora.quantize:  # QLoRA: the engines loaded the model
         weight_sync.sync_now(0)  # unquantized
-    metrics_log = StepLog(output_dir / "metrics.jsonl", first_step - 1, report_to=spec.logging.report_to)
-    sink = StepSink(metrics_log, exporter, status_reporter(t.steps, first_step, job.metadata.labels), monitor,
-                    display.note)
     samples_every = spec.logging.samples_every_steps
     samples = StepLog(output_dir / "samples.jsonl", first_step - 1, sort_keys=False) if samples_every else None
     evals: dict[str, float] = {}
@@ -88,11 +87,14 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
                                             TrainerState(updates_done, t.steps), columns=columns)
         return pending, sampler.state()
 
+    reporter = status_reporter(t.steps, first_step, job.metadata.labels)
+    metrics_log = StepLog(output_dir / "metrics.jsonl", first_step - 1, tracking=tracking_of(job))
+    sink = StepSink(metrics_log, exporter, reporter, monitor, display.note)
     started = time.perf_counter()
-    next_generation = start_generation(first_step, first_step - 1)
     weights_synced: SyncInFlight | None = None
     metrics_of_last_sync: dict[str, float] = {}
-    with display:
+    with display, metrics_log:  # the trackers' runs end with the loop, as failed if it raised
+        next_generation = start_generation(first_step, first_step - 1)
         for step in range(first_step, t.steps + 1):
             timer, step_started = PhaseTimer(), time.perf_counter()
 
@@ -134,8 +136,10 @@ def train(job: RLHFJob, workers: RoleWorkers, train_data: PromptDataset, eval_da
             if rollout.reward_log is not None:  # what the reward function logged (TRL's log_metric)
                 metrics.update(rollout.reward_log.metric_means())
             if samples is not None and step % samples_every == 0:
-                for record in sample_records(step, rollout, scores, spec.logging.samples_per_step):
+                written = sample_records(step, rollout, scores, spec.logging.samples_per_step)
+                for record in written:
                     samples.write(record)
+                metrics_log.track_samples(step, written)
 
             metrics.update(metrics_of_last_sync)
             with timer("training"):  # policy and critic update concurrently; the weight sync is queued behind
@@ -204,10 +208,9 @@ def select_rows(rows: list[int], rollout: RolloutBatch, *tensors: Any) -> tuple[
 
 def evaluate(workers: RoleWorkers, data: PromptDataset, sampling: SamplingParams, seed: int,
              state: TrainerState) -> float:
-    """Mean reward of sampled completions on held-out prompts (same sampling settings as training)."""
-    prompts, columns = data.select(list(range(len(data))))
-    rollout = workers.rollout.map_batch("generate", prompts, sampling, -1 - seed, state, columns=columns).get()
-    scores = workers.reward.map_batch("score", rollout).get() if workers.reward else rollout.scores
+    """Mean reward of sampled completions on held-out prompts (same sampling settings as training; what
+    `kuberlhf eval` computes too)."""
+    _, scores = heldout_rollout(workers, data, sampling, seed, state)
     return float(scores.mean())
 
 
