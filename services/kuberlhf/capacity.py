@@ -4,13 +4,14 @@
   refused at once (on a Ray cluster an autoscaler may still add nodes: there the placement group waits 60 s).
 - Memory: the memory each worker needs for its model states is estimated from the model's parameter count
   and compared with the cluster: each GPU bundle with the GPU memory of its accelerator type (where Ray
-  names a known one), and everything held in RAM with the nodes' memory. Only model states are counted
-  (weights, gradients, optimizer state), not activations or vLLM's KV cache, so this is a lower bound: a
-  job it refuses would surely run out of memory, hours or minutes in.
+  names a known one), and everything held in RAM with the nodes' memory. Model states are counted (weights,
+  gradients, optimizer state), and a vLLM engine's fixed share of its GPU, but not activations, so this is a
+  lower bound: a job it refuses would surely run out of memory, hours or minutes in.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from kuberlhf.errors import UserError
 from kuberlhf.preflight import OfflineInputs, ResolvedInputs
 from kuberlhf.spec import RLHFJobSpec
 from kuberlhf.plan import compile_plan
-from kuberlhf.workers.placement import plan_placement
+from kuberlhf.workers.placement import engine_memory_share, plan_placement
 
 # Usable memory of the accelerator types Ray reports (resource `accelerator_type:<name>`), in bytes.
 GPU_MEMORY = {"H100": 80e9, "H200": 141e9, "B200": 180e9, "A100-80G": 80e9, "A100-40G": 40e9, "L40S": 48e9,
@@ -111,10 +112,19 @@ def cluster_capacity(nodes: list[dict[str, Any]]) -> Capacity:
     return Capacity(gpu_memory, host)
 
 
+def vllm_engine_memory(spec: RLHFJobSpec, num_gpus: float, gpu_memory: float) -> WorkerMemory:
+    """A vLLM engine on GPUs takes its share of each (`rollout.gpuMemoryUtilization`) for weights and KV cache,
+    whatever the model's size; while it samples, the colocated roles keep their model states beside it."""
+    share = engine_memory_share(num_gpus, spec.rollout.tensor_parallel_size, spec.rollout.gpu_memory_utilization)
+    return WorkerMemory(share * gpu_memory * math.ceil(num_gpus), 0.0,
+                        f"vLLM weights and KV cache, {share:g} of each GPU (rollout.gpuMemoryUtilization)")
+
+
 def memory_shortfalls(spec: RLHFJobSpec, models: dict[str, str], capacity: Capacity,
-                      count: Any = parameter_count) -> list[str]:
+                      count: Any = parameter_count, rollout_engine: str = "hf") -> list[str]:
     """One line per place the job's model states cannot fit; `models` maps each role the job starts to its
-    model (roles whose parameters cannot be counted are left out)."""
+    model (roles whose parameters cannot be counted are left out). vLLM engines (`rollout_engine`) on GPUs of
+    a known type count their share of the GPU."""
     counted = {model: count(model) for model in set(models.values())}  # roles often share a model
     params = {role: counted[model] for role, model in models.items() if counted[model] is not None}
     if not params:
@@ -125,6 +135,8 @@ def memory_shortfalls(spec: RLHFJobSpec, models: dict[str, str], capacity: Capac
     for role, placements in plan.items():
         for placement in placements:
             need = worker_memory(spec, role, params[role], placement.num_gpus > 0)
+            if role == "rollout" and rollout_engine == "vllm" and placement.num_gpus and capacity.gpu_memory:
+                need = vllm_engine_memory(spec, placement.num_gpus, capacity.gpu_memory)
             on_bundle[placement.bundle_index].append((role, need))
             host_needed += need.host + (need.device if placement.num_gpus == 0 else 0)
         held_in_ram.append(f"{role} {params[role] / 1e6:,.0f}M parameters ({need.what}): "
@@ -163,15 +175,16 @@ def resource_shortfall(bundles: list[dict[str, float]], cluster: dict[str, float
             f"lower resources.*.cpus/gpus/workers, or run on a Ray cluster (RAY_ADDRESS)")
 
 
-def check_capacity(spec: RLHFJobSpec, models: dict[str, str], fixed_size: bool) -> None:
+def check_capacity(spec: RLHFJobSpec, models: dict[str, str], fixed_size: bool, rollout_engine: str = "hf"
+                   ) -> None:
     """Refuse a job that cannot fit the Ray cluster it is connected to: CPUs and GPUs where the cluster's
-    size is `fixed_size` (the embedded Ray), model states always."""
+    size is `fixed_size` (the embedded Ray), model states (and vLLM engines' shares of their GPUs) always."""
     import ray
 
     if fixed_size:
         if (problem := resource_shortfall(compile_plan(spec).bundles, ray.cluster_resources())) is not None:
             raise UserError(problem)
-    problems = memory_shortfalls(spec, models, cluster_capacity(ray.nodes()), parameter_count)
+    problems = memory_shortfalls(spec, models, cluster_capacity(ray.nodes()), parameter_count, rollout_engine)
     if problems:
         raise UserError("spec.resources: the models do not fit: " + " | ".join(problems) + ". Spread the trained "
                         "roles over more workers with training.zeroStage 2 or 3, offload "

@@ -112,7 +112,7 @@ def _build_parser() -> argparse.ArgumentParser:
     init.add_argument("--reward", help="for prompt-only data: package.module:function, a reward model directory "
                       "or a reward service URL")
     init.add_argument("--model", default=None, help="the model to train (default: Qwen/Qwen2.5-0.5B-Instruct)")
-    init.add_argument("--gpus", type=int, default=0, help="GPUs for the policy (0: CPU)")
+    init.add_argument("--gpus", type=int, default=0, help="GPUs to place every role on (0: CPU)")
     init.add_argument("--name", help="metadata.name (default: from the algorithm and the data file)")
     init.add_argument("--out", default="rlhfjob.yaml", help="where to write the job (default rlhfjob.yaml; an "
                       "existing file is never overwritten)")

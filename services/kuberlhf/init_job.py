@@ -16,9 +16,11 @@ from kuberlhf.algorithms.registry import ALGORITHMS
 from kuberlhf.data.formats import FORMAT_NAMES, detect_dataset
 from kuberlhf.data.reader import read_records
 from kuberlhf.errors import UserError
+from kuberlhf.jobfile import validate_job
 from kuberlhf.spec import API_VERSION, KIND
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+GPU_ROLE_CPUS = 4  # per role on a GPU: tokenization, reward functions, vLLM's scheduler (pods have 8 per GPU)
 _FUNCTION = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -63,6 +65,8 @@ def recommend(data: str, reward: str | None = None, model: str = DEFAULT_MODEL, 
     else:
         algorithm, reasons = _online(found, reward)
     job = _job(algorithm, data, reward, model, gpus, name or f"{algorithm}-{Path(data).stem}".lower())
+    if gpus:
+        reasons.append(placement_reason(job["spec"]["resources"], gpus))
     return Recommendation(algorithm, reasons, job)
 
 
@@ -97,13 +101,38 @@ def _job(algorithm: str, data: str, reward: str | None, model: str, gpus: int, n
     else:
         spec["training"] = {"epochs": 1, "batchSize": 32,
                             "learningRate": 2.0e-5 if algorithm == "sft" else 5.0e-7}
+    job = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": _dns_label(name)}, "spec": spec}
     if gpus:
         spec["training"]["bf16"] = True
-        spec["resources"] = {"policy": {"workers": gpus, "gpus": 1}}
         if gpus > 1:
             spec["training"]["zeroStage"] = 2
+        spec["resources"] = gpu_resources(validate_job(job).spec.roles, gpus, descriptor.online)
     spec["checkpoint"] = {"everySteps": 50}
-    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": _dns_label(name)}, "spec": spec}
+    return job
+
+
+def placement_reason(resources: dict[str, Any], gpus: int) -> str:
+    """What `gpu_resources` did, in a sentence for the user."""
+    roles = list(resources)
+    shared = f"take turns on each GPU (each has 1/{len(roles)} of it to Ray)" if len(roles) > 1 else "use each GPU"
+    text = f"Placement on {gpus} GPU(s): {', '.join(roles)} {shared}, in bf16"
+    if gpus > 1:
+        text += ", the policy sharded with ZeRO-2"
+    if "rollout" in roles:
+        text += (f"; each vLLM engine takes {1 / len(roles):.2f} of its GPU's memory and sleeps while the "
+                 f"trainers run (rollout.gpuMemoryUtilization)")
+    return text + "."
+
+
+def gpu_resources(roles: tuple[str, ...], gpus: int, online: bool) -> dict[str, Any]:
+    """Every role the job starts on the `gpus` GPUs, colocated (the default placement): bundle i is GPU i with
+    rank i of each role, and the roles take turns on it within a step, as in verl's hybrid engine and
+    OpenRLHF's `--colocate_all_models`: the policy trains on every GPU (ZeRO), a vLLM engine per GPU samples
+    (asleep while the trainers run) and takes its share of the GPU's memory (`rollout.gpuMemoryUtilization`:
+    1/number of roles), and the reference, reward and critic split each batch over the GPUs. An offline
+    stage's reference scores the data on one GPU before training starts."""
+    each = {"cpus": GPU_ROLE_CPUS, "gpus": 1}
+    return {role: {"workers": gpus if online or role == "policy" else 1, **each} for role in roles}
 
 
 def _prompts_with_both_labels(rows: list[dict[str, Any]]) -> int:

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 from kuberlhf.telemetry.job_status import ENV as STATUS_ENV
 from kuberlhf.errors import UserError, WorkersUnhealthy, user_error_in
 from kuberlhf.capacity import check_capacity, models_by_role
-from kuberlhf.preflight import check_local_inputs, check_offline_inputs
+from kuberlhf.preflight import ResolvedInputs, check_local_inputs, check_offline_inputs
 from kuberlhf.quiet import quiet_libraries
 from kuberlhf.ray_security import loopback_node, save_token, token_auth
 from kuberlhf.telemetry.console import console, route_worker_output
@@ -114,7 +114,8 @@ def note(text: str) -> None:
 def check_fits(job: RLHFJob, inputs: Any) -> None:
     """The capacity preflight, once connected: CPUs and GPUs only on the embedded Ray (a cluster at
     $RAY_ADDRESS may autoscale), model states always."""
-    check_capacity(job.spec, models_by_role(inputs), fixed_size=not os.environ.get("RAY_ADDRESS"))
+    check_capacity(job.spec, models_by_role(inputs), fixed_size=not os.environ.get("RAY_ADDRESS"),
+                   rollout_engine=inputs.rollout_engine if isinstance(inputs, ResolvedInputs) else "hf")
 
 
 def run_stages(job: RLHFJob, dashboard: bool, resume: bool = True) -> dict[str, Any]:

@@ -99,3 +99,28 @@ def test_colocated_roles_share_one_node(two_nodes, assets):
             assert process_of(group.actors[0]) == (True, "dirty_decay_ms:-1,muzzy_decay_ms:-1", "job"), group.role
     finally:
         workers.shutdown()
+
+
+def test_init_gpus_puts_rank_i_of_every_role_on_gpu_i(two_nodes, tmp_path):
+    """`kuberlhf init --gpus 2` for PPO, on a node with two (logical) GPUs: Ray gives rank i of every role the
+    same GPU, and the two ranks different ones."""
+    from kuberlhf.init_job import recommend
+    from kuberlhf.jobfile import validate_job
+    from kuberlhf.workers.placement import create_placement_group, plan_placement
+
+    gpu_node = two_nodes.add_node(num_cpus=8, num_gpus=2)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "1+1="}\n')
+    spec = validate_job(recommend(str(prompts), reward="models/reward", gpus=2).job).spec
+    bundles, plan = plan_placement(spec.resources, list(spec.roles))
+    group = create_placement_group(bundles, separate=False)
+    probe = ray.remote(lambda: (ray.get_runtime_context().get_node_id(), os.environ.get("CUDA_VISIBLE_DEVICES")))
+    try:
+        seen = {(role, rank): ray.get(probe.options(**where.options(group)).remote())
+                for role, placements in plan.items() for rank, where in enumerate(placements)}
+        assert {node for node, _ in seen.values()} == {gpu_node.node_id}
+        by_rank = [{gpu for (_, rank), (_, gpu) in seen.items() if rank == r} for r in (0, 1)]
+        assert all(len(gpus) == 1 for gpus in by_rank) and by_rank[0] != by_rank[1], seen  # one GPU per rank
+    finally:
+        ray.util.remove_placement_group(group)
+        two_nodes.remove_node(gpu_node)

@@ -88,6 +88,20 @@ def test_colocated_roles_add_up_on_their_shared_gpu():
     assert len(problems) == 1 and "needs 114.0 GB" in problems[0]
 
 
+def test_a_colocated_vllm_engine_counts_its_share_of_the_gpu():
+    spec = ppo_job(*(f"spec.resources.{role}.gpus=1" for role in MODELS), "spec.training.bf16=true")
+    # hf generation holds 4 GB of weights (76 GB in all, as above); vLLM takes 1/5 of 80 GB: 88 GB
+    assert memory_shortfalls(spec, MODELS, Capacity(80e9, 1e12), count=lambda model: 2 * PSI) == []
+    problems = memory_shortfalls(spec, MODELS, Capacity(80e9, 1e12), count=lambda model: 2 * PSI,
+                                 rollout_engine="vllm")
+    assert len(problems) == 1 and "needs 88.0 GB" in problems[0]
+    assert "rollout 16.0 GB (vLLM weights and KV cache, 0.2 of each GPU (rollout.gpuMemoryUtilization))" in problems[0]
+    smaller = ppo_job(*(f"spec.resources.{role}.gpus=1" for role in MODELS), "spec.training.bf16=true",
+                      "spec.rollout.gpuMemoryUtilization=0.1")  # 8 GB: 80 GB in all
+    assert memory_shortfalls(smaller, MODELS, Capacity(80e9, 1e12), count=lambda model: 2 * PSI,
+                             rollout_engine="vllm") == []
+
+
 def test_cpu_workers_are_checked_against_the_clusters_ram_and_unknown_models_are_skipped():
     spec = ppo_job()
     problems = memory_shortfalls(spec, MODELS, Capacity(None, 24e9), count=lambda model: PSI)

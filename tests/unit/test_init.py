@@ -11,6 +11,7 @@ from kuberlhf.cli import main
 from kuberlhf.errors import UserError
 from kuberlhf.init_job import recommend
 from kuberlhf.jobfile import validate_job
+from kuberlhf.workers.placement import engine_memory_share, plan_placement
 
 
 def data_file(tmp_path, rows, name="data.jsonl"):
@@ -61,11 +62,31 @@ def test_prompts_without_a_reward_are_refused_with_what_to_pass(tmp_path):
         recommend(data_file(tmp_path, [{"prompt": "1+1="}]))
 
 
-def test_gpus_shard_the_policy_in_bf16(tmp_path):
-    job = recommend(data_file(tmp_path, PAIRS), gpus=2).job
-    assert job["spec"]["resources"] == {"policy": {"workers": 2, "gpus": 1}}
-    assert job["spec"]["training"]["zeroStage"] == 2 and job["spec"]["training"]["bf16"] is True
-    validate_job(job)
+def test_gpus_shard_the_policy_in_bf16_and_give_the_offline_reference_one(tmp_path):
+    advice = recommend(data_file(tmp_path, PAIRS), gpus=2)
+    assert advice.job["spec"]["resources"] == {"policy": {"workers": 2, "cpus": 4, "gpus": 1},
+                                               "reference": {"workers": 1, "cpus": 4, "gpus": 1}}
+    assert advice.job["spec"]["training"]["zeroStage"] == 2 and advice.job["spec"]["training"]["bf16"] is True
+    assert "ZeRO-2" in advice.reasons[-1] and "vLLM" not in advice.reasons[-1]
+    validate_job(advice.job)
+
+
+def test_gpus_place_every_online_role_on_every_gpu_taking_turns(tmp_path):
+    prompts = data_file(tmp_path, [{"prompt": "1+1=", "answer": "2"}])
+    advice = recommend(prompts, reward="models/reward", gpus=2)
+    spec = validate_job(advice.job).spec
+    assert spec.roles == ("policy", "rollout", "reward", "reference", "critic")
+    bundles, plan = plan_placement(spec.resources, list(spec.roles))
+    assert bundles == [{"CPU": 4.0, "GPU": 1.0}] * 2  # GPU i holds rank i of every role
+    for role in spec.roles:
+        assert [(p.bundle_index, p.num_gpus) for p in plan[role]] == [(0, 0.2), (1, 0.2)]
+    # each vLLM engine takes a fifth of its GPU's memory, and the reasons say so
+    assert engine_memory_share(plan["rollout"][0].num_gpus, 1, spec.rollout.gpu_memory_utilization) == 0.2
+    assert "each vLLM engine takes 0.20 of its GPU's memory" in advice.reasons[-1]
+    grpo = validate_job(recommend(prompts, reward="kuberlhf.tasks.addition:exact_match_reward", gpus=1).job).spec
+    assert grpo.roles == ("policy", "rollout") and grpo.training.zero_stage == 0
+    assert {role: (r.workers, r.gpus) for role, r in ((n, getattr(grpo.resources, n)) for n in grpo.roles)} == \
+        {"policy": (1, 1.0), "rollout": (1, 1.0)}
 
 
 def test_cli_writes_the_job_and_never_overwrites(tmp_path, capsys):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kuberlhf.spec import ResourcesSpec
-from kuberlhf.workers.placement import ActorPlacement, plan_placement
+from kuberlhf.workers.placement import ActorPlacement, engine_memory_share, plan_placement
 
 ROLES = ["policy", "rollout", "reward"]
 
@@ -28,6 +28,15 @@ def test_separate_placement_gives_every_actor_its_own_bundle():
     assert bundles == [{"CPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}, {"CPU": 1.0}]
     assert [p.bundle_index for p in plan["rollout"]] == [1, 2]
     assert plan["reward"] == [ActorPlacement(3, 1.0, 0.0)]
+
+
+def test_a_vllm_engine_takes_its_share_of_a_shared_gpu_and_most_of_its_own():
+    assert engine_memory_share(0.25, 1, None) == 0.25  # four roles take turns on the GPU
+    assert engine_memory_share(1 / 3, 1, None) == 0.3333
+    assert engine_memory_share(1.0, 1, None) == 0.9  # a GPU to itself: vLLM's default
+    assert engine_memory_share(2.0, 2, None) == 0.9  # tensor parallel over two whole GPUs
+    assert engine_memory_share(1.0, 2, None) == 0.5  # one GPU's worth spread over two: half of each
+    assert engine_memory_share(0.25, 1, 0.6) == 0.6  # rollout.gpuMemoryUtilization wins
 
 
 def test_colocated_synchronous_phases_use_the_whole_bundle_in_turn():

@@ -14,7 +14,7 @@ from kuberlhf.engines.training import TrainingSetup, training_setup
 from kuberlhf.spec import RLHFJob, RLHFJobSpec
 from kuberlhf.workers.critic import CriticWorker
 from kuberlhf.workers.group import WorkerGroup
-from kuberlhf.workers.placement import ActorPlacement, create_placement_group, plan_placement
+from kuberlhf.workers.placement import ActorPlacement, create_placement_group, engine_memory_share, plan_placement
 from kuberlhf.workers.policy import PolicyWorker
 from kuberlhf.workers.reference import ReferenceWorker
 from kuberlhf.workers.reward import RewardWorker
@@ -106,7 +106,10 @@ def start_role(job: RLHFJob, role: str, cls: type, placements: list[ActorPlaceme
         remote = ray.remote(cls).options(name=f"{job.metadata.name}-{role}-{rank}", namespace=NAMESPACE,
                                          **where.options(group))
         extra = {"rank": rank, "reward_url": spec.reward.url, "reward_timeout_s": spec.reward.timeout_seconds,
-                 "broadcast_weights": transport == "broadcast"} if cls is RolloutWorker else {}
+                 "broadcast_weights": transport == "broadcast",
+                 "gpu_memory_utilization": engine_memory_share(where.num_gpus, spec.rollout.tensor_parallel_size,
+                                                               spec.rollout.gpu_memory_utilization),
+                 } if cls is RolloutWorker else {}
         if cls in FROZEN_ROLES:  # trained roles get their precision from DeepSpeed (TrainingSetup.bf16)
             extra["bf16"] = spec.training.bf16
         if cls is PolicyWorker:

@@ -30,7 +30,7 @@ class RolloutWorker:
     def __init__(self, model_path: str, reward_function: str | None, engine: str, max_model_len: int,
                  tensor_parallel_size: int, sleep_between_steps: bool, cpus: float, seed: int, rank: int = 0,
                  bf16: bool = False, reward_url: str | None = None, reward_timeout_s: float | None = None,
-                 broadcast_weights: bool = False) -> None:
+                 broadcast_weights: bool = False, gpu_memory_utilization: float = 0.9) -> None:
         configure_process(cpus, seed)  # threads set before vLLM starts: its CPU worker ignores later changes
         self.rank = rank
         self.weight_version = 0  # policy updates behind the engine's weights
@@ -46,7 +46,8 @@ class RolloutWorker:
             # On CUDA every engine sleeps while the trainer runs; on CPU (no sleep mode) rank 0 says so, once.
             sleeps = sleep_between_steps and (rank == 0 or torch.cuda.is_available())
             self.engine = VLLMGenerationEngine(model_path, tokenizer, seed, max_model_len, tensor_parallel_size,
-                                               sleep_between_steps=sleeps, broadcast_weights=broadcast_weights)
+                                               sleep_between_steps=sleeps, broadcast_weights=broadcast_weights,
+                                               gpu_memory_utilization=gpu_memory_utilization)
         else:
             device = worker_device()
             model = load_causal_lm(model_path, "spec.policy.model", frozen_dtype(device, bf16)).to(device)
