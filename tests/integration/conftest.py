@@ -14,8 +14,13 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="session")
-def assets(tmp_path_factory) -> dict[str, str]:
-    return build_demo_assets(tmp_path_factory.mktemp("addition-assets"), seed=0)
+def assets(assets_build, tmp_path_factory) -> dict[str, str]:
+    """The demo assets (seed 0), built in the background since the session started (tests/conftest.py)."""
+    if assets_build is None:
+        return build_demo_assets(tmp_path_factory.mktemp("addition-assets"), seed=0)
+    out, build = assets_build
+    build.wait()
+    return build_demo_assets(out, seed=0)  # done: returns the paths; else builds here and raises what failed
 
 
 def run_example(name: str, assets: dict[str, str], output_dir: Path, *overrides: str,
