@@ -27,9 +27,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def assets_build(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                  ) -> Iterator[tuple[Path, subprocess.Popen] | None]:
-    """Starts `kuberlhf demo-assets` in the background when the session has integration tests; the `assets`
-    fixture waits for it (and builds in-process, raising the real error, should it have failed)."""
-    if not any(tier(item) == "integration" for item in request.session.items):
+    """Starts `kuberlhf demo-assets` in the background when a test of the session uses the `assets` fixture,
+    which waits for it (and builds in-process, raising the real error, should it have failed)."""
+    if not any("assets" in getattr(item, "fixturenames", ()) for item in request.session.items):
         yield None
         return
     out = tmp_path_factory.mktemp("addition-assets")

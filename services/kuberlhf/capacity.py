@@ -115,7 +115,7 @@ def cluster_capacity(nodes: list[dict[str, Any]]) -> Capacity:
 def vllm_engine_memory(spec: RLHFJobSpec, num_gpus: float, gpu_memory: float) -> WorkerMemory:
     """A vLLM engine on GPUs takes its share of each (`rollout.gpuMemoryUtilization`) for weights and KV cache,
     whatever the model's size; while it samples, the colocated roles keep their model states beside it."""
-    share = engine_memory_share(num_gpus, spec.rollout.tensor_parallel_size, spec.rollout.gpu_memory_utilization)
+    share = engine_memory_share(num_gpus, spec.rollout.gpu_memory_utilization)
     return WorkerMemory(share * gpu_memory * math.ceil(num_gpus), 0.0,
                         f"vLLM weights and KV cache, {share:g} of each GPU (rollout.gpuMemoryUtilization)")
 
@@ -124,23 +124,25 @@ def memory_shortfalls(spec: RLHFJobSpec, models: dict[str, str], capacity: Capac
                       count: Any = parameter_count, rollout_engine: str = "hf") -> list[str]:
     """One line per place the job's model states cannot fit; `models` maps each role the job starts to its
     model (roles whose parameters cannot be counted are left out). vLLM engines (`rollout_engine`) on GPUs of
-    a known type count their share of the GPU."""
+    a known type count their share of the GPU, whatever their model."""
     counted = {model: count(model) for model in set(models.values())}  # roles often share a model
     params = {role: counted[model] for role, model in models.items() if counted[model] is not None}
-    if not params:
-        return []
-    bundles, plan = plan_placement(spec.resources, list(params))
+    bundles, plan = plan_placement(spec.resources, list(models))  # every role: each takes its share of a bundle
     on_bundle: list[list[tuple[str, WorkerMemory]]] = [[] for _ in bundles]
     problems, host_needed, held_in_ram = [], 0.0, []
     for role, placements in plan.items():
         for placement in placements:
-            need = worker_memory(spec, role, params[role], placement.num_gpus > 0)
             if role == "rollout" and rollout_engine == "vllm" and placement.num_gpus and capacity.gpu_memory:
                 need = vllm_engine_memory(spec, placement.num_gpus, capacity.gpu_memory)
+            elif role in params:
+                need = worker_memory(spec, role, params[role], placement.num_gpus > 0)
+            else:
+                continue
             on_bundle[placement.bundle_index].append((role, need))
             host_needed += need.host + (need.device if placement.num_gpus == 0 else 0)
-        held_in_ram.append(f"{role} {params[role] / 1e6:,.0f}M parameters ({need.what}): "
-                           f"{gb(need.device + need.host)} per worker")
+        if role in params:
+            held_in_ram.append(f"{role} {params[role] / 1e6:,.0f}M parameters ({need.what}): "
+                               f"{gb(need.device + need.host)} per worker")
     if capacity.gpu_memory is not None:
         for index, bundle in enumerate(bundles):
             if not bundle.get("GPU"):

@@ -41,8 +41,9 @@ class RolloutSpec(SpecModel):
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     """vLLM on GPUs: the share of each GPU's memory an engine takes for its weights and KV cache (vLLM's
     `gpu_memory_utilization`; TRL's and OpenRLHF's `vllm_gpu_memory_utilization`). Default: the engine's share of
-    its GPU under `resources` (0.25 when four colocated roles take turns on one GPU), or 0.9 when the engine has
-    its GPUs to itself. The other roles on the GPU must fit in the rest (the capacity preflight checks it)."""
+    its GPU under `resources` (0.25 when four colocated roles take turns on one GPU), or vLLM's default (0.92)
+    when the engine has its GPUs to itself. The other roles on the GPU must fit in the rest (the capacity
+    preflight checks it)."""
     samples_per_prompt: int = Field(default=4, ge=1)
     """Completions sampled per prompt (the group size of GRPO and RLOO)."""
     max_new_tokens: int = Field(default=64, ge=1)

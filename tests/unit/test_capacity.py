@@ -100,6 +100,11 @@ def test_a_colocated_vllm_engine_counts_its_share_of_the_gpu():
                       "spec.rollout.gpuMemoryUtilization=0.1")  # 8 GB: 80 GB in all
     assert memory_shortfalls(smaller, MODELS, Capacity(80e9, 1e12), count=lambda model: 2 * PSI,
                              rollout_engine="vllm") == []
+    # a policy model the preflight cannot count (a hub id not cached here): the engine still takes its fifth
+    # of the 40 GB GPU (8 GB, whatever its model), beside the reward model's 4 GB and the critic's 32 GB
+    problems = memory_shortfalls(spec, MODELS, Capacity(40e9, 1e12), rollout_engine="vllm",
+                                 count=lambda model: 2 * PSI if model == "r" else None)
+    assert len(problems) == 1 and "needs 44.0 GB" in problems[0] and "rollout 8.0 GB" in problems[0]
 
 
 def test_cpu_workers_are_checked_against_the_clusters_ram_and_unknown_models_are_skipped():

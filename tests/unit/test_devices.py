@@ -44,3 +44,27 @@ def test_bf16_training_always_goes_through_deepspeed_mixed_precision():
     assert not plain.uses_deepspeed(world_size=1)
     bf16 = TrainingSetup(learning_rate=1e-3, weight_decay=0.0, max_grad_norm=1.0, bf16=True)
     assert bf16.uses_deepspeed(world_size=1)
+
+
+def test_a_gpu_phase_hands_torchs_cached_memory_back_even_when_it_fails(monkeypatch):
+    from kuberlhf.engines.process import returns_cached_gpu_memory
+
+    emptied = []
+
+    class Role:
+        @returns_cached_gpu_memory
+        def update(self, fail: bool) -> str:
+            if fail:
+                raise ValueError("loss is nan")
+            return "done"
+
+    assert Role().update(False) == "done" and emptied == []  # on the CPU nothing happens
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    assert Role().update(False) == "done" and emptied == [True]
+    try:
+        Role().update(True)
+    except ValueError:
+        pass
+    assert emptied == [True, True]

@@ -81,7 +81,7 @@ def test_gpus_place_every_online_role_on_every_gpu_taking_turns(tmp_path):
     for role in spec.roles:
         assert [(p.bundle_index, p.num_gpus) for p in plan[role]] == [(0, 0.2), (1, 0.2)]
     # each vLLM engine takes a fifth of its GPU's memory, and the reasons say so
-    assert engine_memory_share(plan["rollout"][0].num_gpus, 1, spec.rollout.gpu_memory_utilization) == 0.2
+    assert engine_memory_share(plan["rollout"][0].num_gpus, spec.rollout.gpu_memory_utilization) == 0.2
     assert "each vLLM engine takes 0.20 of its GPU's memory" in advice.reasons[-1]
     grpo = validate_job(recommend(prompts, reward="kuberlhf.tasks.addition:exact_match_reward", gpus=1).job).spec
     assert grpo.roles == ("policy", "rollout") and grpo.training.zero_stage == 0

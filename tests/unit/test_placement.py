@@ -30,13 +30,12 @@ def test_separate_placement_gives_every_actor_its_own_bundle():
     assert plan["reward"] == [ActorPlacement(3, 1.0, 0.0)]
 
 
-def test_a_vllm_engine_takes_its_share_of_a_shared_gpu_and_most_of_its_own():
-    assert engine_memory_share(0.25, 1, None) == 0.25  # four roles take turns on the GPU
-    assert engine_memory_share(1 / 3, 1, None) == 0.3333
-    assert engine_memory_share(1.0, 1, None) == 0.9  # a GPU to itself: vLLM's default
-    assert engine_memory_share(2.0, 2, None) == 0.9  # tensor parallel over two whole GPUs
-    assert engine_memory_share(1.0, 2, None) == 0.5  # one GPU's worth spread over two: half of each
-    assert engine_memory_share(0.25, 1, 0.6) == 0.6  # rollout.gpuMemoryUtilization wins
+def test_a_vllm_engine_takes_its_share_of_a_shared_gpu_and_vllms_default_of_its_own():
+    assert engine_memory_share(0.25, None) == 0.25  # four roles take turns on the GPU
+    assert engine_memory_share(1 / 3, None) == 0.3333
+    assert engine_memory_share(1.0, None) == 0.92  # a GPU to itself: vLLM 0.32's default
+    assert engine_memory_share(2.0, None) == 0.92  # tensor parallel over two whole GPUs
+    assert engine_memory_share(0.25, 0.6) == 0.6  # rollout.gpuMemoryUtilization wins
 
 
 def test_colocated_synchronous_phases_use_the_whole_bundle_in_turn():

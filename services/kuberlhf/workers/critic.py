@@ -10,7 +10,7 @@ from kuberlhf.algorithms import value_loss
 from kuberlhf.data.batch import Experience, RolloutBatch
 from kuberlhf.models.forward import response_values
 from kuberlhf.models.value import ValueModel
-from kuberlhf.engines.process import configure_process, worker_device
+from kuberlhf.engines.process import configure_process, returns_cached_gpu_memory, worker_device
 from kuberlhf.plan import CriticUpdateConfig
 from kuberlhf.workers.common import TrainedRole, accumulate_micro_batches, mean_metrics, minibatches
 from kuberlhf.workers.metrics import exports_metrics
@@ -36,6 +36,7 @@ class CriticWorker(TrainedRole):
 
     @torch.no_grad()
     @exports_metrics
+    @returns_cached_gpu_memory
     def compute_values(self, batch: RolloutBatch) -> torch.Tensor:
         self.use_threads("score")
         self.model.eval()
@@ -43,6 +44,7 @@ class CriticWorker(TrainedRole):
         return (response_values(self.model, batch) * batch.response_mask).cpu()
 
     @exports_metrics
+    @returns_cached_gpu_memory
     def update(self, experience: Experience, config: CriticUpdateConfig) -> dict[str, float]:
         self.use_threads("update")
         self.model.train()

@@ -64,12 +64,16 @@ def start_workers(job: RLHFJob, inputs: ResolvedInputs) -> RoleWorkers:
     def start(role: str, cls: type, *args: object) -> WorkerGroup:
         return start_role(job, role, cls, plan[role], threads[role], group, transport, *args)
 
+    rollout = start_rollout(job, inputs, plan["rollout"], threads["rollout"], group, transport,
+                            # colocated with the trainer and taking turns with it: free the GPU memory while it trains
+                            spec.resources.placement == "colocate" and not spec.rollout.one_step_off_policy)
+    if inputs.rollout_engine == "vllm" and any(where.num_gpus for where in plan["rollout"]):
+        # vLLM takes for its own whatever GPU memory gets used while it starts (it sizes its KV cache from the
+        # drop in free memory): the roles that share its GPUs load their models once it is up
+        wait_until_ready(ScoringWorkers(rollout, None, group))
     workers = RoleWorkers(
         policy=start("policy", PolicyWorker, models["policy"]),
-        rollout=start_rollout(job, inputs, plan["rollout"], threads["rollout"], group, transport,
-                              # colocated with the trainer and taking turns with it: free the GPU memory while it
-                              # trains
-                              spec.resources.placement == "colocate" and not spec.rollout.one_step_off_policy),
+        rollout=rollout,
         reward=start("reward", RewardWorker, models["reward"], spec.reward.batch_size) if "reward" in roles else None,
         reference=start("reference", ReferenceWorker, models["reference"]) if "reference" in roles else None,
         critic=start("critic", CriticWorker, models["critic"]) if "critic" in roles else None,
@@ -107,8 +111,7 @@ def start_role(job: RLHFJob, role: str, cls: type, placements: list[ActorPlaceme
                                          **where.options(group))
         extra = {"rank": rank, "reward_url": spec.reward.url, "reward_timeout_s": spec.reward.timeout_seconds,
                  "broadcast_weights": transport == "broadcast",
-                 "gpu_memory_utilization": engine_memory_share(where.num_gpus, spec.rollout.tensor_parallel_size,
-                                                               spec.rollout.gpu_memory_utilization),
+                 "gpu_memory_utilization": engine_memory_share(where.num_gpus, spec.rollout.gpu_memory_utilization),
                  } if cls is RolloutWorker else {}
         if cls in FROZEN_ROLES:  # trained roles get their precision from DeepSpeed (TrainingSetup.bf16)
             extra["bf16"] = spec.training.bf16

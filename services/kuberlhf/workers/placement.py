@@ -63,18 +63,16 @@ def plan_placement(resources: ResourcesSpec, roles: list[str]) -> tuple[list[dic
     return bundles, plan
 
 
-VLLM_DEFAULT_MEMORY_SHARE = 0.9  # vLLM's own default, for an engine with its GPUs to itself
+VLLM_DEFAULT_MEMORY_SHARE = 0.92  # vLLM 0.32's own default, for an engine with its GPUs to itself
 
 
-def engine_memory_share(num_gpus: float, tensor_parallel_size: int, setting: float | None) -> float:
-    """The share of each of its GPUs' memory a vLLM engine takes (`rollout.gpuMemoryUtilization`). Unset, it is
-    the engine's share of the GPU, `num_gpus / tensorParallelSize`, where that is under a whole GPU (colocated
-    roles that take turns on it); else vLLM's default 0.9. vLLM refuses to start when less than this share of
-    the GPU is free, and sleeps (frees it) while the trainers run."""
+def engine_memory_share(num_gpus: float, setting: float | None) -> float:
+    """The share of each of its GPUs' memory a vLLM engine takes (`rollout.gpuMemoryUtilization`). Unset, an
+    engine on part of a GPU (`num_gpus` under 1: colocated roles take turns on it) takes that part; an engine on
+    whole GPUs takes vLLM's default. vLLM refuses to start when less than its share of the GPU is free."""
     if setting is not None:
         return setting
-    per_gpu = num_gpus / tensor_parallel_size
-    return round(per_gpu, 4) if 0 < per_gpu < 1 else VLLM_DEFAULT_MEMORY_SHARE
+    return round(num_gpus, 4) if 0 < num_gpus < 1 else VLLM_DEFAULT_MEMORY_SHARE
 
 
 def phase_threads(resources: ResourcesSpec, roles: list[str], overlapping: bool, policy_scores: bool

@@ -25,7 +25,7 @@ from kuberlhf.models.forward import prompt_token_logprobs, response_logprobs
 from kuberlhf.models.loading import load_policy, load_tokenizer
 from kuberlhf.models.lora import is_lora, merged_state_dict, save_trained
 from kuberlhf.storage.transfer import StorageTarget, deliver
-from kuberlhf.engines.process import configure_process, worker_device
+from kuberlhf.engines.process import configure_process, returns_cached_gpu_memory, worker_device
 from kuberlhf.workers.common import TrainedRole, accumulate_micro_batches, mean_metrics, minibatches, node_address
 from kuberlhf.workers.metrics import exports_metrics
 
@@ -43,6 +43,7 @@ class PolicyWorker(TrainedRole):
 
     @torch.no_grad()
     @exports_metrics
+    @returns_cached_gpu_memory
     def compute_logprobs(self, batch: RolloutBatch, temperature: float) -> torch.Tensor:
         self.use_threads("score")
         self.model.eval()
@@ -51,6 +52,7 @@ class PolicyWorker(TrainedRole):
         return (logprobs * batch.response_mask).cpu()
 
     @exports_metrics
+    @returns_cached_gpu_memory
     def update(self, experience: Experience, config: PolicyUpdateConfig) -> dict[str, float]:
         """`config.epochs` passes of clipped policy-gradient updates over the experience."""
         self.use_threads("update")
@@ -139,6 +141,7 @@ class PolicyWorker(TrainedRole):
             self.weight_group = BroadcastGroup(address, port, 0, world_size, self.device, timeout_s, address,
                                                listen_fd=self.weight_listener)
 
+    @returns_cached_gpu_memory  # the buckets
     def send_weights(self, meta: list[TensorMeta], plan: list[list[int]]) -> float:
         """Broadcast the current weights bucket by bucket (rank 0; under ZeRO-3 every rank gathers each bucket
         in turn); returns the seconds it took."""

@@ -7,7 +7,7 @@ import torch
 from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.models.forward import response_logprobs
 from kuberlhf.models.loading import load_causal_lm
-from kuberlhf.engines.process import configure_process, frozen_dtype, worker_device
+from kuberlhf.engines.process import configure_process, frozen_dtype, returns_cached_gpu_memory, worker_device
 from kuberlhf.workers.metrics import exports_metrics
 
 
@@ -21,6 +21,7 @@ class ReferenceWorker:
 
     @torch.no_grad()
     @exports_metrics
+    @returns_cached_gpu_memory
     def compute_logprobs(self, batch: RolloutBatch, temperature: float) -> torch.Tensor:
         batch = batch.to(self.device)
         logprobs, _ = response_logprobs(self.model, batch, temperature)

@@ -10,7 +10,7 @@ import torch
 from kuberlhf.data.batch import RolloutBatch
 from kuberlhf.models.loading import load_reward_model, load_tokenizer
 from kuberlhf.models.reward import score_texts
-from kuberlhf.engines.process import configure_process, frozen_dtype, worker_device
+from kuberlhf.engines.process import configure_process, frozen_dtype, returns_cached_gpu_memory, worker_device
 from kuberlhf.workers.metrics import exports_metrics
 
 
@@ -23,6 +23,7 @@ class RewardWorker:
         self.tokenizer = load_tokenizer(model_path, padding_side="right", field="spec.reward.model")
 
     @exports_metrics
+    @returns_cached_gpu_memory
     def score(self, batch: RolloutBatch) -> torch.Tensor:
         """One scalar reward per completion [B]: the model's output on prompt + completion + EOS (or on the
         rendered conversation)."""

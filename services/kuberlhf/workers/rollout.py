@@ -30,7 +30,7 @@ class RolloutWorker:
     def __init__(self, model_path: str, reward_function: str | None, engine: str, max_model_len: int,
                  tensor_parallel_size: int, sleep_between_steps: bool, cpus: float, seed: int, rank: int = 0,
                  bf16: bool = False, reward_url: str | None = None, reward_timeout_s: float | None = None,
-                 broadcast_weights: bool = False, gpu_memory_utilization: float = 0.9) -> None:
+                 broadcast_weights: bool = False, gpu_memory_utilization: float | None = None) -> None:
         configure_process(cpus, seed)  # threads set before vLLM starts: its CPU worker ignores later changes
         self.rank = rank
         self.weight_version = 0  # policy updates behind the engine's weights
