@@ -4,6 +4,7 @@ in a subprocess, so the single-threaded unit and k8s tests leave the second core
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,28 @@ def tier(item: pytest.Item) -> str:
     return item.path.relative_to(TESTS).parts[0] if item.path.is_relative_to(TESTS) else ""
 
 
+ENVIRONMENT: dict[str, str] = {}  # os.environ once the tests are collected (their imports done), until used
+PYTEST_OWN = "PYTEST_CURRENT_TEST"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Unit, then k8s, then integration; within a tier the order is pytest's (a stable sort)."""
     items.sort(key=lambda item: TIERS.index(tier(item)) if tier(item) in TIERS else len(TIERS))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    ENVIRONMENT.update(os.environ)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The integration tier starts from the environment the tests were collected in: what the fast tiers'
+    libraries put there (importing trl sets VLLM_LOGGING_LEVEL=ERROR; the operator tests a KUBECONFIG) would
+    otherwise reach every Ray worker of the jobs the integration tests run."""
+    if tier(item) == "integration" and ENVIRONMENT:
+        for name in set(os.environ) - set(ENVIRONMENT) - {PYTEST_OWN}:
+            del os.environ[name]
+        os.environ.update({k: v for k, v in ENVIRONMENT.items() if k != PYTEST_OWN})
+        ENVIRONMENT.clear()  # once, as the tier starts: its own fixtures' settings stay
 
 
 @pytest.fixture(scope="session", autouse=True)

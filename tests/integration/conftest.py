@@ -50,18 +50,20 @@ def heldout_sampled_accuracy(model_dir: str, eval_file: str, samples_per_prompt:
 
 class ListeningSockets:
     """While running (a context manager), samples the TCP sockets that this process and its descendants (an
-    embedded Ray: GCS, raylet, workers, agents) listen on: {(process name, address, port)}. Once the GCS is
+    embedded Ray: GCS, raylet, workers, agents) open to listen on: {(process name, address, port)}; those
+    already listening when it starts (left by earlier tests in this process) are not the run's. Once the GCS is
     seen, calls it as a stranger on this machine would, with no token, a wrong one, then the run's own:
     `answers` holds the gRPC status of each call."""
 
     def __init__(self, every: float = 0.5) -> None:
         import threading
 
-        self.every, self.seen, self.answers = every, set(), []
+        self.every, self.seen, self.answers, self.before = every, set(), [], set()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
 
     def __enter__(self) -> "ListeningSockets":
+        self.before = self._listening()
         self.thread.start()
         return self
 
@@ -69,20 +71,23 @@ class ListeningSockets:
         self.stopping.set()
         self.thread.join(30)
 
-    def _sample(self) -> None:
+    @staticmethod
+    def _listening() -> set[tuple[str, str, int]]:
         import psutil
 
         me = psutil.Process()
+        family = {me.pid: me.name()}
+        for child in me.children(recursive=True):
+            try:
+                family[child.pid] = child.name()
+            except psutil.NoSuchProcess:
+                pass
+        return {(family[c.pid], c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and c.pid in family}
+
+    def _sample(self) -> None:
         while not self.stopping.is_set():
-            family = {me.pid: me.name()}
-            for child in me.children(recursive=True):
-                try:
-                    family[child.pid] = child.name()
-                except psutil.NoSuchProcess:
-                    pass
-            for connection in psutil.net_connections(kind="tcp"):
-                if connection.status == psutil.CONN_LISTEN and connection.pid in family:
-                    self.seen.add((family[connection.pid], connection.laddr.ip, connection.laddr.port))
+            self.seen |= self._listening() - self.before
             if not self.answers and self.port_of("gcs_server"):
                 self.answers = self._call_gcs(self.port_of("gcs_server"))
             self.stopping.wait(self.every)
